@@ -1,0 +1,75 @@
+// The compiled runtime configuration. Nothing downstream of src/config/load.ts reads raw YAML:
+// addresses are parsed, durations are milliseconds, names are lowercased, paths are absolute.
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+export type Protocol = 'smtp' | 'imap' | 'pop3' | 'tls';
+export type TlsMode = 'implicit' | 'starttls';
+export type SniPolicyName = 'strict' | 'fallback';
+export type ProxyProtocolVersion = 'none' | 'v1' | 'v2';
+export type TlsMinVersion = 'TLSv1.2' | 'TLSv1.3';
+
+export interface HostPort {
+  /** IPv4 dotted quad, IPv6 without brackets, or a host name (backends only). */
+  host: string;
+  port: number;
+}
+
+export interface CertificateSource {
+  /** Absolute path of the PEM certificate (leaf first, then the chain). */
+  cert: string;
+  /** Absolute path of the PEM private key. */
+  key: string;
+  /** YAML path of this entry, e.g. "certificates[0]", for error messages. */
+  path: string;
+}
+
+export interface BackendConfig {
+  address: HostPort;
+  proxyProtocol: ProxyProtocolVersion;
+}
+
+export interface TimeoutsConfig {
+  /** Absolute deadline from accept to a finished TLS handshake (covers the ClientHello peek). */
+  handshakeMs: number;
+  /** Deadline for the backend TCP connect. */
+  connectMs: number;
+  /** A connection with no bytes either way for this long is closed. */
+  idleMs: number;
+}
+
+export interface ListenerConfig {
+  name: string;
+  listen: HostPort;
+  protocol: Protocol;
+  tls: TlsMode;
+  /** This listener's own name, lowercased, A-label form. */
+  hostname: string;
+  sni: SniPolicyName;
+  /** Lowercased exact names or "*.domain" patterns; null means any loaded certificate. */
+  serverNames: string[] | null;
+  /** Acceptable ALPN protocols in preference order; null means no ALPN handling. */
+  alpn: string[] | null;
+  minVersion: TlsMinVersion;
+  backend: BackendConfig;
+  timeouts: TimeoutsConfig;
+  /** YAML path, e.g. "listeners[1]". */
+  path: string;
+}
+
+export interface PosternConfig {
+  /** Absolute path of the YAML file this came from. */
+  file: string;
+  log: { level: LogLevel };
+  certificates: CertificateSource[];
+  listeners: ListenerConfig[];
+}
+
+/** One problem found in a configuration file, formatted as `file:line:col path: message`. */
+export interface ConfigError {
+  file: string;
+  line: number;
+  col: number;
+  /** YAML path such as "listeners[1].sni"; "" for the document itself. */
+  path: string;
+  message: string;
+}

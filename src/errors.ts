@@ -1,0 +1,39 @@
+// Stable reason codes. Each refusal or close has exactly one, used in the summary log line and
+// as a metric label; they are public API: add new ones, never rename.
+
+/** Who caused a close: the remote client, this process, or the backend. */
+export type Side = 'client' | 'local' | 'backend';
+
+export const CloseReason = {
+  /** Both sides finished normally. */
+  done: 'done',
+  /** The client sent something that is not a TLS ClientHello (EHLO, GET /, SSLv2 hello). */
+  notTls: 'not_tls',
+  /** The ClientHello did not parse (bad lengths, duplicate extensions, two host names...). */
+  malformedHello: 'malformed_hello',
+  /** The ClientHello exceeded the peek budget (64 KiB). */
+  helloTooLarge: 'hello_too_large',
+  /** Strict policy: SNI unknown or invalid -> alert unrecognized_name (112). */
+  sniRefused: 'sni_refused',
+  /** ALPN offered, none acceptable -> alert no_application_protocol (120). */
+  alpnRefused: 'alpn_refused',
+  /** The handshake deadline passed (during the peek or the handshake). */
+  handshakeTimeout: 'handshake_timeout',
+  /** OpenSSL rejected the handshake (no shared cipher, bad version, client alert...). */
+  handshakeFailed: 'handshake_failed',
+  /** The client closed or reset before the handshake finished. */
+  clientGone: 'client_gone',
+  /** The backend refused the connection or was unreachable. */
+  backendUnreachable: 'backend_unreachable',
+  /** The backend did not accept the connection within timeouts.connect. */
+  backendTimeout: 'backend_timeout',
+  /** The backend reset or errored during the session. */
+  backendError: 'backend_error',
+  /** The client reset or errored during the session. */
+  clientError: 'client_error',
+  /** No bytes either way for timeouts.idle. */
+  idleTimeout: 'idle_timeout',
+  /** postern is shutting down. */
+  shutdown: 'shutdown',
+} as const;
+export type CloseReason = (typeof CloseReason)[keyof typeof CloseReason];
