@@ -37,6 +37,17 @@ export interface TimeoutsConfig {
   idleMs: number;
 }
 
+export interface StarttlsConfig {
+  /** Text after the status in the greeting postern sends itself (SMTP `220 <greeting>`). */
+  greeting: string;
+  /** Refuse commands that need TLS (AUTH, MAIL, LOGIN, USER...) before STARTTLS. */
+  requireTls: boolean;
+  /** How often the backend's capabilities are probed again. */
+  probeIntervalMs: number;
+  /** Capabilities announced when the probe fails (EHLO keywords / IMAP capabilities / POP3 CAPA lines). */
+  fallbackCapabilities: string[];
+}
+
 export interface ListenerConfig {
   name: string;
   listen: HostPort;
@@ -52,6 +63,8 @@ export interface ListenerConfig {
   minVersion: TlsMinVersion;
   backend: BackendConfig;
   timeouts: TimeoutsConfig;
+  /** Only for tls: starttls; null for implicit TLS listeners. */
+  starttls: StarttlsConfig | null;
   /** YAML path, e.g. "listeners[1]". */
   path: string;
 }
