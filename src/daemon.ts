@@ -1,0 +1,68 @@
+// Wires a validated configuration to running listeners: certificates -> listeners -> signals.
+import type { PosternConfig } from './config/types.ts';
+import type { CertStore } from './tls/certstore.ts';
+import type { Logger } from './log.ts';
+import { Metrics } from './metrics.ts';
+import { Listener, type Prelude } from './listener.ts';
+import type { SessionEnv } from './session.ts';
+
+export interface DaemonOptions {
+  config: PosternConfig;
+  store: CertStore;
+  log: Logger;
+  metrics?: Metrics;
+  /** STARTTLS preludes by protocol; absent means the listener only does implicit TLS. */
+  preludeFor?: (env: SessionEnv) => Prelude | null;
+}
+
+export class Daemon {
+  readonly listeners: Listener[] = [];
+  readonly metrics: Metrics;
+  private store: CertStore;
+  private readonly log: Logger;
+
+  private constructor(opts: DaemonOptions) {
+    this.store = opts.store;
+    this.log = opts.log;
+    this.metrics = opts.metrics ?? new Metrics();
+    for (const l of opts.config.listeners) {
+      const env: SessionEnv = { listener: l, store: () => this.store, log: opts.log, metrics: this.metrics };
+      this.listeners.push(new Listener(env, opts.preludeFor?.(env) ?? null));
+    }
+  }
+
+  /** Binds every listener or none: on a bind error the ones already bound are closed again. */
+  static async start(opts: DaemonOptions): Promise<Daemon> {
+    const d = new Daemon(opts);
+    try {
+      for (const l of d.listeners) await l.listen();
+    } catch (err) {
+      await Promise.all(d.listeners.map((l) => (l.server.listening ? l.close() : undefined)));
+      throw err;
+    }
+    for (const l of d.listeners) {
+      const c = l.env.listener;
+      d.log.info({ listener: c.name, listen: `${c.listen.host}:${l.port}`, protocol: c.protocol, tls: c.tls, sni: c.sni, hostname: c.hostname, backend: `${c.backend.address.host}:${c.backend.address.port}` }, 'listening');
+    }
+    return d;
+  }
+
+  /** The listener by name (tests and the demo read the bound port from it). */
+  listener(name: string): Listener {
+    const l = this.listeners.find((x) => x.env.listener.name === name);
+    if (!l) throw new Error(`no listener named ${name}`);
+    return l;
+  }
+
+  /** Swaps the certificate store; connections in flight keep the context they started with. */
+  setStore(store: CertStore) {
+    this.store = store;
+  }
+
+  /** Stops accepting at once, closes every session, resolves when all sockets are gone. */
+  async stop(): Promise<void> {
+    const closing = this.listeners.map((l) => l.close());
+    for (const l of this.listeners) l.stopSessions();
+    await Promise.all(closing);
+  }
+}

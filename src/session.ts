@@ -1,0 +1,267 @@
+// One client connection from accept to close:
+//   [prelude] -> peek ClientHello -> ALPN + SNI policy -> handshake -> backend -> splice -> summary
+// The implicit-TLS listener enters at secureAndProxy() at once; a STARTTLS prelude enters it
+// after its own dialogue, with the same socket. Only this file and the listener own sockets.
+import type { Socket } from 'node:net';
+import tls from 'node:tls';
+import type { ListenerConfig } from './config/types.ts';
+import type { CertStore } from './tls/certstore.ts';
+import type { Logger } from './log.ts';
+import type { Metrics } from './metrics.ts';
+import { CloseReason, type Side } from './errors.ts';
+import { peekClientHello } from './tls/peek.ts';
+import { decide, type SniClass, type Decision } from './tls/sni-policy.ts';
+import { alertRecord, ALERT_NAMES, ALERT_DECODE_ERROR, ALERT_ILLEGAL_PARAMETER, ALERT_RECORD_OVERFLOW } from './tls/alerts.ts';
+import { escapeForLog } from './tls/names.ts';
+import { dialBackend } from './backend/connect.ts';
+import { encodeProxyV1, encodeProxyV2 } from './backend/proxy-protocol.ts';
+import { splice } from './splice.ts';
+
+/** What a session needs from the daemon; `store()` is read per connection so reloads apply at once. */
+export interface SessionEnv {
+  listener: ListenerConfig;
+  store(): CertStore;
+  log: Logger;
+  metrics: Metrics;
+}
+
+/** The fields of the one summary line written when the connection closes. */
+export interface Summary {
+  id: number;
+  listener: string;
+  client: string;
+  clientPort: number;
+  sni: string | null;
+  sniClass: SniClass | null;
+  decision: Decision | null;
+  servedName: string | null;
+  alpn: string | null;
+  tlsVersion: string | null;
+  cipher: string | null;
+  backend: string | null;
+  bytesIn: number;
+  bytesOut: number;
+  durationMs: number;
+  closeReason: CloseReason;
+  side: Side | null;
+  detail: string | null;
+}
+
+let nextId = 1;
+
+export class Session {
+  readonly summary: Summary;
+  private readonly started = performance.now();
+  private deadline: NodeJS.Timeout | null = null;
+  private finished = false;
+  private tlsSocket: tls.TLSSocket | null = null;
+  private stopSplice: (() => void) | null = null;
+  onFinish: ((s: Session) => void) | null = null;
+
+  constructor(
+    readonly socket: Socket,
+    readonly env: SessionEnv,
+  ) {
+    this.summary = {
+      id: nextId++,
+      listener: env.listener.name,
+      client: socket.remoteAddress ?? '?',
+      clientPort: socket.remotePort ?? 0,
+      sni: null,
+      sniClass: null,
+      decision: null,
+      servedName: null,
+      alpn: null,
+      tlsVersion: null,
+      cipher: null,
+      backend: null,
+      bytesIn: 0,
+      bytesOut: 0,
+      durationMs: 0,
+      closeReason: CloseReason.clientGone,
+      side: null,
+      detail: null,
+    };
+    // A socket must always have an error listener: an unhandled 'error' would end the process.
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      this.summary.detail ??= err.code ?? err.message;
+    });
+    socket.once('close', () => {
+      if (!this.tlsSocket) this.finish();
+    });
+    // The handshake deadline is absolute from accept (threats.md: slowloris), not reset by bytes.
+    this.deadline = setTimeout(() => this.abort(CloseReason.handshakeTimeout, 'client'), env.listener.timeouts.handshakeMs);
+  }
+
+  /** Ends the session before the backend is involved: records why, then closes. */
+  abort(reason: CloseReason, side: Side, detail: string | null = null, lastWords: Buffer | null = null) {
+    if (this.finished) return;
+    this.summary.closeReason = reason;
+    this.summary.side = side;
+    if (detail !== null) this.summary.detail = detail;
+    const s = this.tlsSocket ?? this.socket;
+    if (lastWords && s.writable) {
+      s.end(lastWords);
+      // Never wait on a peer that does not read: the write either went out or it did not.
+      setTimeout(() => s.destroy(), 2000).unref();
+    } else s.destroy();
+    if (s !== this.socket) this.socket.destroy();
+  }
+
+  /** Shutdown: close whatever this session holds. */
+  stop() {
+    if (this.stopSplice) this.stopSplice();
+    else this.abort(CloseReason.shutdown, 'local');
+  }
+
+  /** Peek, decide, handshake, dial, splice. `initial` holds bytes a prelude already read. */
+  async secureAndProxy(initial: Buffer | null = null): Promise<void> {
+    const { listener, metrics } = this.env;
+    const peek = await peekClientHello(this.socket, initial);
+    if (this.finished || this.socket.destroyed) return this.finish();
+    switch (peek.kind) {
+      case 'closed':
+        return this.abort(CloseReason.clientGone, 'client', peek.error?.code ?? null);
+      case 'not-tls':
+        // Plaintext on a TLS port (EHLO, GET /, SSLv2): close at once, forward nothing.
+        this.env.log.debug({ id: this.summary.id, listener: listener.name, head: escapeForLog(peek.head.subarray(0, 32)) }, 'not TLS');
+        return this.abort(CloseReason.notTls, 'client', peek.reason);
+      case 'malformed': {
+        const alert = peek.code === 'too_large' || peek.code === 'record_too_long' ? ALERT_RECORD_OVERFLOW
+          : peek.code === 'duplicate_extension' || peek.code === 'bad_server_name' ? ALERT_ILLEGAL_PARAMETER
+          : ALERT_DECODE_ERROR;
+        this.countAlert(alert);
+        const reason = peek.code === 'too_large' ? CloseReason.helloTooLarge : CloseReason.malformedHello;
+        return this.abort(reason, 'client', peek.code, alertRecord(alert));
+      }
+      case 'hello':
+        break;
+    }
+
+    const store = this.env.store();
+    const result = decide(listener, peek.hello, store);
+    const s = this.summary;
+    s.sniClass = result.sniClass;
+    s.decision = result.decision;
+    s.sni = result.sni ?? (peek.hello.serverName ? escapeForLog(peek.hello.serverName) : null);
+    if (result.action === 'refuse') {
+      // We write the alert ourselves, before any handshake; the backend is never contacted.
+      metrics.sniDecisions.inc({ listener: listener.name, class: result.sniClass ?? 'none', decision: 'refused' });
+      this.countAlert(result.alert);
+      return this.abort(result.reason, 'client', result.detail, alertRecord(result.alert));
+    }
+    metrics.sniDecisions.inc({ listener: listener.name, class: result.sniClass, decision: result.decision });
+    if (result.decision === 'fallback') {
+      this.env.log.debug({ id: s.id, listener: listener.name, requested: s.sni, served: result.servedName, reason: result.reason }, 'sni fallback');
+    }
+    s.servedName = result.servedName;
+    s.alpn = result.alpn;
+
+    const tlsSocket = new tls.TLSSocket(this.socket, {
+      isServer: true,
+      secureContext: store.context(result.entry, listener.minVersion),
+      ALPNProtocols: result.alpn ? [result.alpn] : undefined,
+    });
+    this.tlsSocket = tlsSocket;
+    // Handlers run synchronously before 'close' (and so before finish()), so the reason is set
+    // in time for the summary line.
+    tlsSocket.on('error', (err: NodeJS.ErrnoException) => {
+      if (s.tlsVersion !== null) return;
+      const code = err.code ?? err.message;
+      s.detail ??= code;
+      if (s.closeReason === CloseReason.clientGone && code.startsWith('ERR_SSL')) s.closeReason = CloseReason.handshakeFailed;
+      s.side ??= 'client';
+    });
+    tlsSocket.once('close', () => this.finish());
+    const secured = await new Promise<boolean>((resolve) => {
+      tlsSocket.once('secure', () => resolve(true));
+      tlsSocket.once('close', () => resolve(false));
+    });
+    if (!secured) {
+      metrics.handshakes.inc({ listener: listener.name, version: 'none', result: 'failed' });
+      return;
+    }
+    if (this.deadline) clearTimeout(this.deadline);
+    this.deadline = null;
+    s.tlsVersion = tlsSocket.getProtocol();
+    const cipher = tlsSocket.getCipher();
+    s.cipher = cipher?.standardName ?? cipher?.name ?? null;
+    metrics.handshakes.inc({ listener: listener.name, version: s.tlsVersion ?? 'unknown', result: 'ok' });
+    await this.proxy(tlsSocket, cipher?.name ?? null);
+  }
+
+  private async proxy(client: tls.TLSSocket, opensslCipher: string | null) {
+    const { listener, metrics } = this.env;
+    const s = this.summary;
+    const b = listener.backend;
+    s.backend = `${b.address.host}:${b.address.port}`;
+    const endpoints = {
+      clientAddress: this.socket.remoteAddress ?? '',
+      clientPort: this.socket.remotePort ?? 0,
+      localAddress: this.socket.localAddress ?? '',
+      localPort: this.socket.localPort ?? 0,
+    };
+    // AUTHORITY carries the SNI only when the served certificate covers it (exact or wildcard).
+    const authority = s.sniClass === 'exact' || s.sniClass === 'wildcard' ? s.sni : null;
+    const header = b.proxyProtocol === 'v1' ? encodeProxyV1(endpoints)
+      : b.proxyProtocol === 'v2' ? encodeProxyV2(endpoints, { sni: authority, alpn: s.alpn, version: s.tlsVersion, cipher: opensslCipher })
+      : null;
+    const dial = await dialBackend(b, listener.timeouts.connectMs, header);
+    if (this.finished || client.destroyed) {
+      if (dial.ok) dial.socket.destroy();
+      return;
+    }
+    if (!dial.ok) {
+      metrics.backendFailures.inc({ listener: listener.name, reason: dial.reason });
+      this.env.log.warn({ id: s.id, listener: listener.name, backend: s.backend, reason: dial.reason, error: dial.error }, 'backend connect failed');
+      return this.abort(dial.reason, 'backend', dial.error, goodbye(listener));
+    }
+    metrics.backendConnect.observe({ listener: listener.name }, dial.connectMs / 1000);
+    const headerLength = header?.length ?? 0;
+    const backend = dial.socket;
+    this.stopSplice = splice(client, backend, listener.timeouts.idleMs, (r) => {
+      s.closeReason = r.reason;
+      s.side = r.side;
+      if (r.error) s.detail = r.error;
+      s.bytesIn = Math.max(0, backend.bytesWritten - headerLength);
+      s.bytesOut = backend.bytesRead;
+      this.finish();
+    });
+  }
+
+  private countAlert(alert: number) {
+    this.env.metrics.alerts.inc({ listener: this.env.listener.name, alert: ALERT_NAMES[alert] ?? String(alert) });
+  }
+
+  private finish() {
+    if (this.finished) return;
+    this.finished = true;
+    if (this.deadline) clearTimeout(this.deadline);
+    const s = this.summary;
+    s.durationMs = Math.round(performance.now() - this.started);
+    const { metrics, listener } = this.env;
+    metrics.connections.inc({ listener: listener.name, reason: s.closeReason });
+    if (s.bytesIn) metrics.bytes.inc({ listener: listener.name, direction: 'in' }, s.bytesIn);
+    if (s.bytesOut) metrics.bytes.inc({ listener: listener.name, direction: 'out' }, s.bytesOut);
+    this.env.log.info(s, 'connection closed');
+    this.onFinish?.(this);
+  }
+}
+
+/** The protocol's own way to say "try later" when the backend cannot be reached. */
+export function goodbye(listener: ListenerConfig): Buffer | null {
+  switch (listener.protocol) {
+    // RFC 5321 section 3.8 / 4.2.3: 421 closes the channel; 4.3.2 "system not accepting
+    // network messages" (RFC 3463) tells the sender to retry later.
+    case 'smtp':
+      return Buffer.from(`421 4.3.2 ${listener.hostname} Service not available\r\n`);
+    // RFC 9051 section 7.1.5: BYE is sent when the server is about to close the connection.
+    case 'imap':
+      return Buffer.from(`* BYE [UNAVAILABLE] ${listener.hostname} backend not available\r\n`);
+    // RFC 1939 section 4: the greeting may be -ERR; the client will retry.
+    case 'pop3':
+      return Buffer.from(`-ERR [SYS/TEMP] ${listener.hostname} backend not available\r\n`);
+    case 'tls':
+      return null;
+  }
+}

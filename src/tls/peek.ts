@@ -1,0 +1,61 @@
+// Reads from a socket until the whole ClientHello is buffered (it may span several TCP segments
+// and several TLS records), bounded by the peek budget. The caller owns the deadline: it destroys
+// the socket when the deadline passes, which ends the peek with "closed".
+// After a "hello" the bytes are back in the socket's read buffer (unshift), so a tls.TLSSocket
+// created over the same socket replays them to OpenSSL unchanged.
+import type { Socket } from 'node:net';
+import { parseClientHello, MAX_HELLO_BYTES, type ClientHello, type MalformedCode } from './clienthello.ts';
+
+export type PeekOutcome =
+  | { kind: 'hello'; hello: ClientHello }
+  | { kind: 'not-tls'; reason: string; head: Buffer }
+  | { kind: 'malformed'; code: MalformedCode; detail: string }
+  | { kind: 'closed'; error: NodeJS.ErrnoException | null };
+
+export function peekClientHello(socket: Socket, initial: Buffer | null = null, maxBytes = MAX_HELLO_BYTES): Promise<PeekOutcome> {
+  return new Promise((resolve) => {
+    let buf = initial ?? Buffer.alloc(0);
+    let error: NodeJS.ErrnoException | null = null;
+    const finish = (outcome: PeekOutcome, giveBack: boolean) => {
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onClose);
+      socket.off('error', onError);
+      socket.pause();
+      if (giveBack) socket.unshift(buf);
+      resolve(outcome);
+    };
+    const evaluate = (): boolean => {
+      const r = parseClientHello(buf, maxBytes);
+      switch (r.kind) {
+        case 'need-more':
+          return false;
+        case 'hello':
+          finish({ kind: 'hello', hello: r.hello }, true);
+          return true;
+        case 'not-tls':
+          finish({ kind: 'not-tls', reason: r.reason, head: buf.subarray(0, 64) }, false);
+          return true;
+        case 'malformed':
+          finish({ kind: 'malformed', code: r.code, detail: r.detail }, false);
+          return true;
+      }
+    };
+    const onData = (chunk: Buffer) => {
+      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+      evaluate();
+    };
+    // The client half-closed or went away before its hello was complete.
+    const onEnd = () => finish({ kind: 'closed', error }, false);
+    const onClose = () => finish({ kind: 'closed', error }, false);
+    const onError = (err: NodeJS.ErrnoException) => {
+      error = err;
+    };
+    if (buf.length > 0 && evaluate()) return;
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('close', onClose);
+    socket.on('error', onError);
+    socket.resume();
+  });
+}
