@@ -1,0 +1,40 @@
+// Command line: parses flags and calls into run / check / demo. Nothing else lives here.
+import { Command, Option } from 'commander';
+import { runCommand } from './commands/run.ts';
+import { checkCommand } from './commands/check.ts';
+import { demoCommand } from './commands/demo.ts';
+
+const configOption = () =>
+  new Option('-c, --config <file>', 'configuration file').env('POSTERN_CONFIG').default('./postern.yaml');
+
+const program = new Command()
+  .name('postern')
+  .description('A TLS front door for mail servers: per-listener SNI policy, STARTTLS, PROXY protocol to the backend.')
+  .version(process.env.npm_package_version ?? '0.1.0');
+
+program
+  .command('run')
+  .description('run the daemon (SIGTERM/SIGINT stop it, SIGHUP reloads certificates)')
+  .addOption(configOption())
+  .action(async (opts: { config: string }) => {
+    process.exitCode = await runCommand(opts.config);
+  });
+
+program
+  .command('check')
+  .description('validate the configuration and certificates, and show which certificate serves each listener')
+  .addOption(configOption())
+  .option('--json', 'print the result as JSON')
+  .action((opts: { config: string; json?: boolean }) => {
+    process.exitCode = checkCommand(opts.config, { json: opts.json === true });
+  });
+
+program
+  .command('demo')
+  .description('start a self-contained demo: throwaway CA, built-in backends, a strict and a fallback listener')
+  .option('--host <address>', 'loopback address to listen on', '127.0.0.1')
+  .action(async (opts: { host: string }) => {
+    process.exitCode = await demoCommand(opts);
+  });
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,23 @@
+// Loads and fully validates a configuration file: schema, files, certificates, coverage.
+// Either everything is right and a store is built, or every problem is listed.
+import { loadConfigFile, formatConfigError } from '../config/load.ts';
+import { checkCertificates } from '../config/certificates.ts';
+import type { ConfigError, PosternConfig } from '../config/types.ts';
+import type { CertStore } from '../tls/certstore.ts';
+
+export type Validated =
+  | { ok: true; config: PosternConfig; store: CertStore; warnings: ConfigError[] }
+  | { ok: false; errors: ConfigError[]; warnings: ConfigError[] };
+
+export function validateFile(file: string, now = new Date()): Validated {
+  const loaded = loadConfigFile(file);
+  if (!loaded.ok) return { ok: false, errors: loaded.errors, warnings: [] };
+  const certs = checkCertificates(loaded.loaded, now);
+  if (certs.errors.length > 0 || !certs.store) return { ok: false, errors: certs.errors, warnings: certs.warnings };
+  return { ok: true, config: loaded.loaded.config, store: certs.store, warnings: certs.warnings };
+}
+
+export function printProblems(errors: ConfigError[], warnings: ConfigError[], out: NodeJS.WritableStream = process.stderr) {
+  for (const e of errors) out.write(`error: ${formatConfigError(e)}\n`);
+  for (const w of warnings) out.write(`warning: ${formatConfigError(w)}\n`);
+}
