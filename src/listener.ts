@@ -12,11 +12,12 @@ export interface Prelude {
 export class Listener {
   readonly server: net.Server;
   readonly sessions = new Set<Session>();
+  readonly env: SessionEnv;
+  private readonly prelude: Prelude | null;
 
-  constructor(
-    readonly env: SessionEnv,
-    private readonly prelude: Prelude | null,
-  ) {
+  constructor(env: SessionEnv, prelude: Prelude | null) {
+    this.env = env;
+    this.prelude = prelude;
     // allowHalfOpen: a client's FIN must not close our write side; the backend's reply still
     // has to reach it (half-close, threats.md "Resources").
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => this.accept(socket));

@@ -57,11 +57,12 @@ export class Session {
   private tlsSocket: tls.TLSSocket | null = null;
   private stopSplice: (() => void) | null = null;
   onFinish: ((s: Session) => void) | null = null;
+  readonly socket: Socket;
+  readonly env: SessionEnv;
 
-  constructor(
-    readonly socket: Socket,
-    readonly env: SessionEnv,
-  ) {
+  constructor(socket: Socket, env: SessionEnv) {
+    this.socket = socket;
+    this.env = env;
     this.summary = {
       id: nextId++,
       listener: env.listener.name,

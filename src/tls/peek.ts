@@ -40,6 +40,7 @@ export function peekClientHello(socket: Socket, initial: Buffer | null = null, m
           finish({ kind: 'malformed', code: r.code, detail: r.detail }, false);
           return true;
       }
+      return false;
     };
     const onData = (chunk: Buffer) => {
       buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
