@@ -33,6 +33,16 @@ export const CloseReason = {
   clientError: 'client_error',
   /** No bytes either way for timeouts.idle. */
   idleTimeout: 'idle_timeout',
+  /** The client ended the pre-TLS dialogue itself (QUIT, LOGOUT). */
+  clientQuit: 'client_quit',
+  /** Plaintext arrived after STARTTLS where the ClientHello belongs (CVE-2011-0411 style). */
+  starttlsInjection: 'starttls_injection',
+  /** A ClientHello arrived on a STARTTLS port before the STARTTLS command. */
+  tlsBeforeStarttls: 'tls_before_starttls',
+  /** Too many bad commands in the pre-TLS dialogue. */
+  tooManyErrors: 'too_many_errors',
+  /** A pre-TLS command line over the protocol's limit. */
+  lineTooLong: 'line_too_long',
   /** postern is shutting down. */
   shutdown: 'shutdown',
 } as const;

@@ -7,6 +7,9 @@ import { Session } from './session.ts';
 export interface Prelude {
   /** Speaks the pre-TLS dialogue, then calls session.secureAndProxy() (or hands over plaintext). */
   run(session: Session): void;
+  /** Resolves when the prelude is ready to serve (e.g. its first capability probe is done). */
+  ready?(): Promise<void>;
+  stop?(): void;
 }
 
 export class Listener {
@@ -23,7 +26,12 @@ export class Listener {
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => this.accept(socket));
   }
 
-  listen(): Promise<void> {
+  async listen(): Promise<void> {
+    await this.prelude?.ready?.();
+    return this.bind();
+  }
+
+  private bind(): Promise<void> {
     const { host, port } = this.env.listener.listen;
     return new Promise((resolve, reject) => {
       const onError = (err: Error) => reject(err);
@@ -56,6 +64,7 @@ export class Listener {
 
   /** Stops accepting; open sessions are left to the caller (drain or stop). */
   close(): Promise<void> {
+    this.prelude?.stop?.();
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 

@@ -16,6 +16,16 @@ import { escapeForLog } from './tls/names.ts';
 import { dialBackend } from './backend/connect.ts';
 import { encodeProxyV1, encodeProxyV2 } from './backend/proxy-protocol.ts';
 import { splice } from './splice.ts';
+import type { SessionFilter } from './starttls/types.ts';
+
+export interface SecureOptions {
+  /** Set after STARTTLS: plaintext where the ClientHello belongs is an injection attempt. */
+  afterStarttls: boolean;
+  /** The after-TLS filter of the STARTTLS protocol; null for implicit TLS. */
+  filter: SessionFilter | null;
+}
+
+const IMPLICIT: SecureOptions = { afterStarttls: false, filter: null };
 
 /** What a session needs from the daemon; `store()` is read per connection so reloads apply at once. */
 export interface SessionEnv {
@@ -56,6 +66,8 @@ export class Session {
   private finished = false;
   private tlsSocket: tls.TLSSocket | null = null;
   private stopSplice: (() => void) | null = null;
+  /** What a STARTTLS prelude says before closing on timeout or shutdown (SMTP 421 4.4.2 ...). */
+  lastWords: Buffer | null = null;
   onFinish: ((s: Session) => void) | null = null;
   readonly socket: Socket;
   readonly env: SessionEnv;
@@ -91,7 +103,7 @@ export class Session {
       if (!this.tlsSocket) this.finish();
     });
     // The handshake deadline is absolute from accept (threats.md: slowloris), not reset by bytes.
-    this.deadline = setTimeout(() => this.abort(CloseReason.handshakeTimeout, 'client'), env.listener.timeouts.handshakeMs);
+    this.deadline = setTimeout(() => this.abort(CloseReason.handshakeTimeout, 'client', null, this.lastWords), env.listener.timeouts.handshakeMs);
   }
 
   /** Ends the session before the backend is involved: records why, then closes. */
@@ -112,18 +124,25 @@ export class Session {
   /** Shutdown: close whatever this session holds. */
   stop() {
     if (this.stopSplice) this.stopSplice();
-    else this.abort(CloseReason.shutdown, 'local');
+    else this.abort(CloseReason.shutdown, 'local', null, this.lastWords);
   }
 
   /** Peek, decide, handshake, dial, splice. `initial` holds bytes a prelude already read. */
-  async secureAndProxy(initial: Buffer | null = null): Promise<void> {
+  async secureAndProxy(initial: Buffer | null = null, opts: SecureOptions = IMPLICIT): Promise<void> {
     const { listener, metrics } = this.env;
+    this.lastWords = null;
     const peek = await peekClientHello(this.socket, initial);
     if (this.finished || this.socket.destroyed) return this.finish();
     switch (peek.kind) {
       case 'closed':
         return this.abort(CloseReason.clientGone, 'client', peek.error?.code ?? null);
       case 'not-tls':
+        if (opts.afterStarttls) {
+          // Commands sent after STARTTLS instead of a ClientHello: never answered, never
+          // forwarded (CVE-2011-0411; RFC 3207 section 4: after 220 the client MUST start TLS).
+          this.countInjection(peek.head.length);
+          return this.abort(CloseReason.starttlsInjection, 'client', peek.reason);
+        }
         // Plaintext on a TLS port (EHLO, GET /, SSLv2): close at once, forward nothing.
         this.env.log.debug({ id: this.summary.id, listener: listener.name, head: escapeForLog(peek.head.subarray(0, 32)) }, 'not TLS');
         return this.abort(CloseReason.notTls, 'client', peek.reason);
@@ -188,10 +207,29 @@ export class Session {
     const cipher = tlsSocket.getCipher();
     s.cipher = cipher?.standardName ?? cipher?.name ?? null;
     metrics.handshakes.inc({ listener: listener.name, version: s.tlsVersion ?? 'unknown', result: 'ok' });
-    await this.proxy(tlsSocket, cipher?.name ?? null);
+    await this.proxy(tlsSocket, cipher?.name ?? null, opts.filter);
   }
 
-  private async proxy(client: tls.TLSSocket, opensslCipher: string | null) {
+  /** STARTTLS bytes the client pipelined after its STARTTLS command: discarded, logged, counted. */
+  countInjection(bytes: number) {
+    this.env.metrics.starttlsInjections.inc({ listener: this.env.listener.name });
+    this.env.log.warn({ id: this.summary.id, listener: this.env.listener.name, client: this.summary.client, bytes }, 'discarded bytes sent after STARTTLS (CVE-2011-0411)');
+  }
+
+  /**
+   * A plaintext session that the prelude hands to the backend (port 25 without STARTTLS): the
+   * filter drops the backend's greeting and the replies to `replay`, then everything flows.
+   */
+  async handoff(pending: Buffer, replay: string, filter: SessionFilter): Promise<void> {
+    if (this.deadline) clearTimeout(this.deadline);
+    this.deadline = null;
+    this.lastWords = null;
+    this.summary.decision = null;
+    if (pending.length > 0) this.socket.unshift(pending);
+    await this.proxy(this.socket, null, filter, replay);
+  }
+
+  private async proxy(client: Socket, opensslCipher: string | null, filter: SessionFilter | null, replay = '') {
     const { listener, metrics } = this.env;
     const s = this.summary;
     const b = listener.backend;
@@ -204,8 +242,9 @@ export class Session {
     };
     // AUTHORITY carries the SNI only when the served certificate covers it (exact or wildcard).
     const authority = s.sniClass === 'exact' || s.sniClass === 'wildcard' ? s.sni : null;
+    const tlsInfo = s.tlsVersion === null ? null : { sni: authority, alpn: s.alpn, version: s.tlsVersion, cipher: opensslCipher };
     const header = b.proxyProtocol === 'v1' ? encodeProxyV1(endpoints)
-      : b.proxyProtocol === 'v2' ? encodeProxyV2(endpoints, { sni: authority, alpn: s.alpn, version: s.tlsVersion, cipher: opensslCipher })
+      : b.proxyProtocol === 'v2' ? encodeProxyV2(endpoints, tlsInfo)
       : null;
     const dial = await dialBackend(b, listener.timeouts.connectMs, header);
     if (this.finished || client.destroyed) {
@@ -218,8 +257,8 @@ export class Session {
       return this.abort(dial.reason, 'backend', dial.error, goodbye(listener));
     }
     metrics.backendConnect.observe({ listener: listener.name }, dial.connectMs / 1000);
-    const headerLength = header?.length ?? 0;
     const backend = dial.socket;
+    const headerLength = (header?.length ?? 0) + Buffer.byteLength(replay);
     this.stopSplice = splice(client, backend, listener.timeouts.idleMs, (r) => {
       s.closeReason = r.reason;
       s.side = r.side;
@@ -227,7 +266,7 @@ export class Session {
       s.bytesIn = Math.max(0, backend.bytesWritten - headerLength);
       s.bytesOut = backend.bytesRead;
       this.finish();
-    });
+    }, filter, replay);
   }
 
   private countAlert(alert: number) {

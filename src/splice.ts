@@ -4,6 +4,7 @@
 // resets, and an idle timeout over both directions.
 import type { Socket } from 'node:net';
 import { CloseReason, type Side } from './errors.ts';
+import type { SessionFilter } from './starttls/types.ts';
 
 export interface SpliceResult {
   reason: CloseReason;
@@ -11,7 +12,11 @@ export interface SpliceResult {
   error: string | null;
 }
 
-export function splice(client: Socket, backend: Socket, idleMs: number, onDone: (r: SpliceResult) => void): () => void {
+/**
+ * `filter` (STARTTLS sessions) sees every byte both ways and may answer the client itself; without
+ * one the sockets are piped directly.
+ */
+export function splice(client: Socket, backend: Socket, idleMs: number, onDone: (r: SpliceResult) => void, filter: SessionFilter | null = null, replay = ''): () => void {
   let result: SpliceResult | null = null;
   let closed = 0;
   const fail = (reason: CloseReason, side: Side, error: string | null, peer: Socket, reset: boolean) => {
@@ -59,12 +64,59 @@ export function splice(client: Socket, backend: Socket, idleMs: number, onDone: 
     backend.destroy();
   });
 
-  client.pipe(backend);
-  backend.pipe(client);
+  if (filter) pumpFiltered(client, backend, filter, replay);
+  else {
+    client.pipe(backend);
+    backend.pipe(client);
+  }
 
   return () => {
     result ??= { reason: CloseReason.shutdown, side: 'local', error: null };
     client.destroy();
     backend.destroy();
   };
+}
+
+/**
+ * The same as two pipes, with the filter in between. Backpressure: a side whose peer's write()
+ * returned false is paused until the peer drains. Client bytes wait while the filter is not
+ * ready (the backend's greeting and the replies to replayed commands have not all arrived), so
+ * the backend never sees a command before its banner (postscreen's pregreet test would flag it).
+ */
+function pumpFiltered(client: Socket, backend: Socket, filter: SessionFilter, replay: string) {
+  let held: Buffer[] = [];
+  // Commands replayed for a plaintext handoff (the client's EHLO) go out once the greeting is
+  // complete: a multi-line "220-" greeting may be postscreen waiting to catch early talkers.
+  let pendingReplay = replay;
+  let clientEnded = false;
+  const toBackend = (chunk: Buffer) => {
+    const r = filter.fromClient(chunk);
+    if (r.toClient && client.writable) client.write(r.toClient);
+    if (r.toBackend && r.toBackend.length > 0 && !backend.write(r.toBackend)) client.pause();
+  };
+  client.on('data', (chunk: Buffer) => {
+    if (filter.ready && !filter.ready()) held.push(chunk);
+    else toBackend(chunk);
+  });
+  backend.on('data', (chunk: Buffer) => {
+    const out = filter.fromBackend(chunk);
+    if (out && out.length > 0 && !client.write(out)) backend.pause();
+    if (pendingReplay && (!filter.greeted || filter.greeted())) {
+      backend.write(pendingReplay);
+      pendingReplay = '';
+    }
+    if (held.length > 0 && (!filter.ready || filter.ready())) {
+      const pending = held;
+      held = [];
+      for (const c of pending) toBackend(c);
+      if (clientEnded) backend.end();
+    }
+  });
+  backend.on('drain', () => client.resume());
+  client.on('drain', () => backend.resume());
+  client.on('end', () => {
+    clientEnded = true;
+    if (held.length === 0) backend.end();
+  });
+  backend.on('end', () => client.end());
 }

@@ -52,6 +52,13 @@ export interface SessionFilter {
   fromClient(chunk: Buffer): { toBackend: Buffer | null; toClient: Buffer | null };
   /** Bytes from the backend. Returns what goes on to the client. */
   fromBackend(chunk: Buffer): Buffer | null;
+  /**
+   * False while the backend's greeting and the swallowed replies are still outstanding; the
+   * driver holds client bytes until then (RFC 2920 section 3.1: EHLO ends a pipelined group).
+   */
+  ready?(): boolean;
+  /** True once the backend's complete greeting has been seen (the driver then sends the replay). */
+  greeted?(): boolean;
 }
 
 export interface FilterOptions {

@@ -1,0 +1,130 @@
+// Learns the backend's real capabilities (SMTP EHLO keywords, IMAP CAPABILITY, POP3 CAPA) so that
+// the pre-TLS dialogue can announce them: connect, read the greeting, ask, quit. At start and
+// every probeInterval; the configured fallback list is used until a probe succeeds and while
+// the backend is unreachable.
+import net from 'node:net';
+import type { ListenerConfig } from '../config/types.ts';
+import type { Logger } from '../log.ts';
+import { parseSmtpEhlo, parseImapCapability, parsePop3Capa } from './capabilities.ts';
+
+interface Step {
+  send: string | null;
+  /** True when the text received since this step began holds the complete answer. */
+  done(text: string): boolean;
+}
+
+const SMTP_FINAL = /(^|\n)\d{3} [^\n]*\n/;
+const LINE = /\n/;
+
+function script(listener: ListenerConfig): { steps: Step[]; parse(answer: string): string[]; quit: string } {
+  switch (listener.protocol) {
+    case 'smtp':
+      return {
+        steps: [{ send: null, done: (t) => SMTP_FINAL.test(t) }, { send: `EHLO ${listener.hostname}\r\n`, done: (t) => SMTP_FINAL.test(t) }],
+        parse: parseSmtpEhlo,
+        quit: 'QUIT\r\n',
+      };
+    case 'imap':
+      return {
+        steps: [{ send: null, done: (t) => LINE.test(t) }, { send: 'p1 CAPABILITY\r\n', done: (t) => /(^|\n)p1 (OK|NO|BAD)[^\n]*\n/.test(t) }],
+        parse: parseImapCapability,
+        quit: 'p2 LOGOUT\r\n',
+      };
+    default:
+      return {
+        steps: [{ send: null, done: (t) => LINE.test(t) }, { send: 'CAPA\r\n', done: (t) => /(^|\n)\.\r?\n/.test(t) || t.startsWith('-ERR') }],
+        parse: parsePop3Capa,
+        quit: 'QUIT\r\n',
+      };
+  }
+}
+
+/**
+ * The PROXY header of a probe: v2 LOCAL (proxy-protocol.txt section 2.2: "the receiver must
+ * accept this connection as valid and must use the real connection endpoints"), v1 UNKNOWN
+ * (section 2.1: the same for v1). Backends behind `haproxy = yes` drop connections without one.
+ */
+function localHeader(listener: ListenerConfig): Buffer | null {
+  switch (listener.backend.proxyProtocol) {
+    case 'v1':
+      return Buffer.from('PROXY UNKNOWN\r\n');
+    case 'v2':
+      return Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00]);
+    case 'none':
+      return null;
+  }
+}
+
+export function probeOnce(listener: ListenerConfig, timeoutMs: number): Promise<string[]> {
+  const { steps, parse, quit } = script(listener);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: listener.backend.address.host, port: listener.backend.address.port });
+    let text = '';
+    let step = 0;
+    const timer = setTimeout(() => fail(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+    const fail = (err: Error) => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(err);
+    };
+    socket.on('error', fail);
+    socket.on('close', () => fail(new Error('backend closed the connection')));
+    socket.once('connect', () => {
+      const header = localHeader(listener);
+      if (header) socket.write(header);
+    });
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => {
+      text += chunk;
+      if (text.length > 65536) return fail(new Error('answer too long'));
+      if (!steps[step]!.done(text)) return;
+      if (step === 0 && !/^(2\d\d|\* OK|\+OK)/.test(text)) return fail(new Error(`backend greeting refused: ${text.slice(0, 80).trim()}`));
+      if (++step === steps.length) {
+        clearTimeout(timer);
+        socket.removeAllListeners('close');
+        socket.end(quit);
+        socket.setTimeout(1000, () => socket.destroy());
+        resolve(parse(text));
+        return;
+      }
+      text = '';
+      socket.write(steps[step]!.send!);
+    });
+  });
+}
+
+export class CapabilityProbe {
+  private current: string[];
+  private timer: NodeJS.Timeout | null = null;
+  private readonly listener: ListenerConfig;
+  private readonly log: Logger;
+  /** Resolves when the first probe has finished (either way). */
+  readonly first: Promise<void>;
+
+  constructor(listener: ListenerConfig, log: Logger) {
+    this.listener = listener;
+    this.log = log;
+    this.current = listener.starttls!.fallbackCapabilities;
+    this.first = this.run();
+    this.timer = setInterval(() => void this.run(), listener.starttls!.probeIntervalMs);
+    this.timer.unref();
+  }
+
+  capabilities(): string[] {
+    return this.current;
+  }
+
+  private async run(): Promise<void> {
+    try {
+      const caps = await probeOnce(this.listener, this.listener.timeouts.connectMs);
+      if (caps.join('\n') !== this.current.join('\n')) this.log.info({ listener: this.listener.name, capabilities: caps }, 'backend capabilities');
+      this.current = caps;
+    } catch (err) {
+      this.log.warn({ listener: this.listener.name, reason: 'probe_failed', error: (err as Error).message }, 'backend capability probe failed; announcing the fallback list');
+    }
+  }
+
+  stop() {
+    if (this.timer) clearInterval(this.timer);
+  }
+}
