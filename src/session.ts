@@ -99,8 +99,10 @@ export class Session {
     socket.on('error', (err: NodeJS.ErrnoException) => {
       this.summary.detail ??= err.code ?? err.message;
     });
+    // Until a splice owns the sockets, the client going away ends the session; afterwards the
+    // splice reports (with its byte counts and reason) when both sides are closed.
     socket.once('close', () => {
-      if (!this.tlsSocket) this.finish();
+      if (!this.tlsSocket && !this.stopSplice) this.finish();
     });
     // The handshake deadline is absolute from accept (threats.md: slowloris), not reset by bytes.
     this.deadline = setTimeout(() => this.abort(CloseReason.handshakeTimeout, 'client', null, this.lastWords), env.listener.timeouts.handshakeMs);
@@ -114,7 +116,9 @@ export class Session {
     if (detail !== null) this.summary.detail = detail;
     const s = this.tlsSocket ?? this.socket;
     if (lastWords && s.writable) {
-      s.end(lastWords);
+      // Flush the last words, then close at once: no waiting for the peer's FIN.
+      s.write(lastWords);
+      s.destroySoon();
       // Never wait on a peer that does not read: the write either went out or it did not.
       setTimeout(() => s.destroy(), 2000).unref();
     } else s.destroy();
@@ -192,7 +196,9 @@ export class Session {
       if (s.closeReason === CloseReason.clientGone && code.startsWith('ERR_SSL')) s.closeReason = CloseReason.handshakeFailed;
       s.side ??= 'client';
     });
-    tlsSocket.once('close', () => this.finish());
+    tlsSocket.once('close', () => {
+      if (!this.stopSplice) this.finish();
+    });
     const secured = await new Promise<boolean>((resolve) => {
       tlsSocket.once('secure', () => resolve(true));
       tlsSocket.once('close', () => resolve(false));

@@ -5,6 +5,7 @@
 import net from 'node:net';
 import type { ListenerConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
+import { encodeProxyV1, encodeProxyV2 } from '../backend/proxy-protocol.ts';
 import { parseSmtpEhlo, parseImapCapability, parsePop3Capa } from './capabilities.ts';
 
 interface Step {
@@ -40,16 +41,18 @@ function script(listener: ListenerConfig): { steps: Step[]; parse(answer: string
 }
 
 /**
- * The PROXY header of a probe: v2 LOCAL (proxy-protocol.txt section 2.2: "the receiver must
- * accept this connection as valid and must use the real connection endpoints"), v1 UNKNOWN
- * (section 2.1: the same for v1). Backends behind `haproxy = yes` drop connections without one.
+ * The PROXY header of a probe names the probe's own endpoints. (v1 UNKNOWN and v2 LOCAL would be
+ * the spec's health-check forms, but Postfix 3.7 answers "421 4.3.0 Server local error" to
+ * UNKNOWN; a header with real addresses works everywhere.) Backends behind `haproxy = yes` drop
+ * connections that send no header.
  */
-function localHeader(listener: ListenerConfig): Buffer | null {
+function probeHeader(listener: ListenerConfig, socket: net.Socket): Buffer | null {
+  const ep = { clientAddress: socket.localAddress ?? '', clientPort: socket.localPort ?? 0, localAddress: socket.remoteAddress ?? '', localPort: socket.remotePort ?? 0 };
   switch (listener.backend.proxyProtocol) {
     case 'v1':
-      return Buffer.from('PROXY UNKNOWN\r\n');
+      return encodeProxyV1(ep);
     case 'v2':
-      return Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00]);
+      return encodeProxyV2(ep, null);
     case 'none':
       return null;
   }
@@ -70,7 +73,7 @@ export function probeOnce(listener: ListenerConfig, timeoutMs: number): Promise<
     socket.on('error', fail);
     socket.on('close', () => fail(new Error('backend closed the connection')));
     socket.once('connect', () => {
-      const header = localHeader(listener);
+      const header = probeHeader(listener, socket);
       if (header) socket.write(header);
     });
     socket.setEncoding('latin1');
