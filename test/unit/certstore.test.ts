@@ -1,0 +1,68 @@
+import { describe, it, expect } from 'vitest';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { buildCertStore } from '../../src/tls/certstore.ts';
+import { makePki } from '../helpers/certs.ts';
+
+const DAY = 86_400_000;
+
+describe('certificate store', () => {
+  it('a key that does not belong to the certificate is an error naming the key file', async () => {
+    const pki = await makePki();
+    const a = await pki.issue('a', { names: ['a.example.org'] });
+    const b = await pki.issue('b', { names: ['b.example.org'] });
+    const r = buildCertStore([{ cert: a.cert, key: b.key, path: 'certificates[0]' }]);
+    expect(r.store).toBeNull();
+    expect(r.problems).toEqual([expect.objectContaining({ severity: 'error', path: 'certificates[0].key', message: expect.stringContaining(`${b.key} is not the private key of ${a.cert}`) })]);
+  });
+  it('a missing file and PEM garbage are errors naming the file', async () => {
+    const pki = await makePki();
+    const a = await pki.issue('a', { names: ['a.example.org'] });
+    const junk = join(pki.dir, 'junk.pem');
+    writeFileSync(junk, 'not a certificate');
+    const r = buildCertStore([
+      { cert: join(pki.dir, 'missing.pem'), key: a.key, path: 'certificates[0]' },
+      { cert: junk, key: a.key, path: 'certificates[1]' },
+    ]);
+    expect(r.store).toBeNull();
+    expect(r.problems.map((p) => p.message)).toEqual([`cannot read certificate file ${join(pki.dir, 'missing.pem')}: ENOENT`, `${junk} holds no PEM certificate`]);
+  });
+  it('expired, expiring and chainless certificates load with warnings', async () => {
+    const pki = await makePki();
+    const old = await pki.issue('old', { names: ['old.example.org'], notBefore: new Date(Date.now() - 100 * DAY), notAfter: new Date(Date.now() - DAY) });
+    const soon = await pki.issue('soon', { names: ['soon.example.org'], notAfter: new Date(Date.now() + 5 * DAY) });
+    const bare = await pki.issue('bare', { names: ['bare.example.org'], withChain: false });
+    const r = buildCertStore([
+      { ...old, path: 'certificates[0]' },
+      { ...soon, path: 'certificates[1]' },
+      { ...bare, path: 'certificates[2]' },
+    ]);
+    expect(r.store).not.toBeNull();
+    const msgs = r.problems.map((p) => `${p.severity} ${p.path} ${p.message}`);
+    expect(msgs.some((m) => m.startsWith('warning certificates[0].cert') && m.includes('EXPIRED'))).toBe(true);
+    expect(msgs.some((m) => m.startsWith('warning certificates[1].cert') && m.includes('expires in less than 14 days'))).toBe(true);
+    expect(msgs.some((m) => m.startsWith('warning certificates[2].cert') && m.includes('no intermediate certificates'))).toBe(true);
+  });
+  it('a partial wildcard is refused at load with the file and the name', async () => {
+    const pki = await makePki();
+    const p = await pki.issue('p', { names: ['f*.example.org'] });
+    const r = buildCertStore([{ ...p, path: 'certificates[0]' }]);
+    expect(r.store).toBeNull();
+    expect(r.problems[0]!.message).toBe(`${p.cert}: "f*.example.org": partial or nested wildcards are not supported (RFC 6125 section 7.2)`);
+  });
+  it('a wildcard matches one label only, never the bare domain or two labels', async () => {
+    const pki = await makePki();
+    const w = await pki.issue('w', { names: ['*.example.org'] });
+    const store = buildCertStore([{ ...w, path: 'certificates[0]' }]).store!;
+    expect(store.lookup('a.example.org')?.match).toBe('wildcard');
+    expect(store.lookup('example.org')).toBeNull();
+    expect(store.lookup('a.b.example.org')).toBeNull();
+  });
+  it('describes key type and names', async () => {
+    const pki = await makePki();
+    const e = await pki.issue('e', { names: ['e.example.org', 'E2.example.org'] });
+    const r = await pki.issue('r', { names: ['r.example.org'], kind: 'rsa' });
+    const store = buildCertStore([{ ...e, path: 'certificates[0]' }, { ...r, path: 'certificates[1]' }]).store!;
+    expect(store.entries.map((x) => [x.keyType, x.names])).toEqual([['ECDSA P-256', ['e.example.org', 'e2.example.org']], ['RSA 2048', ['r.example.org']]]);
+  });
+});
