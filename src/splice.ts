@@ -119,4 +119,7 @@ function pumpFiltered(client: Socket, backend: Socket, filter: SessionFilter, re
     if (held.length === 0) backend.end();
   });
   backend.on('end', () => client.end());
+  // A prelude may have paused the client socket explicitly; 'data' listeners alone do not
+  // resume an explicitly paused stream.
+  client.resume();
 }
