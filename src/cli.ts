@@ -3,6 +3,7 @@ import { Command, Option } from 'commander';
 import { runCommand } from './commands/run.ts';
 import { checkCommand } from './commands/check.ts';
 import { demoCommand } from './commands/demo.ts';
+import { explainCommand } from './commands/explain.ts';
 
 const configOption = () =>
   new Option('-c, --config <file>', 'configuration file').env('POSTERN_CONFIG').default('./postern.yaml');
@@ -27,6 +28,18 @@ program
   .option('--json', 'print the result as JSON')
   .action((opts: { config: string; json?: boolean }) => {
     process.exitCode = checkCommand(opts.config, { json: opts.json === true });
+  });
+
+program
+  .command('explain')
+  .description('show what postern would do for a ClientHello with this SNI (and ALPN), per listener')
+  .addOption(configOption())
+  .option('--listener <name>', 'only this listener (default: every listener)')
+  .option('--sni <name>', 'the SNI the client sends (omit for a ClientHello without SNI)')
+  .option('--alpn <list>', 'comma-separated ALPN protocols the client offers')
+  .option('--json', 'print the result as JSON')
+  .action((opts: { config: string; listener?: string; sni?: string; alpn?: string; json?: boolean }) => {
+    process.exitCode = explainCommand(opts.config, { listener: opts.listener, sni: opts.sni, alpn: opts.alpn?.split(',').filter(Boolean), json: opts.json === true });
   });
 
 program
