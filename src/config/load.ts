@@ -1,0 +1,360 @@
+// Reads postern.yaml, validates it completely and compiles it into a PosternConfig.
+//
+// YAML (with positions) -> plain value -> schema (schema.ts: types, values, unknown keys) plus the
+// checks that need the whole document (duplicate names, conflicting listen addresses, starttls
+// options on implicit listeners, certificate files) -> every problem, sorted by line, each at the
+// most specific YAML node. Only a document without a single problem is compiled.
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, relative, resolve } from 'node:path';
+import { isIPv4, isIPv6 } from 'node:net';
+import { isAlias, isMap, isPair, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
+import type { Document, Node as YamlNode } from 'yaml';
+import {
+  defaultAlpn,
+  defaultFallbackCapabilities,
+  defaultGreeting,
+  defaultRequireTls,
+  defaultSni,
+  parseHostPort,
+  STARTTLS_ONLY_KEYS,
+  validateDocument,
+} from './schema.ts';
+import type { RawDocument, RawListener, SchemaIssue, SchemaPath } from './schema.ts';
+import type { CertificateSource, ConfigError, HostPort, ListenerConfig, PosternConfig } from './types.ts';
+
+export interface LoadedConfig {
+  config: PosternConfig;
+  /** line/col (1-based) of a YAML path like "listeners[1].sni" or "certificates[0].cert"; falls back to the nearest existing parent */
+  position(path: string): { line: number; col: number };
+}
+
+export type LoadResult = { ok: true; loaded: LoadedConfig } | { ok: false; errors: ConfigError[] };
+
+// ---------------------------------------------------------------------------------------------
+// Paths: "listeners[1].backend.address" <-> ['listeners', 1, 'backend', 'address']
+
+export function formatPath(path: SchemaPath): string {
+  let out = '';
+  for (const seg of path) out += typeof seg === 'number' ? `[${seg}]` : out === '' ? seg : `.${seg}`;
+  return out;
+}
+
+export function parsePath(path: string): SchemaPath {
+  const out: SchemaPath = [];
+  for (const m of path.matchAll(/([^.[\]]+)|\[(\d+)\]/g)) out.push(m[2] !== undefined ? Number(m[2]) : m[1]!);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Positions in the YAML source
+
+type Pos = { line: number; col: number };
+
+class Locator {
+  private readonly doc: Document;
+  private readonly lines: LineCounter;
+
+  constructor(doc: Document, lines: LineCounter) {
+    this.doc = doc;
+    this.lines = lines;
+  }
+
+  private posOf(node: unknown): Pos | null {
+    const range = (node as { range?: [number, number, number] } | null)?.range;
+    return range ? this.lines.linePos(range[0]) : null;
+  }
+
+  private deref(node: unknown): unknown {
+    return isAlias(node) ? node.resolve(this.doc) : node;
+  }
+
+  /**
+   * Where `path` is in the source: its value node (or its key with at = 'key'); the nearest
+   * existing parent when the path does not exist (a missing key points at its mapping).
+   */
+  find(path: SchemaPath, at: 'value' | 'key' = 'value'): Pos {
+    let node: unknown = this.doc.contents;
+    let best: Pos = this.posOf(node) ?? { line: 1, col: 1 };
+    for (let i = 0; i < path.length; i++) {
+      const seg = path[i]!;
+      node = this.deref(node);
+      const last = i === path.length - 1;
+      if (isMap(node)) {
+        // The last of duplicate keys is the one whose value counts (as in doc.toJS()).
+        const pair = node.items.findLast((p) => isPair(p) && String(isScalar(p.key) ? p.key.value : p.key) === String(seg));
+        if (!pair) return best;
+        const keyPos = this.posOf(pair.key);
+        const valuePos = this.posOf(pair.value);
+        // `key:` with nothing after it has an empty value node; point at the key then.
+        const empty = isScalar(pair.value) && pair.value.value === null && pair.value.source === '';
+        if (last && at === 'key') return keyPos ?? best;
+        best = (empty ? keyPos : valuePos) ?? keyPos ?? best;
+        node = pair.value;
+      } else if (isSeq(node) && typeof seg === 'number') {
+        const item: unknown = node.items[seg];
+        if (item === undefined) return best;
+        best = this.posOf(item) ?? best;
+        node = item;
+      } else {
+        return best;
+      }
+    }
+    return best;
+  }
+
+  /** The YAML path of the innermost key or item that contains a source offset. */
+  pathAt(offset: number): SchemaPath {
+    const path: SchemaPath = [];
+    let node: unknown = this.doc.contents;
+    const inside = (n: unknown) => {
+      const r = (n as { range?: [number, number, number] } | null)?.range;
+      return !!r && offset >= r[0] && offset < Math.max(r[2], r[1]);
+    };
+    for (;;) {
+      if (isMap(node)) {
+        const pair = node.items.find((p) => inside(p.key) || inside(p.value));
+        if (!pair) return path;
+        path.push(String(isScalar(pair.key) ? pair.key.value : pair.key));
+        if (inside(pair.key)) return path;
+        node = pair.value;
+      } else if (isSeq(node)) {
+        const index = node.items.findIndex((n) => inside(n));
+        if (index < 0) return path;
+        path.push(index);
+        node = node.items[index];
+      } else {
+        return path;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks that need the whole document. They read the plain value defensively: the schema may
+// have refused parts of it, and its problems are reported alongside these.
+
+type Issue = SchemaIssue;
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+interface Bound {
+  family: 4 | 6;
+  /** Canonical address; "0.0.0.0" / "::" for every address. */
+  addr: string;
+}
+
+/** Canonical form of a listen host: IPv6 compressed and lowercased, IPv4-mapped IPv6 as IPv4. */
+function bound(host: string): Bound {
+  if (isIPv4(host)) return { family: 4, addr: host };
+  const canon = new URL(`http://[${host.replace(/%.*$/, '')}]/`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canon);
+  if (mapped) {
+    const hi = parseInt(mapped[1]!, 16);
+    const lo = parseInt(mapped[2]!, 16);
+    return { family: 4, addr: `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}` };
+  }
+  return { family: 6, addr: canon };
+}
+
+/** Why two listen addresses cannot both be bound, or null when they can. */
+function listenConflict(a: HostPort, b: HostPort): string | null {
+  if (a.port !== b.port) return null;
+  const x = bound(a.host);
+  const y = bound(b.host);
+  if (x.family === y.family && x.addr === y.addr) return 'the same address';
+  if (x.family === y.family) {
+    const any = x.family === 4 ? '0.0.0.0' : '::';
+    if (x.addr === any || y.addr === any) return `${x.family === 4 ? '0.0.0.0' : '[::]'} already covers every IPv${x.family} address on port ${a.port}`;
+    return null;
+  }
+  if (x.addr === '::' || y.addr === '::') return `[::] also accepts IPv4 connections on port ${a.port} (dual-stack, the Linux default)`;
+  return null;
+}
+
+const showHostPort = (h: HostPort) => `${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`;
+
+function fileProblem(path: string): string | null {
+  try {
+    if (!statSync(path).isFile()) return `not a regular file: ${path}`;
+    accessSync(path, constants.R_OK);
+    return null;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return `file not found: ${path}`;
+    return `cannot read ${path}${code ? ` (${code})` : ''}`;
+  }
+}
+
+function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) => number): Issue[] {
+  const issues: Issue[] = [];
+  if (!isRecord(raw)) return issues;
+
+  if (Array.isArray(raw.certificates)) {
+    raw.certificates.forEach((c: unknown, i) => {
+      if (!isRecord(c)) return;
+      for (const field of ['cert', 'key'] as const) {
+        const value = c[field];
+        if (typeof value !== 'string' || value === '') continue;
+        const problem = fileProblem(resolve(baseDir, value));
+        if (problem) issues.push({ path: ['certificates', i, field], message: problem, at: 'value' });
+      }
+    });
+  }
+
+  if (Array.isArray(raw.listeners)) {
+    const names = new Map<string, number>();
+    const listens: Array<{ index: number; address: HostPort; name: unknown }> = [];
+    raw.listeners.forEach((l: unknown, i) => {
+      if (!isRecord(l)) return;
+
+      if (typeof l.name === 'string') {
+        const first = names.get(l.name);
+        if (first === undefined) names.set(l.name, i);
+        else issues.push({ path: ['listeners', i, 'name'], message: `duplicate listener name "${l.name}": already used by listeners[${first}] (line ${line(['listeners', first, 'name'])})`, at: 'value' });
+      }
+
+      if (typeof l.listen === 'string') {
+        const parsed = parseHostPort(l.listen, false);
+        if (parsed.ok) {
+          for (const other of listens) {
+            const why = listenConflict(other.address, parsed.value);
+            if (!why) continue;
+            const who = `${typeof other.name === 'string' ? `listener "${other.name}"` : 'the listener'} (listeners[${other.index}], line ${line(['listeners', other.index, 'listen'])})`;
+            const message =
+              why === 'the same address'
+                ? `"${l.listen}" is already used by ${who}`
+                : `"${l.listen}" conflicts with "${showHostPort(other.address)}" of ${who}: ${why}`;
+            issues.push({ path: ['listeners', i, 'listen'], message, at: 'value' });
+            break;
+          }
+          listens.push({ index: i, address: parsed.value, name: l.name });
+        }
+      }
+
+      if (l.tls === 'implicit') {
+        for (const key of STARTTLS_ONLY_KEYS) {
+          if (key in l) {
+            issues.push({ path: ['listeners', i, key], message: `"${key}" only applies to tls: starttls listeners; this one is tls: implicit`, at: 'key' });
+          }
+        }
+      }
+      if (l.tls === 'starttls' && l.protocol === 'tls') {
+        issues.push({ path: ['listeners', i, 'tls'], message: 'starttls needs protocol smtp, imap or pop3: protocol tls has no STARTTLS command (use tls: implicit)', at: 'value' });
+      }
+    });
+  }
+  return issues;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compilation
+
+function compile(doc: RawDocument, file: string): PosternConfig {
+  const base = dirname(file);
+  const certificates: CertificateSource[] = doc.certificates.map((c, i) => ({
+    cert: resolve(base, c.cert),
+    key: resolve(base, c.key),
+    path: `certificates[${i}]`,
+  }));
+  return { file, log: { level: doc.log.level }, certificates, listeners: doc.listeners.map(compileListener) };
+}
+
+function compileListener(l: RawListener, i: number): ListenerConfig {
+  return {
+    name: l.name,
+    listen: l.listen,
+    protocol: l.protocol,
+    tls: l.tls,
+    hostname: l.hostname,
+    sni: l.sni ?? defaultSni(l.protocol, l.tls),
+    serverNames: l.serverNames ?? null,
+    alpn: l.alpn === false ? null : (l.alpn ?? defaultAlpn(l.protocol)),
+    minVersion: l.minVersion,
+    backend: { address: l.backend.address, proxyProtocol: l.backend.proxyProtocol },
+    timeouts: { handshakeMs: l.timeouts.handshake, connectMs: l.timeouts.connect, idleMs: l.timeouts.idle },
+    starttls:
+      l.tls === 'starttls'
+        ? {
+            greeting: l.greeting ?? defaultGreeting(l.protocol, l.hostname),
+            requireTls: l.requireTls ?? defaultRequireTls(l.protocol, l.listen.port),
+            probeIntervalMs: l.capabilities.probeInterval,
+            fallbackCapabilities: l.capabilities.fallback ?? defaultFallbackCapabilities(l.protocol),
+          }
+        : null,
+    path: `listeners[${i}]`,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+const byPosition = (a: ConfigError, b: ConfigError) => a.line - b.line || a.col - b.col;
+
+/** Parses, validates and compiles YAML text; `file` names it in messages and anchors relative paths. */
+export function loadConfigText(text: string, file: string): LoadResult {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const locator = new Locator(doc, lines);
+  const errors: ConfigError[] = [];
+
+  const syntax = doc.errors.filter((e) => e.code !== 'DUPLICATE_KEY');
+  for (const e of doc.errors) {
+    const { line, col } = lines.linePos(e.pos[0]);
+    if (e.code === 'DUPLICATE_KEY') {
+      const path = locator.pathAt(e.pos[0]);
+      const key = path[path.length - 1];
+      errors.push({ file, line, col, path: formatPath(path), message: `duplicate key${key === undefined ? '' : ` "${key}"`}: a key may appear only once in a mapping` });
+    } else {
+      errors.push({ file, line, col, path: '', message: `YAML syntax error: ${e.message}` });
+    }
+  }
+  // A document with syntax errors has no trustworthy structure; duplicate keys alone do not stop
+  // validation (the last value counts for the rest of the checks).
+  if (syntax.length > 0) return { ok: false, errors: errors.sort(byPosition) };
+
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    errors.push({ file, line: 1, col: 1, path: '', message: `YAML: ${(err as Error).message}` });
+    return { ok: false, errors };
+  }
+
+  const schema = validateDocument(raw);
+  const issues = [...(schema.ok ? [] : schema.issues), ...documentChecks(raw, dirname(resolve(file)), (p) => locator.find(p).line)];
+  for (const issue of issues) errors.push({ file, ...locator.find(issue.path, issue.at), path: formatPath(issue.path), message: issue.message });
+  if (errors.length > 0 || !schema.ok) return { ok: false, errors: errors.sort(byPosition) };
+
+  return {
+    ok: true,
+    loaded: {
+      config: compile(schema.value, resolve(file)),
+      position: (path) => locator.find(parsePath(path)),
+    },
+  };
+}
+
+/** Reads and loads a file; an unreadable file is one error at 1:1. */
+export function loadConfigFile(file: string): LoadResult {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : (e.code ?? e.message);
+    return { ok: false, errors: [{ file, line: 1, col: 1, path: '', message: `cannot read the configuration file ${resolve(file)}: ${why}` }] };
+  }
+  return loadConfigText(text, file);
+}
+
+/** A path under the working directory is shown relative to it; anything else as given. */
+function displayFile(file: string): string {
+  if (!isAbsolute(file)) return file;
+  const rel = relative(process.cwd(), file);
+  return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : file;
+}
+
+/** `postern.yaml:14:7 listeners[1].sni: expected "strict" or "fallback", got "lenient"` */
+export function formatConfigError(e: ConfigError): string {
+  return `${displayFile(e.file)}:${e.line}:${e.col} ${e.path === '' ? '' : `${e.path}: `}${e.message}`;
+}

@@ -1,0 +1,441 @@
+// The schema of postern.yaml, and the only place defaults live.
+//
+// Two layers, both here:
+// - a zod 4 schema of the raw document: strict objects (unknown keys are errors), value parsers
+//   with our own messages (addresses, durations, names), and the defaults that do not depend on
+//   anything else (`.prefault`, so that a default goes through the same parser as a written value
+//   and shows up in the JSON Schema for editors);
+// - the defaults that depend on other fields of the listener (sni by protocol and tls mode, alpn
+//   and capabilities by protocol, requireTls by port, greeting by hostname), as functions that
+//   src/config/load.ts calls when it compiles.
+// Checks that need the whole document (duplicates, conflicts, files) live in load.ts.
+import { domainToASCII } from 'node:url';
+import { isIPv4, isIPv6 } from 'node:net';
+import { z } from 'zod';
+import { checkHostName } from '../tls/names.ts';
+import type { HostPort, Protocol, SniPolicyName, TlsMode } from './types.ts';
+
+// ---------------------------------------------------------------------------------------------
+// Defaults
+
+export const DEFAULTS = {
+  logLevel: 'info',
+  minVersion: 'TLSv1.2',
+  timeouts: { handshake: '10s', connect: '5s', idle: '10m' },
+  probeInterval: '5m',
+} as const;
+
+/** Capabilities announced before TLS when the backend probe fails. */
+export const DEFAULT_FALLBACK_CAPABILITIES: Readonly<Record<Exclude<Protocol, 'tls'>, readonly string[]>> = {
+  smtp: ['PIPELINING', 'SIZE 10240000', '8BITMIME', 'ENHANCEDSTATUSCODES', 'SMTPUTF8', 'CHUNKING'],
+  imap: ['IMAP4rev1', 'LITERAL+', 'SASL-IR', 'ID', 'ENABLE', 'IDLE', 'AUTH=PLAIN'],
+  pop3: ['TOP', 'UIDL', 'RESP-CODES', 'PIPELINING', 'USER', 'SASL PLAIN'],
+};
+
+/**
+ * `fallback` for SMTP with STARTTLS (port 25 deliveries: senders send no SNI or the wrong one, and
+ * RFC 8461 section 5 asks a receiver to serve its certificate anyway), `strict` everywhere else.
+ */
+export function defaultSni(protocol: Protocol, tls: TlsMode): SniPolicyName {
+  return protocol === 'smtp' && tls === 'starttls' ? 'fallback' : 'strict';
+}
+
+/** The protocol's own ALPN id (RFC 7301 registry: smtp, imap, pop3); none for plain `tls`. */
+export function defaultAlpn(protocol: Protocol): string[] | null {
+  return protocol === 'tls' ? null : [protocol];
+}
+
+/**
+ * RFC 3207 section 4: a publicly-referenced SMTP server (an MX, port 25) must not require TLS.
+ * Everything else (submission 587, IMAP 143, POP3 110) requires it.
+ */
+export function defaultRequireTls(protocol: Protocol, listenPort: number): boolean {
+  return !(protocol === 'smtp' && listenPort === 25);
+}
+
+/** Text after `220 ` (SMTP), `* OK [CAPABILITY ...] ` (IMAP) or `+OK ` (POP3). */
+export function defaultGreeting(protocol: Protocol, hostname: string): string {
+  return protocol === 'smtp' ? `${hostname} ESMTP` : 'ready';
+}
+
+export function defaultFallbackCapabilities(protocol: Protocol): string[] {
+  return protocol === 'tls' ? [] : [...DEFAULT_FALLBACK_CAPABILITIES[protocol]];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value parsers: pure, each with its own messages. Exported for load.ts and the tests.
+
+export type Parsed<T> = { ok: true; value: T } | { ok: false; message: string };
+const ok = <T>(value: T): Parsed<T> => ({ ok: true, value });
+const bad = (message: string): Parsed<never> => ({ ok: false, message });
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+/** setTimeout's ceiling: longer timers fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+export const DURATION_HINT = 'use a unit, e.g. 10s (units: ms, s, m, h, d)';
+
+/** "250ms" | "10s" | "5m" | "1h" | "1d" -> milliseconds. */
+export function parseDuration(text: string): Parsed<number> {
+  if (/^\d+(\.\d+)?$/.test(text.trim())) return bad(`got a bare number (${text}): ${DURATION_HINT}`);
+  const m = /^(\d+)(ms|s|m|h|d)$/.exec(text);
+  if (!m) return bad(`expected a duration such as 250ms, 10s, 5m, 1h or 1d, got ${JSON.stringify(text)}`);
+  const ms = Number(m[1]) * UNITS[m[2]!]!;
+  if (ms === 0) return bad(`expected a duration greater than zero, got ${JSON.stringify(text)}`);
+  if (ms > MAX_TIMER_MS) return bad(`${JSON.stringify(text)} is too long: at most 24d`);
+  return ok(ms);
+}
+
+export const LISTEN_EXAMPLE = 'expected host:port, e.g. "0.0.0.0:465" or "[::]:465"';
+export const BACKEND_EXAMPLE = 'expected host:port, e.g. "127.0.0.1:10465", "[::1]:10465" or "postfix:10465"';
+const HOST_LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/i;
+
+/**
+ * "IPv4:port" or "[IPv6]:port"; with `allowHostName` (backends) also "name:port", so that docker
+ * compose service names work. The host comes back without brackets.
+ */
+export function parseHostPort(text: string, allowHostName: boolean): Parsed<HostPort> {
+  const example = allowHostName ? BACKEND_EXAMPLE : LISTEN_EXAMPLE;
+  let host: string;
+  let portText: string;
+  if (text.startsWith('[')) {
+    const end = text.indexOf(']');
+    if (end < 0 || text[end + 1] !== ':') return bad(`${example}, got ${JSON.stringify(text)}`);
+    host = text.slice(1, end);
+    portText = text.slice(end + 2);
+    if (!isIPv6(host)) return bad(`"${host}" is not an IPv6 address: ${example}`);
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon < 0) return bad(`${example}, got ${JSON.stringify(text)} (${/^\d+$/.test(text) ? 'no address' : 'no port'})`);
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (host.includes(':')) {
+      return isIPv6(host) ? bad(`an IPv6 address needs brackets: "[${host}]:${portText}"`) : bad(`${example}, got ${JSON.stringify(text)}`);
+    }
+    if (host === '') return bad(`${example}, got ${JSON.stringify(text)} (no host; "0.0.0.0" or "[::]" means every address)`);
+    if (!isIPv4(host)) {
+      if (/^[\d.]+$/.test(host)) return bad(`"${host}" is not a valid IPv4 address`);
+      if (!allowHostName) return bad(`"${host}" is not an IP address: listen takes an address to bind, e.g. "0.0.0.0:465" or "[::]:465"; host names are not allowed here`);
+      if (host.length > 253 || !host.split('.').every((l) => HOST_LABEL.test(l))) return bad(`"${host}" is not an IP address or a host name: ${example}`);
+      host = host.toLowerCase();
+    }
+  }
+  if (!/^\d+$/.test(portText)) return bad(`${example}, got ${JSON.stringify(text)} (the port must be a number)`);
+  const port = Number(portText);
+  if (port < 1 || port > 65535) return bad(`port ${portText} is out of range (1-65535)`);
+  return ok({ host, port });
+}
+
+/** How a host name is refused, in words. */
+function nameProblem(input: string, ascii: string): string | null {
+  const c = checkHostName(ascii);
+  if (c.ok) return null;
+  switch (c.reason) {
+    case 'no_dot':
+      return `"${input}" has no dot: expected a fully qualified name such as mail.example.org`;
+    case 'too_long':
+      return `"${input}" is longer than 253 characters`;
+    case 'bad_label':
+      return `"${input}" has an empty label or a label longer than 63 characters`;
+    case 'ip_literal':
+      return `"${input}" is an IP address: expected a DNS name such as mail.example.org`;
+    default:
+      return `"${input}" is not a valid DNS name (letters, digits, "-" and dots only)`;
+  }
+}
+
+/** A DNS host name: lowercased, Unicode converted to A-labels, no trailing dot, no wildcard. */
+export function parseDnsName(input: string): Parsed<string> {
+  if (input === '') return bad('expected a DNS name such as mail.example.org, got an empty string');
+  if (input.includes('*')) return bad(`"${input}": a wildcard is not allowed here; give the exact name`);
+  if (input.endsWith('.')) return bad(`"${input}": remove the trailing dot`);
+  if (isIPv4(input) || isIPv6(input) || input.startsWith('[')) return bad(`"${input}" is an IP address: expected a DNS name such as mail.example.org`);
+  const ascii = domainToASCII(input);
+  if (ascii === '') return bad(`"${input}" is not a valid DNS name`);
+  const problem = nameProblem(input, ascii);
+  return problem ? bad(problem) : ok(ascii);
+}
+
+/** An exact name or a "*.domain" pattern (the wildcard is the whole leftmost label). */
+export function parseServerName(input: string): Parsed<string> {
+  if (!input.includes('*')) return parseDnsName(input);
+  if (!input.startsWith('*.') || input.slice(2).includes('*')) {
+    return bad(`"${input}": partial wildcards are not supported; a wildcard is a whole leftmost label, as in "*.example.org" (RFC 6125 section 7.2)`);
+  }
+  const rest = input.slice(2);
+  if (!rest.replace(/\.$/, '').includes('.')) return bad(`"${input}": a wildcard must sit below a domain of at least two labels`);
+  const parent = parseDnsName(rest);
+  if (!parent.ok) return bad(`"${input}": ${parent.message}`);
+  return ok(`*.${parent.value}`);
+}
+
+export const NAME_RULE = 'lowercase letters, digits, "-" and "_", starting with a letter or digit';
+
+// ---------------------------------------------------------------------------------------------
+// The zod schema of the raw document
+
+/** What a YAML value is, in words, for "got ..." in messages. */
+export function describeValue(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (v === null) return 'an empty value';
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  return typeof v;
+}
+
+/** A string field whose value goes through `parse`; `typeError` for YAML numbers, booleans... */
+function parsedString<T>(parse: (s: string) => Parsed<T>, typeError: (input: unknown) => string) {
+  return z
+    .string({ error: (iss) => (iss.input === undefined ? undefined : typeError(iss.input)) })
+    .transform((s, ctx): T => {
+      const r = parse(s);
+      if (r.ok) return r.value;
+      ctx.issues.push({ code: 'custom', message: r.message, input: s });
+      return z.NEVER;
+    });
+}
+
+const duration = parsedString(parseDuration, (input) =>
+  typeof input === 'number' ? `got a bare number (${input}): ${DURATION_HINT}` : `expected a duration such as 10s, got ${describeValue(input)}`,
+).meta({ description: 'A duration with a unit: 250ms, 10s, 5m, 1h, 1d', pattern: '^[0-9]+(ms|s|m|h|d)$' });
+
+const listenAddress = parsedString(
+  (s) => parseHostPort(s, false),
+  (input) => `${LISTEN_EXAMPLE}, got ${describeValue(input)}`,
+).meta({ description: 'IPv4:port or [IPv6]:port to bind; no host names' });
+
+const backendAddress = parsedString(
+  (s) => parseHostPort(s, true),
+  (input) => `${BACKEND_EXAMPLE}, got ${describeValue(input)}`,
+).meta({ description: 'IPv4:port, [IPv6]:port or hostname:port' });
+
+const dnsName = parsedString(parseDnsName, (input) => `expected a DNS name such as mail.example.org, got ${describeValue(input)}`).meta({
+  description: "This listener's own DNS name (no wildcard, no trailing dot)",
+});
+
+const serverName = parsedString(parseServerName, (input) => `expected a name or "*.domain" pattern, got ${describeValue(input)}`);
+
+const listenerName = parsedString(
+  (s) => (/^[a-z0-9][a-z0-9_-]*$/.test(s) ? ok(s) : bad(`expected a name of ${NAME_RULE} (it is used as a metric label), got ${JSON.stringify(s)}`)),
+  (input) => `expected a name of ${NAME_RULE}, got ${describeValue(input)}`,
+).meta({ description: `Unique listener name: ${NAME_RULE}; used in logs and metrics`, pattern: '^[a-z0-9][a-z0-9_-]*$' });
+
+const alpnProtocol = parsedString(
+  (s) => {
+    const bytes = Buffer.byteLength(s);
+    return bytes >= 1 && bytes <= 255 ? ok(s) : bad(`an ALPN protocol name is 1 to 255 bytes, got ${bytes}`);
+  },
+  (input) => `expected an ALPN protocol name such as "smtp" or "h2", got ${describeValue(input)}`,
+);
+
+function oneLine(what: string, max: number) {
+  return (s: string): Parsed<string> => {
+    if (s === '') return bad(`${what} must not be empty`);
+    if (!/^[\x20-\x7e]*$/.test(s)) return bad(`${what} must be printable ASCII on one line, got ${JSON.stringify(s)}`);
+    if (s.length > max) return bad(`${what} is longer than ${max} characters`);
+    return ok(s);
+  };
+}
+
+const greeting = parsedString(oneLine('the greeting', 400), (input) => `expected the greeting text, got ${describeValue(input)}`).meta({
+  description: 'Text after "220 " (SMTP), "* OK [CAPABILITY ...] " (IMAP) or "+OK " (POP3). Default: "<hostname> ESMTP" for smtp, "ready" for imap and pop3',
+});
+
+const capability = parsedString(oneLine('a capability', 400), (input) => `expected a capability such as "PIPELINING", got ${describeValue(input)}`);
+
+function pathField(what: string) {
+  return parsedString(
+    (s) => (s === '' ? bad(`expected the path of the ${what} file, got an empty string`) : ok(s)),
+    (input) => `expected the path of the ${what} file, got ${describeValue(input)}`,
+  );
+}
+
+function oneOf<const T extends readonly [string, ...string[]]>(values: T, hint?: (input: unknown) => string | undefined) {
+  return z.enum(values, { error: (iss) => hint?.(iss.input) });
+}
+
+/**
+ * No default, on purpose. With `none` the backend sees every client as postern's own address
+ * (127.0.0.1), and Postfix counts 127.0.0.0/8 as mynetworks: picked by accident, that is an open
+ * relay. The admin has to choose.
+ */
+export const PROXY_PROTOCOL_HINT =
+  'choose none, v1 or v2 explicitly: there is no default because with none the backend sees every client as postern\'s own address, and Postfix treats 127.0.0.0/8 as mynetworks (an open relay if chosen by accident)';
+
+const proxyProtocol = oneOf(['none', 'v1', 'v2'], (input) => (input === undefined ? `required but missing: ${PROXY_PROTOCOL_HINT}` : undefined)).meta({
+  description: `PROXY protocol header sent to the backend. Required: ${PROXY_PROTOCOL_HINT}`,
+});
+
+const certificateSchema = z.strictObject({
+  cert: pathField('certificate').meta({ description: 'PEM certificate (leaf first, then the chain), relative to this file' }),
+  key: pathField('private key').meta({ description: 'PEM private key, relative to this file' }),
+});
+
+const timeoutsSchema = z
+  .strictObject({
+    handshake: duration.prefault(DEFAULTS.timeouts.handshake).meta({ description: 'From accept to a finished TLS handshake (default 10s)' }),
+    connect: duration.prefault(DEFAULTS.timeouts.connect).meta({ description: 'Backend TCP connect (default 5s)' }),
+    idle: duration.prefault(DEFAULTS.timeouts.idle).meta({ description: 'No bytes either way for this long closes the connection (default 10m)' }),
+  })
+  .prefault({});
+
+const capabilitiesSchema = z
+  .strictObject({
+    probeInterval: duration.prefault(DEFAULTS.probeInterval).meta({ description: "How often the backend's capabilities are probed (default 5m)" }),
+    fallback: z.array(capability).optional().meta({ description: 'Announced when the probe fails; default per protocol' }),
+  })
+  .prefault({});
+
+/** Keys that only mean something for `tls: starttls`. */
+export const STARTTLS_ONLY_KEYS = ['greeting', 'requireTls', 'capabilities'] as const;
+
+const listenerSchema = z.strictObject({
+  name: listenerName,
+  listen: listenAddress,
+  protocol: oneOf(['smtp', 'imap', 'pop3', 'tls']),
+  tls: oneOf(['implicit', 'starttls']),
+  hostname: dnsName,
+  sni: oneOf(['strict', 'fallback']).optional().meta({ description: 'Default: fallback for smtp with tls: starttls, strict otherwise' }),
+  serverNames: z
+    .array(serverName)
+    .min(1, { error: 'an empty list allows no name: leave serverNames out to allow every loaded certificate' })
+    .optional()
+    .meta({ description: 'Names this listener may serve (exact or *.domain); default: any loaded certificate' }),
+  alpn: z
+    .union([z.literal(false), z.array(alpnProtocol).min(1, { error: 'an empty list would refuse every client that offers ALPN: write false to turn ALPN handling off' })], {
+      error: (iss) => (iss.code === 'invalid_union' ? `expected a list of ALPN protocol names, or false for no ALPN handling, got ${describeValue(iss.input)}` : undefined),
+    })
+    .optional()
+    .meta({ description: 'Acceptable ALPN protocols in preference order, or false. Default: [smtp], [imap], [pop3] by protocol; none for tls' }),
+  minVersion: oneOf(['TLSv1.2', 'TLSv1.3']).prefault(DEFAULTS.minVersion).meta({ description: 'Lowest TLS version accepted (default TLSv1.2)' }),
+  backend: z.strictObject({ address: backendAddress, proxyProtocol }),
+  timeouts: timeoutsSchema,
+  greeting: greeting.optional(),
+  requireTls: z
+    .boolean()
+    .optional()
+    .meta({ description: 'Refuse commands that need TLS before STARTTLS. Default: false for smtp on port 25 (RFC 3207 section 4), true otherwise' }),
+  capabilities: capabilitiesSchema,
+});
+
+export const documentSchema = z
+  .strictObject({
+    log: z.strictObject({ level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).prefault(DEFAULTS.logLevel) }).prefault({}),
+    certificates: z.array(certificateSchema).min(1, { error: 'at least one certificate is required' }).meta({ description: 'PEM pairs; the names each serves come from its SANs' }),
+    listeners: z.array(listenerSchema).min(1, { error: 'at least one listener is required' }),
+  })
+  .meta({ title: 'postern configuration' });
+
+export type RawDocument = z.output<typeof documentSchema>;
+export type RawListener = z.output<typeof listenerSchema>;
+
+/** JSON Schema (draft 2020-12) of postern.yaml, for editors (yaml-language-server). */
+export function configJsonSchema(): Record<string, unknown> {
+  return z.toJSONSchema(documentSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation with our own messages
+
+export type SchemaPath = Array<string | number>;
+
+export interface SchemaIssue {
+  path: SchemaPath;
+  message: string;
+  /** Where in the YAML the issue points: the value at `path`, or the key that names it. */
+  at: 'value' | 'key';
+}
+
+const TYPE_WORDS: Record<string, string> = {
+  string: 'a string',
+  number: 'a number',
+  boolean: 'true or false',
+  object: 'a mapping (key: value)',
+  array: 'a list',
+};
+
+function quoteList(values: readonly unknown[]): string {
+  const q = values.map((v) => JSON.stringify(v));
+  return q.length <= 1 ? (q[0] ?? '') : `${q.slice(0, -1).join(', ')} or ${q[q.length - 1]}`;
+}
+
+/** Messages for the issues no field-level `error` answered. */
+const errorMap: z.core.$ZodErrorMap = (iss) => {
+  const missing = iss.input === undefined && (iss.code === 'invalid_type' || iss.code === 'invalid_value' || iss.code === 'invalid_union');
+  if (missing) return 'required but missing';
+  switch (iss.code) {
+    case 'invalid_type':
+      return `expected ${TYPE_WORDS[iss.expected] ?? iss.expected}, got ${describeValue(iss.input)}`;
+    case 'invalid_value':
+      return `expected ${quoteList(iss.values)}, got ${describeValue(iss.input)}`;
+    case 'unrecognized_keys': {
+      const inst = iss.inst as unknown as { shape?: Record<string, unknown> } | undefined;
+      return Object.keys(inst?.shape ?? {}).join(', ');
+    }
+    case 'too_small':
+      return iss.origin === 'array' ? `expected at least ${String(iss.minimum)} item(s)` : `must not be empty`;
+    default:
+      return undefined;
+  }
+};
+
+/** "proxy_protocol" -> "proxyProtocol": same letters apart from case, "_" and "-", or 2 edits away. */
+function closest(key: string, allowed: string[]): string | null {
+  const norm = (s: string) => s.toLowerCase().replace(/[-_]/g, '');
+  for (const a of allowed) if (norm(a) === norm(key)) return a;
+  let best: string | null = null;
+  let bestD = 3;
+  for (const a of allowed) {
+    const d = editDistance(key.toLowerCase(), a.toLowerCase());
+    if (d < bestD) [best, bestD] = [a, d];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+export function unknownKeyMessage(key: string, allowed: string[]): string {
+  const guess = closest(key, allowed);
+  return `unknown key "${key}"${guess ? ` (did you mean "${guess}"?)` : ''}; allowed keys: ${allowed.join(', ')}`;
+}
+
+/** Validates the plain JS value of the YAML document; every issue, with our messages. */
+export function validateDocument(raw: unknown): { ok: true; value: RawDocument } | { ok: false; issues: SchemaIssue[] } {
+  if (raw === null || raw === undefined) {
+    return { ok: false, issues: [{ path: [], message: 'the file is empty: expected a mapping with certificates and listeners', at: 'value' }] };
+  }
+  const r = documentSchema.safeParse(raw, { error: errorMap });
+  if (r.success) return { ok: true, value: r.data };
+  const issues: SchemaIssue[] = [];
+  const collect = (list: readonly z.core.$ZodIssue[], prefix: SchemaPath) => {
+    for (const iss of list) {
+      const path = [...prefix, ...iss.path.filter((p): p is string | number => typeof p !== 'symbol')];
+      if (iss.code === 'unrecognized_keys') {
+        const allowed = iss.message.split(', ').filter(Boolean);
+        for (const key of iss.keys) issues.push({ path: [...path, key], message: unknownKeyMessage(key, allowed), at: 'key' });
+        continue;
+      }
+      if (iss.code === 'invalid_union') {
+        // `alpn: [smtp, ""]`: the value has the shape of one alternative (a list) and fails inside
+        // it. Report that alternative's own problems rather than "expected a list or false".
+        const fitting = iss.errors.filter((branch) => !branch.some((b) => b.path.length === 0 && (b.code === 'invalid_type' || b.code === 'invalid_value')));
+        if (fitting.length === 1) {
+          collect(fitting[0]!, path);
+          continue;
+        }
+      }
+      issues.push({ path, message: iss.message, at: 'value' });
+    }
+  };
+  collect(r.error.issues, []);
+  return { ok: false, issues };
+}
