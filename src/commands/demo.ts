@@ -4,9 +4,9 @@
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ListenerConfig, PosternConfig } from '../config/types.ts';
+import { loadConfigText, formatConfigError } from '../config/load.ts';
+import { checkCertificates } from '../config/certificates.ts';
 import { createCa, issueCert } from '../pki.ts';
-import { buildCertStore } from '../tls/certstore.ts';
 import { createLogger } from '../log.ts';
 import { Daemon } from '../daemon.ts';
 import { startDemoBackend } from '../demo/backend.ts';
@@ -14,7 +14,7 @@ import { preludeFor } from '../starttls/preludes.ts';
 
 export interface DemoOptions {
   host: string;
-  /** Ports: base+0 backend, +1 strict, +2 fallback, +3 SMTP STARTTLS. 0 picks free ports. */
+  /** Ports: base+0 backend, +1 strict, +2 fallback, +3 SMTP STARTTLS. */
   basePort?: number;
 }
 
@@ -35,43 +35,34 @@ export async function startDemo(opts: DemoOptions, logDestination: NodeJS.Writab
   writeFileSync(join(dir, 'wild.pem'), wild.chainPem);
   writeFileSync(join(dir, 'wild.key'), wild.keyPem, { mode: 0o600 });
 
-  const base = opts.basePort ?? 0;
-  const at = (n: number) => (base === 0 ? 0 : base + n);
+  const base = opts.basePort ?? 8460;
+  const at = (n: number) => base + n;
   const backend = await startDemoBackend(opts.host, at(0), 'backend.example.org');
   const backendPort = (backend.address() as { port: number }).port;
 
-  const listener = (name: string, port: number, over: Partial<ListenerConfig>): ListenerConfig => ({
-    name,
-    listen: { host: opts.host, port },
-    protocol: 'smtp',
-    tls: 'implicit',
-    hostname: 'mail.example.org',
-    sni: 'strict',
-    serverNames: null,
-    alpn: ['smtp'],
-    minVersion: 'TLSv1.2',
-    backend: { address: { host: opts.host, port: backendPort }, proxyProtocol: 'v2' },
-    timeouts: { handshakeMs: 10_000, connectMs: 5_000, idleMs: 600_000 },
-    starttls: null,
-    path: `listeners[${name}]`,
-    ...over,
-  });
-  const config: PosternConfig = {
-    file: '(demo)',
-    log: { level: 'debug' },
-    certificates: [
-      { cert: join(dir, 'mail.pem'), key: join(dir, 'mail.key'), path: 'certificates[0]' },
-      { cert: join(dir, 'wild.pem'), key: join(dir, 'wild.key'), path: 'certificates[1]' },
-    ],
-    listeners: [
-      listener('strict', at(1), { sni: 'strict' }),
-      listener('fallback', at(2), { sni: 'fallback' }),
-    ],
-  };
-  const built = buildCertStore(config.certificates);
-  if (!built.store) throw new Error(`demo certificates did not load: ${built.problems.map((p) => p.message).join('; ')}`);
+  // The demo goes through the same YAML loader as `postern run`, so its defaults are the real ones.
+  const listenerYaml = (name: string, port: number, extra: string) => `
+  - name: ${name}
+    listen: "${opts.host}:${port}"
+    protocol: smtp
+    hostname: mail.example.org
+    backend: { address: "${opts.host}:${backendPort}", proxyProtocol: v2 }
+${extra}`;
+  const yaml = `log: { level: debug }
+certificates:
+  - { cert: mail.pem, key: mail.key }
+  - { cert: wild.pem, key: wild.key }
+listeners:${listenerYaml('strict', at(1), '    tls: implicit\n    sni: strict')}${listenerYaml('fallback', at(2), '    tls: implicit\n    sni: fallback')}${listenerYaml('smtp-starttls', at(3), '    tls: starttls\n    sni: fallback\n    requireTls: false\n    greeting: mail.example.org ESMTP postern demo')}`;
+  const file = join(dir, 'postern.yaml');
+  writeFileSync(file, yaml);
+  const loaded = loadConfigText(yaml, file);
+  if (!loaded.ok) throw new Error(`demo configuration: ${loaded.errors.map(formatConfigError).join('; ')}`);
+  const certs = checkCertificates(loaded.loaded);
+  if (!certs.store) throw new Error(`demo certificates did not load: ${certs.errors.map(formatConfigError).join('; ')}`);
+  const config = loaded.loaded.config;
   const log = createLogger('debug', logDestination);
-  const daemon = await Daemon.start({ config, store: built.store, log, preludeFor });
+  const daemon = await Daemon.start({ config, store: certs.store, log, preludeFor });
+  log.info({ ca: join(dir, 'ca.pem') }, 'demo started');
   return {
     daemon,
     dir,
@@ -100,6 +91,7 @@ Certificates: mail.example.org and *.example.com, from a throwaway CA: ${ca}
 Listeners (all SMTP in front of a built-in backend that prints what postern told it):
   strict         ${h}:${p('strict')}          implicit TLS, sni: strict
   fallback       ${h}:${p('fallback')}          implicit TLS, sni: fallback
+  smtp-starttls  ${h}:${p('smtp-starttls')}          STARTTLS, sni: fallback (port-25 style)
 
 Try (each opens a session; type QUIT or press Ctrl-D to leave):
 
@@ -117,6 +109,9 @@ Try (each opens a session; type QUIT or press Ctrl-D to leave):
 
   # cross-protocol (ALPACA): a browser's ALPN on a mail port -> alert no_application_protocol (120)
   openssl s_client -brief -connect ${h}:${p('strict')} -servername mail.example.org -alpn h2,http/1.1 -CAfile ${ca}
+
+  # STARTTLS, as an MTA delivering on port 25 does (sends the bare domain as SNI)
+  openssl s_client -brief -starttls smtp -connect ${h}:${p('smtp-starttls')} -servername example.org -CAfile ${ca}
 
 Ctrl-C stops the demo.
 `);
