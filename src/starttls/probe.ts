@@ -77,7 +77,7 @@ export function probeOnce(listener: ListenerConfig, timeoutMs: number): Promise<
       if (header) socket.write(header);
     });
     socket.setEncoding('latin1');
-    socket.on('data', (chunk: string) => {
+    const onData = (chunk: string) => {
       text += chunk;
       if (text.length > 65536) return fail(new Error('answer too long'));
       if (!steps[step]!.done(text)) return;
@@ -85,6 +85,9 @@ export function probeOnce(listener: ListenerConfig, timeoutMs: number): Promise<
       if (++step === steps.length) {
         clearTimeout(timer);
         socket.removeAllListeners('close');
+        // The reply to QUIT/LOGOUT is of no interest.
+        socket.off('data', onData);
+        socket.resume();
         socket.end(quit);
         socket.setTimeout(1000, () => socket.destroy());
         resolve(parse(text));
@@ -92,7 +95,8 @@ export function probeOnce(listener: ListenerConfig, timeoutMs: number): Promise<
       }
       text = '';
       socket.write(steps[step]!.send!);
-    });
+    };
+    socket.on('data', onData);
   });
 }
 
