@@ -1,0 +1,193 @@
+// The POP3 session after STLS (or after a plaintext handoff): drops the backend's greeting, removes
+// STLS from CAPA responses, answers a second STLS itself, and passes message content (RETR, TOP)
+// through as raw bytes that are never parsed.
+import type { FilterOptions, SessionFilter } from './types.ts';
+import { DotTerminator, LF, Output, PartialLine, contentLength, neverThrow, splitCommand, splitEol } from './lines.ts';
+
+/** Lines longer than this are forwarded as they come (RFC 2449 section 4 allows 255 / 512 octets). */
+const MAX_LINE = 4096;
+
+/**
+ * What each command forwarded to the backend waits for, in order (RFC 2449 section 6.6: with
+ * PIPELINING, responses come in command order): one status line, a multi-line response when the
+ * status is +OK (RFC 1939 section 3), or an AUTH exchange (RFC 5034 section 4) that ends at +OK / -ERR.
+ */
+type Expect = { kind: 'single' | 'multi' | 'capa' | 'auth' } | { kind: 'local'; text: string };
+
+export function pop3Filter(opts: FilterOptions): SessionFilter {
+  return neverThrow(new Pop3Filter(opts.swallow));
+}
+
+class Pop3Filter {
+  private greetingDone = false;
+  private swallow: number; // status lines still to drop
+  private readonly expect: Expect[] = [];
+  // client -> backend
+  private clientMode: 'line' | 'long' | 'sasl' = 'line';
+  private readonly clientLine = new PartialLine();
+  // backend -> client
+  private backendMode: 'line' | 'long' | 'body' | 'capa' = 'line';
+  private afterLong: 'line' | 'capa' = 'line'; // the mode an oversized line returns to
+  private readonly backendLine = new PartialLine();
+  private readonly dot = new DotTerminator(true);
+
+  constructor(swallow: number) {
+    this.swallow = swallow;
+  }
+
+  greeted(): boolean {
+    return this.greetingDone;
+  }
+
+  ready(): boolean {
+    return this.greetingDone && this.swallow === 0;
+  }
+
+  fromClient(chunk: Buffer): { toBackend: Buffer | null; toClient: Buffer | null } {
+    const out = new Output();
+    const local = new Output();
+    let i = 0;
+    while (i < chunk.length) {
+      const lf = chunk.indexOf(LF, i);
+      if (this.clientMode === 'long') {
+        out.push(chunk.subarray(i, lf < 0 ? chunk.length : lf + 1));
+        if (lf < 0) break;
+        i = lf + 1;
+        this.clientMode = 'line';
+        this.expect.push({ kind: 'single' });
+        continue;
+      }
+      if (lf < 0) {
+        this.clientLine.add(chunk.subarray(i));
+        if (this.clientLine.length > MAX_LINE) {
+          out.push(this.clientLine.take());
+          if (this.clientMode === 'line') this.clientMode = 'long';
+        }
+        break;
+      }
+      this.clientCommand(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
+      i = lf + 1;
+    }
+    return { toBackend: out.result(), toClient: local.result() };
+  }
+
+  private clientCommand(line: Buffer, out: Output, local: Output): void {
+    if (this.clientMode === 'sasl') {
+      // RFC 5034 section 4: a base64 answer to a "+ " challenge, not a command.
+      out.push(line);
+      return;
+    }
+    const { verb, args } = splitCommand(line.toString('latin1', 0, contentLength(line)));
+    if (verb === 'STLS') {
+      // RFC 2595 section 4: TLS is already active. The answer keeps its place among the
+      // responses to pipelined commands.
+      const text = '-ERR TLS already active\r\n';
+      if (this.expect.length === 0) local.push(text);
+      else this.expect.push({ kind: 'local', text });
+      return;
+    }
+    out.push(line);
+    this.expect.push({ kind: expectFor(verb, args) });
+    if (verb === 'AUTH' && args !== '') this.clientMode = 'sasl';
+  }
+
+  fromBackend(chunk: Buffer): Buffer | null {
+    const out = new Output();
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.backendMode === 'body') {
+        // RFC 1939 section 3: the response ends at a line holding only "."; byte-stuffed lines
+        // (and any STLS inside a message) pass as they are.
+        const end = this.dot.scan(chunk, i);
+        out.push(chunk.subarray(i, end < 0 ? chunk.length : end));
+        if (end < 0) break;
+        i = end;
+        this.backendMode = 'line';
+        this.drainLocal(out);
+        continue;
+      }
+      const lf = chunk.indexOf(LF, i);
+      if (this.backendMode === 'long') {
+        out.push(chunk.subarray(i, lf < 0 ? chunk.length : lf + 1));
+        if (lf < 0) break;
+        i = lf + 1;
+        this.backendMode = this.afterLong;
+        continue;
+      }
+      if (lf < 0) {
+        this.backendLine.add(chunk.subarray(i));
+        if (this.backendLine.length > MAX_LINE) {
+          // Not a status or capability line POP3 knows: pass it on as it comes.
+          out.push(this.backendLine.take());
+          this.afterLong = this.backendMode === 'capa' ? 'capa' : 'line';
+          this.backendMode = 'long';
+          this.greetingDone = true;
+        }
+        break;
+      }
+      const line = this.backendLine.take(chunk.subarray(i, lf + 1));
+      i = lf + 1;
+      if (this.backendMode === 'capa') this.capaLine(line, out);
+      else this.statusLine(line, out);
+    }
+    return out.result();
+  }
+
+  private capaLine(line: Buffer, out: Output): void {
+    const { text } = splitEol(line);
+    if (text === '.') {
+      out.push(line);
+      this.backendMode = 'line';
+      this.drainLocal(out);
+    } else if ((text.trim().split(' ')[0] ?? '').toUpperCase() !== 'STLS') out.push(line);
+  }
+
+  private statusLine(line: Buffer, out: Output): void {
+    const { text } = splitEol(line);
+    const ok = text.startsWith('+OK');
+    if (!this.greetingDone) {
+      this.greetingDone = true;
+      // A -ERR greeting (the backend refuses) must reach the client.
+      if (!ok) out.push(line);
+      return;
+    }
+    if (this.swallow > 0) {
+      this.swallow--;
+      return;
+    }
+    out.push(line);
+    const head = this.expect[0];
+    if (!head) return; // unsolicited (e.g. a -ERR before the backend closes)
+    if (head.kind === 'auth' && text.startsWith('+') && !ok) return; // a "+ " challenge: the exchange goes on
+    this.expect.shift();
+    if (head.kind === 'auth' && this.clientMode === 'sasl') this.clientMode = 'line';
+    if (ok && head.kind === 'multi') {
+      this.backendMode = 'body';
+      this.dot.reset();
+    } else if (ok && head.kind === 'capa') this.backendMode = 'capa';
+    else this.drainLocal(out);
+  }
+
+  private drainLocal(out: Output): void {
+    while (this.expect[0]?.kind === 'local') out.push((this.expect.shift() as { text: string }).text);
+  }
+}
+
+/** Which commands get a multi-line response after +OK (RFC 1939 sections 5 and 7, RFC 2449 section 5). */
+function expectFor(verb: string, args: string): 'single' | 'multi' | 'capa' | 'auth' {
+  switch (verb) {
+    case 'CAPA':
+      return 'capa';
+    case 'RETR':
+    case 'TOP':
+      return 'multi';
+    case 'LIST':
+    case 'UIDL':
+      return args === '' ? 'multi' : 'single';
+    case 'AUTH':
+      // Without a mechanism, many servers (Dovecot among them) list the mechanisms, "."-ended.
+      return args === '' ? 'multi' : 'auth';
+    default:
+      return 'single';
+  }
+}

@@ -1,0 +1,189 @@
+import { describe, it, expect } from 'vitest';
+import { imapDialogue } from '../../src/starttls/imap-dialogue.ts';
+import { imapFilter } from '../../src/starttls/imap-filter.ts';
+import type { DialogueOptions, SessionFilter } from '../../src/starttls/types.ts';
+
+const base: DialogueOptions = {
+  hostname: 'imap.example.org',
+  greeting: 'ready',
+  requireTls: true,
+  capabilities: ['IMAP4rev1', 'SASL-IR', 'ID', 'ENABLE', 'LITERAL+', 'AUTH=PLAIN'],
+  tlsAvailable: true,
+};
+const dialogue = (over: Partial<DialogueOptions> = {}) => imapDialogue({ ...base, ...over });
+const line = (s: string) => Buffer.from(s, 'latin1');
+const reply = (text: string) => ({ kind: 'reply', text });
+
+/** Feeds a filter a script of client ('c') and backend ('b') bytes; returns both output streams. */
+type Step = ['c' | 'b', string];
+function run(make: () => SessionFilter, steps: Step[], bytewise: boolean) {
+  const f = make();
+  let toClient = '';
+  let toBackend = '';
+  for (const [side, data] of steps) {
+    const bytes = Buffer.from(data, 'latin1');
+    const pieces = bytewise ? [...bytes].map((b) => Buffer.from([b])) : [bytes];
+    for (const p of pieces) {
+      if (side === 'b') toClient += f.fromBackend(p)?.toString('latin1') ?? '';
+      else {
+        const r = f.fromClient(p);
+        toBackend += r.toBackend?.toString('latin1') ?? '';
+        toClient += r.toClient?.toString('latin1') ?? '';
+      }
+    }
+  }
+  return { toClient, toBackend };
+}
+/** Runs the script whole and one byte at a time; both must give the same bytes. */
+function session(steps: Step[], swallow = 0) {
+  const whole = run(() => imapFilter({ swallow }), steps, false);
+  expect(run(() => imapFilter({ swallow }), steps, true)).toEqual(whole);
+  return whole;
+}
+const GREETING: Step = ['b', '* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] Dovecot ready.\r\n'];
+
+describe('imap dialogue', () => {
+  it('greets with capabilities, STARTTLS and LOGINDISABLED, without AUTH= when TLS is required', () => {
+    expect(dialogue().greeting()).toBe('* OK [CAPABILITY IMAP4rev1 SASL-IR ID ENABLE LITERAL+ STARTTLS LOGINDISABLED] ready\r\n');
+  });
+  it('keeps AUTH= and omits LOGINDISABLED when TLS is not required', () => {
+    expect(dialogue({ requireTls: false }).greeting()).toBe('* OK [CAPABILITY IMAP4rev1 SASL-IR ID ENABLE LITERAL+ AUTH=PLAIN STARTTLS] ready\r\n');
+  });
+  it('does not advertise STARTTLS without a certificate', () => {
+    expect(dialogue({ tlsAvailable: false, requireTls: false, capabilities: [] }).greeting()).toBe('* OK [CAPABILITY IMAP4rev1] ready\r\n');
+  });
+  it('answers CAPABILITY with the list and a tagged OK', () => {
+    expect(dialogue().onLine(line('a1 CAPABILITY'))).toEqual(reply('* CAPABILITY IMAP4rev1 SASL-IR ID ENABLE LITERAL+ STARTTLS LOGINDISABLED\r\na1 OK CAPABILITY completed\r\n'));
+  });
+  it('answers NOOP with a tagged OK', () => {
+    expect(dialogue().onLine(line('x.1 noop'))).toEqual(reply('x.1 OK NOOP completed\r\n'));
+  });
+  it('closes on LOGOUT with BYE and a tagged OK', () => {
+    expect(dialogue().onLine(line('z LOGOUT'))).toEqual({ kind: 'close', text: '* BYE imap.example.org logging out\r\nz OK LOGOUT completed\r\n', reason: 'quit' });
+  });
+  it('starts TLS on STARTTLS', () => {
+    expect(dialogue().onLine(line('a STARTTLS'))).toEqual({ kind: 'starttls', text: 'a OK Begin TLS negotiation now\r\n' });
+  });
+  it('answers STARTTLS with NO without a certificate', () => {
+    expect(dialogue({ tlsAvailable: false }).onLine(line('a starttls'))).toEqual(reply('a NO STARTTLS not available\r\n'));
+  });
+  it('answers STARTTLS with arguments with BAD', () => {
+    expect(dialogue().onLine(line('a STARTTLS now'))).toEqual(reply('a BAD STARTTLS takes no arguments\r\n'));
+  });
+  it('refuses LOGIN and AUTHENTICATE with NO [PRIVACYREQUIRED] when TLS is required', () => {
+    expect(dialogue().onLine(line('a LOGIN user pass'))).toEqual(reply('a NO [PRIVACYREQUIRED] Use STARTTLS first\r\n'));
+    expect(dialogue().onLine(line('b authenticate PLAIN'))).toEqual(reply('b NO [PRIVACYREQUIRED] Use STARTTLS first\r\n'));
+  });
+  it('refuses other commands with BAD when TLS is required', () => {
+    expect(dialogue().onLine(line('a SELECT INBOX'))).toEqual(reply('a BAD Use STARTTLS first\r\n'));
+  });
+  it('ignores the LITERAL+ octets of a refused command', () => {
+    const d = dialogue();
+    expect(d.onLine(line('a LOGIN {4+}'))).toEqual(reply('a NO [PRIVACYREQUIRED] Use STARTTLS first\r\n'));
+    expect(d.onLine(line('user {6+}'))).toEqual(reply(''));
+    expect(d.onLine(line('x y z'))).toEqual(reply(''));
+    expect(d.onLine(line('b NOOP'))).toEqual(reply('b OK NOOP completed\r\n'));
+  });
+  it('hands LOGIN, AUTHENTICATE, ID and ENABLE to the backend when TLS is not required', () => {
+    for (const cmd of ['a LOGIN u p', 'a AUTHENTICATE PLAIN', 'a ID NIL', 'a ENABLE UTF8=ACCEPT', 'a SELECT INBOX']) {
+      expect(dialogue({ requireTls: false }).onLine(line(cmd))).toEqual({ kind: 'handoff', replay: '', swallow: 0 });
+    }
+  });
+  it('answers a missing or malformed tag with * BAD', () => {
+    expect(dialogue().onLine(line(''))).toEqual(reply('* BAD Invalid tag\r\n'));
+    expect(dialogue().onLine(line('a+b NOOP'))).toEqual(reply('* BAD Invalid tag\r\n'));
+    expect(dialogue().onLine(line('(a) NOOP'))).toEqual(reply('* BAD Invalid tag\r\n'));
+  });
+  it('accepts "]" in a tag', () => {
+    expect(dialogue().onLine(line('a] NOOP'))).toEqual(reply('a] OK NOOP completed\r\n'));
+  });
+  it('answers an unknown command with tagged BAD without echoing it', () => {
+    expect(dialogue().onLine(line('a XYZZY hello'))).toEqual(reply('a BAD Unknown command\r\n'));
+  });
+  it('answers a tag without a command with tagged BAD', () => {
+    expect(dialogue().onLine(line('a'))).toEqual(reply('a BAD Missing command\r\n'));
+  });
+  it('answers binary junk with * BAD', () => {
+    expect(dialogue().onLine(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x05]))).toEqual(reply('* BAD Invalid characters\r\n'));
+  });
+  it('limits lines to 8192 octets and closes on a longer one', () => {
+    const d = dialogue();
+    expect(d.maxLine).toBe(8192);
+    expect(d.onOverlong()).toEqual({ kind: 'close', text: '* BAD Line too long\r\n', reason: 'line_too_long' });
+  });
+  it('closes with BYE at the tenth error', () => {
+    const d = dialogue();
+    for (let i = 0; i < 9; i++) expect(d.onLine(line('a BOGUS'))).toEqual(reply('a BAD Unknown command\r\n'));
+    expect(d.onLine(line('a BOGUS'))).toEqual({ kind: 'close', text: '* BYE Too many errors\r\n', reason: 'too_many_errors' });
+  });
+  it('says BYE on timeout', () => {
+    expect(dialogue().onTimeout()).toBe('* BYE imap.example.org Autologout; idle for too long\r\n');
+  });
+});
+
+describe('imap filter', () => {
+  it('drops the backend greeting', () => {
+    expect(session([GREETING, ['c', 'a NOOP\r\n'], ['b', 'a OK NOOP completed\r\n']])).toEqual({ toClient: 'a OK NOOP completed\r\n', toBackend: 'a NOOP\r\n' });
+  });
+  it('passes a BYE greeting to the client', () => {
+    expect(session([['b', '* BYE too many connections\r\n']]).toClient).toBe('* BYE too many connections\r\n');
+  });
+  it('swallows responses up to the tagged completion of each replayed command', () => {
+    const r = session([GREETING, ['b', '* CAPABILITY IMAP4rev1\r\np OK done\r\n'], ['b', '* 1 EXISTS\r\n']], 1);
+    expect(r.toClient).toBe('* 1 EXISTS\r\n');
+  });
+  it('removes STARTTLS and LOGINDISABLED from a CAPABILITY response', () => {
+    const r = session([GREETING, ['c', 'a CAPABILITY\r\n'], ['b', '* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=PLAIN\r\na OK done\r\n']]);
+    expect(r.toClient).toBe('* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\na OK done\r\n');
+  });
+  it('removes STARTTLS from a [CAPABILITY] response code in a tagged OK', () => {
+    const r = session([GREETING, ['c', 'a LOGIN u p\r\n'], ['b', 'a OK [CAPABILITY IMAP4rev1 starttls IDLE] Logged in\r\n']]);
+    expect(r.toClient).toBe('a OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n');
+  });
+  it('refuses a second STARTTLS itself and does not forward it', () => {
+    expect(session([GREETING, ['c', 'b7 StartTLS\r\n']])).toEqual({ toClient: 'b7 BAD TLS already active\r\n', toBackend: '' });
+  });
+  it('passes an APPEND literal containing STARTTLS untouched', () => {
+    const msg = 'Subject: x\r\n\r\na STARTTLS\r\n* CAPABILITY STARTTLS\r\n.\r\n';
+    const r = session([GREETING, ['c', `a APPEND INBOX {${msg.length}}\r\n`], ['b', '+ OK\r\n'], ['c', `${msg}\r\n`], ['b', 'a OK APPEND completed\r\n'], ['c', 'b STARTTLS\r\n']]);
+    expect(r.toBackend).toBe(`a APPEND INBOX {${msg.length}}\r\n${msg}\r\n`);
+    expect(r.toClient).toBe('+ OK\r\na OK APPEND completed\r\nb BAD TLS already active\r\n');
+  });
+  it('passes a LITERAL+ literal without waiting for a continuation', () => {
+    const r = session([GREETING, ['c', 'a APPEND INBOX {10+}\r\nb STARTTLS\r\nc STARTTLS\r\n']]);
+    expect(r).toEqual({ toBackend: 'a APPEND INBOX {10+}\r\nb STARTTLS\r\n', toClient: 'c BAD TLS already active\r\n' });
+  });
+  it('continues a command after its literal and sees a second literal on the same command', () => {
+    const r = session([GREETING, ['c', 'a LOGIN {4+}\r\nuser {10+}\r\nb STARTTLS\r\nc STARTTLS\r\n']]);
+    expect(r).toEqual({ toBackend: 'a LOGIN {4+}\r\nuser {10+}\r\nb STARTTLS\r\n', toClient: 'c BAD TLS already active\r\n' });
+  });
+  it('cancels a synchronizing literal refused with a tagged NO', () => {
+    const r = session([GREETING, ['c', 'a APPEND INBOX {99999999}\r\n'], ['b', 'a NO [TOOBIG] too big\r\n'], ['c', 'b STARTTLS\r\n']]);
+    expect(r).toEqual({ toBackend: 'a APPEND INBOX {99999999}\r\n', toClient: 'a NO [TOOBIG] too big\r\nb BAD TLS already active\r\n' });
+  });
+  it('holds client bytes while a synchronizing literal waits for "+"', () => {
+    const f = imapFilter({ swallow: 0 });
+    f.fromBackend(Buffer.from('* OK hi\r\n'));
+    f.fromClient(Buffer.from('a APPEND INBOX {3}\r\n'));
+    expect(f.ready!()).toBe(false);
+    f.fromBackend(Buffer.from('+ go\r\n'));
+    expect(f.ready!()).toBe(true);
+  });
+  it('passes a FETCH literal from the server containing a CAPABILITY line untouched', () => {
+    const body = '* CAPABILITY IMAP4rev1 STARTTLS\r\n* OK [CAPABILITY STARTTLS] x\r\n';
+    const fetch = `* 1 FETCH (BODY[] {${body.length}}\r\n${body} FLAGS (\\Seen))\r\na OK FETCH completed\r\n`;
+    const r = session([GREETING, ['c', 'a FETCH 1 (BODY[] FLAGS)\r\n'], ['b', fetch]]);
+    expect(r.toClient).toBe(fetch);
+  });
+  it('treats AUTHENTICATE responses and IDLE DONE as plain lines', () => {
+    const r = session([GREETING, ['c', 'a AUTHENTICATE PLAIN\r\n'], ['b', '+ \r\n'], ['c', 'AHUAcA==\r\n'], ['b', 'a OK done\r\n'], ['c', 'b IDLE\r\n'], ['b', '+ idling\r\n'], ['c', 'DONE\r\n'], ['b', 'b OK IDLE done\r\n']]);
+    expect(r).toEqual({ toBackend: 'a AUTHENTICATE PLAIN\r\nAHUAcA==\r\nb IDLE\r\nDONE\r\n', toClient: '+ \r\na OK done\r\n+ idling\r\nb OK IDLE done\r\n' });
+  });
+  it('returns a large server literal without copying it', () => {
+    const f = imapFilter({ swallow: 0 });
+    f.fromBackend(Buffer.from('* OK hi\r\n* 1 FETCH (BODY[] {1048576}\r\n'));
+    const big = Buffer.alloc(1 << 20, 0x61);
+    const out = f.fromBackend(big)!;
+    expect([out.buffer === big.buffer, out.length]).toEqual([true, big.length]);
+  });
+});

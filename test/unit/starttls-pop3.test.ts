@@ -1,0 +1,152 @@
+import { describe, it, expect } from 'vitest';
+import { pop3Dialogue } from '../../src/starttls/pop3-dialogue.ts';
+import { pop3Filter } from '../../src/starttls/pop3-filter.ts';
+import type { DialogueOptions, SessionFilter } from '../../src/starttls/types.ts';
+
+const base: DialogueOptions = {
+  hostname: 'pop.example.org',
+  greeting: 'ready',
+  requireTls: true,
+  capabilities: ['TOP', 'UIDL', 'RESP-CODES', 'PIPELINING', 'USER', 'SASL PLAIN LOGIN'],
+  tlsAvailable: true,
+};
+const dialogue = (over: Partial<DialogueOptions> = {}) => pop3Dialogue({ ...base, ...over });
+const line = (s: string) => Buffer.from(s, 'latin1');
+const reply = (text: string) => ({ kind: 'reply', text });
+
+/** Feeds a filter a script of client ('c') and backend ('b') bytes; returns both output streams. */
+type Step = ['c' | 'b', string];
+function run(make: () => SessionFilter, steps: Step[], bytewise: boolean) {
+  const f = make();
+  let toClient = '';
+  let toBackend = '';
+  for (const [side, data] of steps) {
+    const bytes = Buffer.from(data, 'latin1');
+    const pieces = bytewise ? [...bytes].map((b) => Buffer.from([b])) : [bytes];
+    for (const p of pieces) {
+      if (side === 'b') toClient += f.fromBackend(p)?.toString('latin1') ?? '';
+      else {
+        const r = f.fromClient(p);
+        toBackend += r.toBackend?.toString('latin1') ?? '';
+        toClient += r.toClient?.toString('latin1') ?? '';
+      }
+    }
+  }
+  return { toClient, toBackend };
+}
+/** Runs the script whole and one byte at a time; both must give the same bytes. */
+function session(steps: Step[], swallow = 0) {
+  const whole = run(() => pop3Filter({ swallow }), steps, false);
+  expect(run(() => pop3Filter({ swallow }), steps, true)).toEqual(whole);
+  return whole;
+}
+const GREETING: Step = ['b', '+OK Dovecot ready.\r\n'];
+
+describe('pop3 dialogue', () => {
+  it('greets with +OK and the configured text', () => {
+    expect(dialogue().greeting()).toBe('+OK ready\r\n');
+  });
+  it('answers CAPA with the list and STLS, without USER and SASL when TLS is required', () => {
+    expect(dialogue().onLine(line('CAPA'))).toEqual(reply('+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nSTLS\r\n.\r\n'));
+  });
+  it('keeps USER and SASL when TLS is not required', () => {
+    expect(dialogue({ requireTls: false }).onLine(line('capa'))).toEqual(reply('+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nUSER\r\nSASL PLAIN LOGIN\r\nSTLS\r\n.\r\n'));
+  });
+  it('does not advertise STLS without a certificate', () => {
+    expect(dialogue({ tlsAvailable: false, capabilities: ['TOP'] }).onLine(line('CAPA'))).toEqual(reply('+OK Capability list follows\r\nTOP\r\n.\r\n'));
+  });
+  it('starts TLS on STLS', () => {
+    expect(dialogue().onLine(line('STLS'))).toEqual({ kind: 'starttls', text: '+OK Begin TLS negotiation\r\n' });
+  });
+  it('answers STLS with -ERR without a certificate', () => {
+    expect(dialogue({ tlsAvailable: false }).onLine(line('stls'))).toEqual(reply('-ERR STLS not available\r\n'));
+  });
+  it('answers STLS with an argument with -ERR', () => {
+    expect(dialogue().onLine(line('STLS now'))).toEqual(reply('-ERR STLS takes no arguments\r\n'));
+  });
+  it('closes on QUIT with +OK', () => {
+    expect(dialogue().onLine(line('QUIT'))).toEqual({ kind: 'close', text: '+OK Bye\r\n', reason: 'quit' });
+  });
+  it('refuses USER, PASS, APOP and AUTH with -ERR [AUTH] when TLS is required', () => {
+    for (const cmd of ['USER bob', 'PASS secret', 'APOP bob c4c9334bac560ecc979e58001b3e22fb', 'AUTH PLAIN']) {
+      expect(dialogue().onLine(line(cmd))).toEqual(reply('-ERR [AUTH] Use STLS first\r\n'));
+    }
+  });
+  it('hands USER, PASS, APOP and AUTH to the backend when TLS is not required', () => {
+    for (const cmd of ['USER bob', 'PASS secret', 'APOP bob x', 'AUTH PLAIN']) {
+      expect(dialogue({ requireTls: false }).onLine(line(cmd))).toEqual({ kind: 'handoff', replay: '', swallow: 0 });
+    }
+  });
+  it('answers an unknown command with -ERR without echoing it', () => {
+    expect(dialogue().onLine(line('RETR 1'))).toEqual(reply('-ERR Unknown command\r\n'));
+  });
+  it('answers binary junk with -ERR', () => {
+    expect(dialogue().onLine(Buffer.from([0x16, 0x03, 0x01]))).toEqual(reply('-ERR Invalid characters\r\n'));
+  });
+  it('limits lines to 255 octets and answers longer ones with -ERR', () => {
+    const d = dialogue();
+    expect(d.maxLine).toBe(255);
+    expect(d.onOverlong()).toEqual(reply('-ERR Line too long\r\n'));
+  });
+  it('closes at the tenth error', () => {
+    const d = dialogue();
+    for (let i = 0; i < 9; i++) expect(d.onLine(line('BOGUS'))).toEqual(reply('-ERR Unknown command\r\n'));
+    expect(d.onLine(line('BOGUS'))).toEqual({ kind: 'close', text: '-ERR Too many errors\r\n', reason: 'too_many_errors' });
+  });
+  it('says -ERR on timeout', () => {
+    expect(dialogue().onTimeout()).toBe('-ERR Timeout\r\n');
+  });
+});
+
+describe('pop3 filter', () => {
+  it('drops the backend greeting', () => {
+    expect(session([GREETING, ['c', 'STAT\r\n'], ['b', '+OK 2 320\r\n']])).toEqual({ toClient: '+OK 2 320\r\n', toBackend: 'STAT\r\n' });
+  });
+  it('passes a -ERR greeting to the client', () => {
+    expect(session([['b', '-ERR [SYS/TEMP] busy\r\n']]).toClient).toBe('-ERR [SYS/TEMP] busy\r\n');
+  });
+  it('swallows status lines after the greeting', () => {
+    expect(session([GREETING, ['b', '+OK replayed\r\n'], ['c', 'NOOP\r\n'], ['b', '+OK\r\n']], 1).toClient).toBe('+OK\r\n');
+  });
+  it('removes STLS from the CAPA response', () => {
+    const r = session([GREETING, ['c', 'CAPA\r\n'], ['b', '+OK\r\nTOP\r\nSTLS\r\nUSER\r\n.\r\n']]);
+    expect(r.toClient).toBe('+OK\r\nTOP\r\nUSER\r\n.\r\n');
+  });
+  it('refuses a second STLS itself and does not forward it', () => {
+    expect(session([GREETING, ['c', 'stls\r\n']])).toEqual({ toClient: '-ERR TLS already active\r\n', toBackend: '' });
+  });
+  it('answers a pipelined STLS after the responses to the commands before it', () => {
+    const r = session([GREETING, ['c', 'LIST\r\nSTLS\r\nNOOP\r\n'], ['b', '+OK 1 messages\r\n1 120\r\n.\r\n+OK\r\n']]);
+    expect(r).toEqual({ toClient: '+OK 1 messages\r\n1 120\r\n.\r\n-ERR TLS already active\r\n+OK\r\n', toBackend: 'LIST\r\nNOOP\r\n' });
+  });
+  it('passes a RETR message containing STLS and dot-stuffed lines untouched', () => {
+    const msg = '+OK 60 octets\r\nSubject: x\r\n\r\nSTLS\r\n..dot\r\n+OK\r\n.\r\n';
+    const r = session([GREETING, ['c', 'RETR 1\r\n'], ['b', msg], ['c', 'CAPA\r\n'], ['b', '+OK\r\nSTLS\r\n.\r\n']]);
+    expect(r.toClient).toBe(`${msg}+OK\r\n.\r\n`);
+  });
+  it('treats LIST with an argument as a single-line response', () => {
+    const r = session([GREETING, ['c', 'LIST 1\r\nCAPA\r\n'], ['b', '+OK 1 120\r\n+OK\r\nSTLS\r\n.\r\n']]);
+    expect(r.toClient).toBe('+OK 1 120\r\n+OK\r\n.\r\n');
+  });
+  it('ends a multi-line command at -ERR', () => {
+    const r = session([GREETING, ['c', 'RETR 9\r\nCAPA\r\n'], ['b', '-ERR no such message\r\n+OK\r\nSTLS\r\n.\r\n']]);
+    expect(r.toClient).toBe('-ERR no such message\r\n+OK\r\n.\r\n');
+  });
+  it('passes an AUTH exchange without reading the client lines as commands', () => {
+    const r = session([GREETING, ['c', 'AUTH PLAIN\r\n'], ['b', '+ \r\n'], ['c', 'STLS\r\n'], ['b', '-ERR [AUTH] failed\r\n'], ['c', 'STLS\r\n']]);
+    expect(r).toEqual({ toBackend: 'AUTH PLAIN\r\nSTLS\r\n', toClient: '+ \r\n-ERR [AUTH] failed\r\n-ERR TLS already active\r\n' });
+  });
+  it('treats AUTH without a mechanism as a multi-line response', () => {
+    const r = session([GREETING, ['c', 'AUTH\r\nCAPA\r\n'], ['b', '+OK\r\nPLAIN\r\n.\r\n+OK\r\nSTLS\r\n.\r\n']]);
+    expect(r.toClient).toBe('+OK\r\nPLAIN\r\n.\r\n+OK\r\n.\r\n');
+  });
+  it('returns a large message chunk without copying it', () => {
+    const f = pop3Filter({ swallow: 0 });
+    f.fromBackend(Buffer.from('+OK hi\r\n'));
+    f.fromClient(Buffer.from('RETR 1\r\n'));
+    f.fromBackend(Buffer.from('+OK\r\n'));
+    const big = Buffer.alloc(1 << 20, 0x61);
+    const out = f.fromBackend(big)!;
+    expect([out.buffer === big.buffer, out.length]).toEqual([true, big.length]);
+  });
+});

@@ -1,0 +1,261 @@
+import { describe, it, expect } from 'vitest';
+import { smtpDialogue } from '../../src/starttls/smtp-dialogue.ts';
+import { smtpFilter } from '../../src/starttls/smtp-filter.ts';
+import type { DialogueOptions, SessionFilter } from '../../src/starttls/types.ts';
+
+const base: DialogueOptions = {
+  hostname: 'mx.example.org',
+  greeting: 'mx.example.org ESMTP',
+  requireTls: false,
+  capabilities: ['PIPELINING', 'SIZE 10240000', 'AUTH PLAIN LOGIN', '8BITMIME'],
+  tlsAvailable: true,
+};
+const dialogue = (over: Partial<DialogueOptions> = {}) => smtpDialogue({ ...base, ...over });
+const line = (s: string) => Buffer.from(s, 'latin1');
+
+/** Feeds a filter a script of client ('c') and backend ('b') bytes; returns both output streams. */
+type Step = ['c' | 'b', string];
+function run(make: () => SessionFilter, steps: Step[], bytewise: boolean) {
+  const f = make();
+  let toClient = '';
+  let toBackend = '';
+  for (const [side, data] of steps) {
+    const bytes = Buffer.from(data, 'latin1');
+    const pieces = bytewise ? [...bytes].map((b) => Buffer.from([b])) : [bytes];
+    for (const p of pieces) {
+      if (side === 'b') toClient += f.fromBackend(p)?.toString('latin1') ?? '';
+      else {
+        const r = f.fromClient(p);
+        toBackend += r.toBackend?.toString('latin1') ?? '';
+        toClient += r.toClient?.toString('latin1') ?? '';
+      }
+    }
+  }
+  return { toClient, toBackend };
+}
+/** Runs the script whole and one byte at a time; both must give the same bytes. */
+function session(steps: Step[], swallow = 0) {
+  const whole = run(() => smtpFilter({ swallow }), steps, false);
+  expect(run(() => smtpFilter({ swallow }), steps, true)).toEqual(whole);
+  return whole;
+}
+const GREETING: Step = ['b', '220 backend.local ESMTP Postfix\r\n'];
+
+describe('smtp dialogue', () => {
+  it('greets with 220 and the configured text', () => {
+    expect(dialogue().greeting()).toBe('220 mx.example.org ESMTP\r\n');
+  });
+  it('answers EHLO with the hostname, the probed keywords and STARTTLS in multiline format', () => {
+    expect(dialogue().onLine(line('EHLO client.example.net'))).toEqual({
+      kind: 'reply',
+      text: '250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-AUTH PLAIN LOGIN\r\n250-8BITMIME\r\n250 STARTTLS\r\n',
+    });
+  });
+  it('answers EHLO with a single line when there is nothing to list', () => {
+    expect(dialogue({ capabilities: [], tlsAvailable: false }).onLine(line('EHLO c'))).toEqual({ kind: 'reply', text: '250 mx.example.org\r\n' });
+  });
+  it('does not advertise STARTTLS without a certificate', () => {
+    expect(dialogue({ tlsAvailable: false }).onLine(line('EHLO c'))).toEqual({
+      kind: 'reply',
+      text: '250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n',
+    });
+  });
+  it('hides AUTH before TLS when TLS is required', () => {
+    const d = dialogue({ requireTls: true, capabilities: ['AUTH PLAIN', 'AUTH=PLAIN', 'SIZE 1'] });
+    expect(d.onLine(line('EHLO c'))).toEqual({ kind: 'reply', text: '250-mx.example.org\r\n250-SIZE 1\r\n250 STARTTLS\r\n' });
+  });
+  it('never lists STARTTLS twice even if the probe returned it', () => {
+    expect(dialogue({ capabilities: ['STARTTLS'] }).onLine(line('EHLO c'))).toEqual({ kind: 'reply', text: '250-mx.example.org\r\n250 STARTTLS\r\n' });
+  });
+  it('answers HELO with 250 and the hostname', () => {
+    expect(dialogue().onLine(line('HELO c'))).toEqual({ kind: 'reply', text: '250 mx.example.org\r\n' });
+  });
+  it('answers EHLO and HELO without a domain with 501', () => {
+    expect(dialogue().onLine(line('EHLO'))).toEqual({ kind: 'reply', text: '501 5.5.4 Syntax: EHLO hostname\r\n' });
+    expect(dialogue().onLine(line('HELO  '))).toEqual({ kind: 'reply', text: '501 5.5.4 Syntax: HELO hostname\r\n' });
+  });
+  it('answers NOOP and RSET with 250', () => {
+    expect(dialogue().onLine(line('NOOP'))).toEqual({ kind: 'reply', text: '250 2.0.0 OK\r\n' });
+    expect(dialogue().onLine(line('NOOP anything'))).toEqual({ kind: 'reply', text: '250 2.0.0 OK\r\n' });
+    expect(dialogue().onLine(line('RSET'))).toEqual({ kind: 'reply', text: '250 2.0.0 OK\r\n' });
+  });
+  it('closes on QUIT with 221', () => {
+    expect(dialogue().onLine(line('QUIT'))).toEqual({ kind: 'close', text: '221 2.0.0 Bye\r\n', reason: 'quit' });
+  });
+  it('starts TLS on STARTTLS', () => {
+    const d = dialogue();
+    d.onLine(line('EHLO c'));
+    expect(d.onLine(line('STARTTLS'))).toEqual({ kind: 'starttls', text: '220 2.0.0 Ready to start TLS\r\n' });
+  });
+  it('accepts STARTTLS before EHLO', () => {
+    expect(dialogue().onLine(line('STARTTLS'))).toEqual({ kind: 'starttls', text: '220 2.0.0 Ready to start TLS\r\n' });
+  });
+  it('answers STARTTLS with a parameter with 501', () => {
+    expect(dialogue().onLine(line('STARTTLS x'))).toEqual({ kind: 'reply', text: '501 5.5.4 Syntax error (no parameters allowed)\r\n' });
+  });
+  it('answers STARTTLS with 454 without a certificate', () => {
+    expect(dialogue({ tlsAvailable: false }).onLine(line('STARTTLS'))).toEqual({ kind: 'reply', text: '454 4.7.0 TLS not available\r\n' });
+  });
+  it('treats commands case-insensitively', () => {
+    expect(dialogue().onLine(line('starttls'))).toEqual({ kind: 'starttls', text: '220 2.0.0 Ready to start TLS\r\n' });
+    expect(dialogue().onLine(line('eHlO c'))).toMatchObject({ kind: 'reply', text: expect.stringMatching(/^250-mx/) });
+  });
+  for (const cmd of ['AUTH PLAIN AGFAYg==', 'MAIL FROM:<a@b>', 'RCPT TO:<a@b>', 'DATA', 'BDAT 10 LAST', 'VRFY a', 'EXPN a', 'ETRN b', 'HELP']) {
+    it(`refuses ${cmd.split(' ')[0]} with 530 before STARTTLS when TLS is required`, () => {
+      const d = dialogue({ requireTls: true });
+      d.onLine(line('EHLO c'));
+      expect(d.onLine(line(cmd))).toEqual({ kind: 'reply', text: '530 5.7.0 Must issue a STARTTLS command first\r\n' });
+    });
+  }
+  it('hands a plaintext session to the backend with the client EHLO as replay', () => {
+    const d = dialogue();
+    d.onLine(line('EHLO  first.example'));
+    d.onLine(line('ehlo second.example '));
+    expect(d.onLine(line('MAIL FROM:<a@b>'))).toEqual({ kind: 'handoff', replay: 'ehlo second.example \r\n', swallow: 1 });
+  });
+  it('replays HELO when the client said HELO', () => {
+    const d = dialogue();
+    d.onLine(line('HELO old.example'));
+    expect(d.onLine(line('RCPT TO:<a@b>'))).toEqual({ kind: 'handoff', replay: 'HELO old.example\r\n', swallow: 1 });
+  });
+  it('does not replay a refused EHLO', () => {
+    const d = dialogue();
+    d.onLine(line('EHLO good.example'));
+    d.onLine(line('EHLO'));
+    expect(d.onLine(line('VRFY x'))).toEqual({ kind: 'handoff', replay: 'EHLO good.example\r\n', swallow: 1 });
+  });
+  it('answers a backend command before EHLO with 503', () => {
+    expect(dialogue().onLine(line('MAIL FROM:<a@b>'))).toEqual({ kind: 'reply', text: '503 5.5.1 Send EHLO/HELO first\r\n' });
+  });
+  it('hands off a MAIL FROM with a UTF-8 address (SMTPUTF8)', () => {
+    const d = dialogue();
+    d.onLine(line('EHLO c'));
+    expect(d.onLine(Buffer.from('MAIL FROM:<jösé@exämple.org> SMTPUTF8', 'utf8'))).toMatchObject({ kind: 'handoff' });
+  });
+  it('answers an unknown command with 500 without echoing it', () => {
+    expect(dialogue().onLine(line('XCLIENT ADDR=1.2.3.4'))).toEqual({ kind: 'reply', text: '500 5.5.2 Command not recognized\r\n' });
+  });
+  it('answers binary junk and NUL with 500', () => {
+    expect(dialogue().onLine(Buffer.from([0x16, 0x03, 0x01, 0x02]))).toEqual({ kind: 'reply', text: '500 5.5.2 Syntax error, binary data\r\n' });
+    expect(dialogue().onLine(line('EHLO a\0b'))).toEqual({ kind: 'reply', text: '500 5.5.2 Syntax error, binary data\r\n' });
+    expect(dialogue().onLine(Buffer.from([0x45, 0xff, 0xfe]))).toEqual({ kind: 'reply', text: '500 5.5.2 Syntax error, binary data\r\n' });
+  });
+  it('limits command lines to 512 octets and answers longer ones with 500 5.5.6', () => {
+    const d = dialogue();
+    expect(d.maxLine).toBe(512);
+    expect(d.onOverlong()).toEqual({ kind: 'reply', text: '500 5.5.6 Line too long\r\n' });
+  });
+  it('closes with 421 at the tenth error', () => {
+    const d = dialogue();
+    for (let i = 0; i < 9; i++) expect(d.onLine(line('BOGUS'))).toMatchObject({ kind: 'reply' });
+    expect(d.onLine(line('BOGUS'))).toEqual({ kind: 'close', text: '421 4.7.0 mx.example.org Too many errors\r\n', reason: 'too_many_errors' });
+  });
+  it('says 421 4.4.2 on timeout', () => {
+    expect(dialogue().onTimeout()).toBe('421 4.4.2 mx.example.org Timeout, closing connection\r\n');
+  });
+});
+
+describe('smtp filter', () => {
+  it('drops the backend greeting, multiline included', () => {
+    const r = session([['b', '220-backend.local ESMTP\r\n220-wait for it\r\n220 go\r\n'], ['c', 'NOOP\r\n'], ['b', '250 2.0.0 Ok\r\n']]);
+    expect(r).toEqual({ toClient: '250 2.0.0 Ok\r\n', toBackend: 'NOOP\r\n' });
+  });
+  it('is greeted and ready only once the whole greeting arrived', () => {
+    const f = smtpFilter({ swallow: 0 });
+    f.fromBackend(Buffer.from('220-backend.local\r\n'));
+    expect([f.greeted!(), f.ready!()]).toEqual([false, false]);
+    f.fromBackend(Buffer.from('220 go\r\n'));
+    expect([f.greeted!(), f.ready!()]).toEqual([true, true]);
+  });
+  it('passes a refusing greeting to the client', () => {
+    expect(session([['b', '554-backend.local\r\n554 5.7.1 go away\r\n']]).toClient).toBe('554-backend.local\r\n554 5.7.1 go away\r\n');
+  });
+  it('is ready only after the reply to the replayed EHLO', () => {
+    const f = smtpFilter({ swallow: 1 });
+    expect(f.fromBackend(Buffer.from('220 backend.local\r\n'))).toBeNull();
+    expect([f.greeted!(), f.ready!()]).toEqual([true, false]);
+    expect(f.fromBackend(Buffer.from('250-backend.local\r\n250-PIPELINING\r\n250 STARTTLS\r\n'))).toBeNull();
+    expect(f.ready!()).toBe(true);
+  });
+  it('swallows the reply to the replayed EHLO', () => {
+    const r = session([GREETING, ['b', '250-backend.local\r\n250 SIZE 1\r\n'], ['c', 'MAIL FROM:<a@b>\r\n'], ['b', '250 2.1.0 Ok\r\n']], 1);
+    expect(r).toEqual({ toClient: '250 2.1.0 Ok\r\n', toBackend: 'MAIL FROM:<a@b>\r\n' });
+  });
+  it('removes STARTTLS from the EHLO reply, in the middle of the list', () => {
+    const r = session([GREETING, ['c', 'EHLO c\r\n'], ['b', '250-backend.local\r\n250-STARTTLS\r\n250 8BITMIME\r\n']]);
+    expect(r.toClient).toBe('250-backend.local\r\n250 8BITMIME\r\n');
+  });
+  it('removes STARTTLS from the EHLO reply as its last line and ends the reply on the line before', () => {
+    const r = session([GREETING, ['c', 'EHLO c\r\n'], ['b', '250-backend.local\r\n250-PIPELINING\r\n250 STARTTLS\r\n']]);
+    expect(r.toClient).toBe('250-backend.local\r\n250 PIPELINING\r\n');
+  });
+  it('passes other replies unchanged', () => {
+    const r = session([GREETING, ['c', 'HELP\r\n'], ['b', '214-Use STARTTLS\r\n214 2.0.0 see RFC 3207\r\n']]);
+    expect(r.toClient).toBe('214-Use STARTTLS\r\n214 2.0.0 see RFC 3207\r\n');
+  });
+  it('refuses a second STARTTLS itself and does not forward it', () => {
+    const r = session([GREETING, ['c', 'STARTTLS\r\n']]);
+    expect(r).toEqual({ toClient: '503 5.5.1 TLS already active\r\n', toBackend: '' });
+  });
+  it('refuses STARTTLS with arguments in any case', () => {
+    expect(session([GREETING, ['c', 'starttls now\r\n']])).toEqual({ toClient: '503 5.5.1 TLS already active\r\n', toBackend: '' });
+  });
+  it('answers a pipelined STARTTLS after the replies to the commands before it', () => {
+    const r = session([GREETING, ['c', 'RSET\r\nSTARTTLS\r\nNOOP\r\n'], ['b', '250 2.0.0 reset\r\n'], ['b', '250 2.0.0 noop\r\n']]);
+    expect(r).toEqual({ toClient: '250 2.0.0 reset\r\n503 5.5.1 TLS already active\r\n250 2.0.0 noop\r\n', toBackend: 'RSET\r\nNOOP\r\n' });
+  });
+  it('passes a DATA message with STARTTLS and dot-stuffed lines untouched', () => {
+    const body = 'Subject: hi\r\n\r\nSTARTTLS\r\n..leading dot\r\n250-STARTTLS\r\n.\r\n';
+    const r = session([GREETING, ['c', 'MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n'], ['b', '250 ok\r\n250 ok\r\n354 go ahead\r\n'], ['c', body], ['b', '250 2.0.0 queued\r\n'], ['c', 'STARTTLS\r\n']]);
+    expect(r.toBackend).toBe(`MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n${body}`);
+    expect(r.toClient).toBe('250 ok\r\n250 ok\r\n354 go ahead\r\n250 2.0.0 queued\r\n503 5.5.1 TLS already active\r\n');
+  });
+  it('ends an empty DATA message at the dot right after 354', () => {
+    const r = session([GREETING, ['c', 'DATA\r\n'], ['b', '354 go\r\n'], ['c', '.\r\nSTARTTLS\r\n'], ['b', '250 queued\r\n']]);
+    expect(r).toEqual({ toClient: '354 go\r\n250 queued\r\n503 5.5.1 TLS already active\r\n', toBackend: 'DATA\r\n.\r\n' });
+  });
+  it('does not end DATA at a bare-LF dot line', () => {
+    const r = session([GREETING, ['c', 'DATA\r\n'], ['b', '354 go\r\n'], ['c', 'a\n.\nSTARTTLS\r\n.\r\n']]);
+    expect(r.toBackend).toBe('DATA\r\na\n.\nSTARTTLS\r\n.\r\n');
+  });
+  it('returns to command mode when DATA is refused', () => {
+    const r = session([GREETING, ['c', 'DATA\r\n'], ['b', '554 5.5.1 no valid recipients\r\n'], ['c', 'STARTTLS\r\n']]);
+    expect(r).toEqual({ toClient: '554 5.5.1 no valid recipients\r\n503 5.5.1 TLS already active\r\n', toBackend: 'DATA\r\n' });
+  });
+  it('holds client bytes between DATA and the answer to it', () => {
+    const f = smtpFilter({ swallow: 0 });
+    f.fromBackend(Buffer.from('220 hi\r\n'));
+    f.fromClient(Buffer.from('DATA\r\n'));
+    expect(f.ready!()).toBe(false);
+    f.fromBackend(Buffer.from('354 go\r\n'));
+    expect(f.ready!()).toBe(true);
+  });
+  it('passes BDAT chunks as raw octets, pipelined', () => {
+    const chunk1 = 'STARTTLS\r\n.\r\n';
+    const chunk2 = 'QUIT\r\n';
+    const r = session([GREETING, ['c', `BDAT ${chunk1.length}\r\n${chunk1}BDAT ${chunk2.length} LAST\r\n${chunk2}STARTTLS\r\n`], ['b', '250 2.0.0 ok\r\n250 2.0.0 queued\r\n']]);
+    expect(r.toBackend).toBe(`BDAT ${chunk1.length}\r\n${chunk1}BDAT ${chunk2.length} LAST\r\n${chunk2}`);
+    expect(r.toClient).toBe('250 2.0.0 ok\r\n250 2.0.0 queued\r\n503 5.5.1 TLS already active\r\n');
+  });
+  it('passes AUTH responses without reading them as commands', () => {
+    const r = session([GREETING, ['c', 'AUTH LOGIN\r\n'], ['b', '334 VXNlcm5hbWU6\r\n'], ['c', 'STARTTLS\r\n'], ['b', '334 UGFzc3dvcmQ6\r\n'], ['c', 'cGFzcw==\r\n'], ['b', '235 2.7.0 ok\r\n']]);
+    expect(r).toEqual({ toClient: '334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0 ok\r\n', toBackend: 'AUTH LOGIN\r\nSTARTTLS\r\ncGFzcw==\r\n' });
+  });
+  it('forwards an overlong command line as it is', () => {
+    const long = `NOOP ${'x'.repeat(5000)}\r\n`;
+    const r = session([GREETING, ['c', long], ['c', 'STARTTLS\r\n'], ['b', '500 5.5.0 line too long\r\n']]);
+    expect(r).toEqual({ toClient: '500 5.5.0 line too long\r\n503 5.5.1 TLS already active\r\n', toBackend: long });
+  });
+  it('passes a backend line that is not SMTP through unchanged', () => {
+    expect(session([['b', 'HTTP/1.1 400 Bad Request\r\n']]).toClient).toBe('HTTP/1.1 400 Bad Request\r\n');
+  });
+  it('returns a large message chunk without copying it', () => {
+    const f = smtpFilter({ swallow: 0 });
+    f.fromBackend(Buffer.from('220 hi\r\n'));
+    f.fromClient(Buffer.from('DATA\r\n'));
+    f.fromBackend(Buffer.from('354 go\r\n'));
+    const big = Buffer.alloc(1 << 20, 0x61);
+    const out = f.fromClient(big).toBackend!;
+    expect([out.buffer === big.buffer, out.byteOffset, out.length]).toEqual([true, big.byteOffset, big.length]);
+  });
+});
