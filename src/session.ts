@@ -199,6 +199,13 @@ export class Session {
     tlsSocket.once('close', () => {
       if (!this.stopSplice) this.finish();
     });
+    // With allowHalfOpen a FIN alone would leave the socket waiting for the deadline; before the
+    // handshake is done there is nothing a half-closed client can still receive.
+    tlsSocket.once('end', () => {
+      if (s.tlsVersion !== null) return;
+      s.side ??= 'client';
+      tlsSocket.destroy();
+    });
     const secured = await new Promise<boolean>((resolve) => {
       tlsSocket.once('secure', () => resolve(true));
       tlsSocket.once('close', () => resolve(false));
@@ -265,14 +272,16 @@ export class Session {
     metrics.backendConnect.observe({ listener: listener.name }, dial.connectMs / 1000);
     const backend = dial.socket;
     const headerLength = (header?.length ?? 0) + Buffer.byteLength(replay);
-    this.stopSplice = splice(client, backend, listener.timeouts.idleMs, (r) => {
+    const raw = this.socket;
+    const spliceOpts = { idleMs: listener.timeouts.idleMs, filter, replay, resetClient: () => (raw.destroyed ? client.destroy() : raw.resetAndDestroy()) };
+    this.stopSplice = splice(client, backend, spliceOpts, (r) => {
       s.closeReason = r.reason;
       s.side = r.side;
       if (r.error) s.detail = r.error;
       s.bytesIn = Math.max(0, backend.bytesWritten - headerLength);
       s.bytesOut = backend.bytesRead;
       this.finish();
-    }, filter, replay);
+    });
   }
 
   private countAlert(alert: number) {

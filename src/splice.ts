@@ -16,14 +16,30 @@ export interface SpliceResult {
  * `filter` (STARTTLS sessions) sees every byte both ways and may answer the client itself; without
  * one the sockets are piped directly.
  */
-export function splice(client: Socket, backend: Socket, idleMs: number, onDone: (r: SpliceResult) => void, filter: SessionFilter | null = null, replay = ''): () => void {
+export interface SpliceOptions {
+  idleMs: number;
+  /** STARTTLS sessions: sees every byte both ways and may answer the client itself. */
+  filter: SessionFilter | null;
+  /** Commands to send the backend once its greeting is complete (plaintext handoff). */
+  replay: string;
+  /**
+   * Resets the client's TCP connection. A TLSSocket's own handle is the TLS layer, which cannot
+   * send a RST (ERR_INVALID_HANDLE_TYPE); the raw socket beneath it can.
+   */
+  resetClient: () => void;
+}
+
+export function splice(client: Socket, backend: Socket, opts: SpliceOptions, onDone: (r: SpliceResult) => void): () => void {
+  const { idleMs, filter, replay } = opts;
   let result: SpliceResult | null = null;
   let closed = 0;
   const fail = (reason: CloseReason, side: Side, error: string | null, peer: Socket, reset: boolean) => {
     result ??= { reason, side, error };
+    if (peer.destroyed) return;
     // A reset on one side is passed on as a reset (RST), not as an orderly FIN.
-    if (reset && typeof peer.resetAndDestroy === 'function' && !peer.destroyed) peer.resetAndDestroy();
-    else peer.destroy();
+    if (!reset) peer.destroy();
+    else if (peer === client) opts.resetClient();
+    else peer.resetAndDestroy();
   };
   const onClose = () => {
     if (++closed === 2) onDone(result ?? { reason: CloseReason.done, side: null, error: null });
