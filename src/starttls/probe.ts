@@ -90,7 +90,10 @@ export function probeOnce(listener: ListenerConfig, timeoutMs: number): Promise<
         socket.resume();
         socket.end(quit);
         socket.setTimeout(1000, () => socket.destroy());
-        resolve(parse(text));
+        const caps = parse(text);
+        // A refused EHLO/CAPABILITY/CAPA parses to nothing: keep the last good (or fallback) list.
+        if (caps.length === 0) reject(new Error(`no capabilities in the answer: ${text.slice(0, 80).trim()}`));
+        else resolve(caps);
         return;
       }
       text = '';
