@@ -116,6 +116,15 @@ class SmtpFilter {
       else this.expect.push({ kind: 'local', text: text503 });
       return;
     }
+    if (verb === 'XCLIENT' || verb === 'XFORWARD') {
+      // Postfix trusts these from smtpd_authorized_xclient_hosts; the backend sees postern's own
+      // address, so a client could otherwise claim any identity. The client's real address
+      // travels in the PROXY header instead.
+      const text550 = '550 5.7.0 Command not permitted through postern\r\n';
+      if (this.expect.length === 0) local.push(text550);
+      else this.expect.push({ kind: 'local', text: text550 });
+      return;
+    }
     out.push(line);
     if (verb === 'DATA') {
       this.expect.push({ kind: 'data' });

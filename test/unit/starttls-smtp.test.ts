@@ -259,3 +259,15 @@ describe('smtp filter', () => {
     expect([out.buffer === big.buffer, out.byteOffset, out.length]).toEqual([true, big.byteOffset, big.length]);
   });
 });
+
+describe('smtp filter refuses identity-forwarding commands', () => {
+  it('XCLIENT and XFORWARD are answered locally with 550 and never forwarded', () => {
+    const f = smtpFilter({ swallow: 0 });
+    f.fromBackend(Buffer.from('220 backend ESMTP\r\n'));
+    for (const cmd of ['XCLIENT ADDR=192.0.2.1\r\n', 'xforward NAME=spoof.example\r\n']) {
+      const r = f.fromClient(Buffer.from(cmd));
+      expect(r.toBackend === null || r.toBackend.length === 0).toBe(true);
+      expect(r.toClient?.toString()).toBe('550 5.7.0 Command not permitted through postern\r\n');
+    }
+  });
+});
