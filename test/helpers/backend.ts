@@ -6,6 +6,8 @@ import { decodeProxyHeader, type DecodedProxy } from '../../src/backend/proxy-de
 export interface BackendConnection {
   socket: net.Socket;
   header: DecodedProxy | null;
+  /** The PROXY header exactly as it arrived, or null when there was none. */
+  headerBytes: Buffer | null;
   /** Bytes after the PROXY header. */
   data: Buffer;
   ended: boolean;
@@ -34,7 +36,7 @@ export async function startBackend(opts: { mode?: BackendMode; proxy?: boolean; 
   const connections: BackendConnection[] = [];
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
     let resolveClosed!: () => void;
-    const conn: BackendConnection = { socket, header: null, data: Buffer.alloc(0), ended: false, closed: new Promise((r) => (resolveClosed = r)) };
+    const conn: BackendConnection = { socket, header: null, headerBytes: null, data: Buffer.alloc(0), ended: false, closed: new Promise((r) => (resolveClosed = r)) };
     connections.push(conn);
     let pre = Buffer.alloc(0);
     let headerDone = !expectHeader;
@@ -51,6 +53,7 @@ export async function startBackend(opts: { mode?: BackendMode; proxy?: boolean; 
         headerDone = true;
         if (d.kind === 'header') {
           conn.header = d.header;
+          conn.headerBytes = Buffer.from(pre.subarray(0, d.header.length));
           chunk = pre.subarray(d.header.length);
         } else chunk = pre;
         greet();
