@@ -183,7 +183,7 @@ export class Session {
 
     const tlsSocket = new tls.TLSSocket(this.socket, {
       isServer: true,
-      secureContext: store.context(result.entry, listener.minVersion),
+      secureContext: result.unit.context(listener.minVersion),
       ALPNProtocols: result.alpn ? [result.alpn] : undefined,
     });
     this.tlsSocket = tlsSocket;

@@ -2,6 +2,20 @@
 // show, per listener, which certificate serves its hostname.
 import { validateFile, printProblems } from './load.ts';
 import { formatConfigError } from '../config/load.ts';
+import type { CertEntry } from '../tls/certstore.ts';
+
+export function describeEntry(e: CertEntry, match: string, now: number) {
+  return {
+    file: e.certFile,
+    match,
+    subject: e.subject,
+    names: e.names,
+    issuer: e.issuer,
+    keyType: e.keyType,
+    notAfter: e.notAfter.toISOString(),
+    daysLeft: Math.floor((e.notAfter.getTime() - now) / 86_400_000),
+  };
+}
 
 export function checkCommand(file: string, opts: { json: boolean }, out: NodeJS.WritableStream = process.stdout): number {
   const v = validateFile(file);
@@ -26,16 +40,7 @@ export function checkCommand(file: string, opts: { json: boolean }, out: NodeJS.
       alpn: l.alpn,
       backend: `${l.backend.address.host}:${l.backend.address.port}`,
       proxyProtocol: l.backend.proxyProtocol,
-      certificate: {
-        file: m.entry.certFile,
-        match: m.match,
-        subject: m.entry.subject,
-        names: m.entry.names,
-        issuer: m.entry.issuer,
-        keyType: m.entry.keyType,
-        notAfter: m.entry.notAfter.toISOString(),
-        daysLeft: Math.floor((m.entry.notAfter.getTime() - now) / 86_400_000),
-      },
+      certificates: m.unit.entries.map((e) => describeEntry(e, m.match, now)),
     };
   });
   if (opts.json) {
@@ -43,13 +48,14 @@ export function checkCommand(file: string, opts: { json: boolean }, out: NodeJS.
     return 0;
   }
   for (const l of listeners) {
-    const c = l.certificate;
-    out.write(
-      `listener ${l.name}: ${l.listen} ${l.protocol}/${l.tls} sni=${l.sni} hostname=${l.hostname} alpn=${l.alpn?.join(',') ?? 'off'} -> ${l.backend} (proxy ${l.proxyProtocol})\n` +
+    out.write(`listener ${l.name}: ${l.listen} ${l.protocol}/${l.tls} sni=${l.sni} hostname=${l.hostname} alpn=${l.alpn?.join(',') ?? 'off'} -> ${l.backend} (proxy ${l.proxyProtocol})\n`);
+    for (const c of l.certificates) {
+      out.write(
         `  certificate ${c.file} (${c.match} match)\n` +
-        `    subject ${c.subject}; names ${c.names.join(', ')}\n` +
-        `    issuer ${c.issuer}; ${c.keyType}; not after ${c.notAfter} (${c.daysLeft} days left)\n`,
-    );
+          `    subject ${c.subject}; names ${c.names.join(', ')}\n` +
+          `    issuer ${c.issuer}; ${c.keyType}; not after ${c.notAfter} (${c.daysLeft} days left)\n`,
+      );
+    }
   }
   printProblems([], v.warnings, out);
   out.write(`${file}: OK\n`);

@@ -3,6 +3,7 @@
 import { validateFile, printProblems } from './load.ts';
 import { decide } from '../tls/sni-policy.ts';
 import { ALERT_NAMES } from '../tls/alerts.ts';
+import { describeEntry } from './check.ts';
 
 export interface ExplainOptions {
   listener?: string;
@@ -27,8 +28,8 @@ export function explainCommand(file: string, opts: ExplainOptions, out: NodeJS.W
   const rows = listeners.map((l) => {
     const r = decide(l, input, v.store);
     return r.action === 'serve'
-      ? { listener: l.name, policy: l.sni, sniClass: r.sniClass, decision: r.decision, reason: r.reason, alpn: r.alpn, certificate: { file: r.entry.certFile, names: r.entry.names, keyType: r.entry.keyType, notAfter: r.entry.notAfter.toISOString() }, alert: null }
-      : { listener: l.name, policy: l.sni, sniClass: r.sniClass, decision: r.decision, reason: r.detail, alpn: null, certificate: null, alert: `${ALERT_NAMES[r.alert]} (${r.alert})` };
+      ? { listener: l.name, policy: l.sni, sniClass: r.sniClass, decision: r.decision, reason: r.reason, alpn: r.alpn, certificates: r.unit.entries.map((e) => describeEntry(e, r.sniClass, Date.now())), alert: null }
+      : { listener: l.name, policy: l.sni, sniClass: r.sniClass, decision: r.decision, reason: r.detail, alpn: null, certificates: null, alert: `${ALERT_NAMES[r.alert]} (${r.alert})` };
   });
   if (opts.json) {
     out.write(JSON.stringify(rows, null, 2) + '\n');
@@ -36,8 +37,8 @@ export function explainCommand(file: string, opts: ExplainOptions, out: NodeJS.W
   }
   const asked = `sni ${opts.sni === undefined ? '(none)' : JSON.stringify(opts.sni)}${opts.alpn ? `, alpn ${opts.alpn.join(',')}` : ''}`;
   for (const r of rows) {
-    const what = r.certificate
-      ? `${r.decision}: ${r.certificate.file} (${r.certificate.names.join(', ')}; ${r.certificate.keyType}; not after ${r.certificate.notAfter})${r.alpn ? `, alpn ${r.alpn}` : ''}`
+    const what = r.certificates
+      ? `${r.decision}: ${r.certificates.map((c) => `${c.file} (${c.names.join(', ')}; ${c.keyType}; not after ${c.notAfter})`).join(' + ')}${r.alpn ? `, alpn ${r.alpn}` : ''}`
       : `refused: alert ${r.alert}`;
     out.write(`${r.listener} [${r.policy}] ${asked}: class ${r.sniClass ?? '-'}${r.reason ? ` (${r.reason})` : ''} -> ${what}\n`);
   }

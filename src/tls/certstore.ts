@@ -35,50 +35,86 @@ export interface CertProblem {
   severity: 'error' | 'warning';
 }
 
-export type CertMatch = { entry: CertEntry; match: 'exact' | 'wildcard' };
-
-export class CertStore {
+/**
+ * What serves one name: at most one certificate per key algorithm (ECDSA, RSA, ...), all in one
+ * SecureContext, so OpenSSL picks by what the client supports (ECDSA for modern clients, RSA for
+ * old ones). The first pair listed in the configuration wins within an algorithm.
+ */
+export class ServeUnit {
   readonly entries: readonly CertEntry[];
-  private readonly exact = new Map<string, CertEntry>();
-  private readonly wildcard = new Map<string, CertEntry>();
-  private readonly contexts = new Map<CertEntry, Map<TlsMinVersion, SecureContext>>();
+  private readonly contexts = new Map<TlsMinVersion, SecureContext>();
 
   constructor(entries: CertEntry[]) {
     this.entries = entries;
+  }
+
+  /** The certificate shown in logs and `check`: the first one listed. */
+  get primary(): CertEntry {
+    return this.entries[0]!;
+  }
+
+  /** The SecureContext under a listener's TLS settings, created once and cached. */
+  context(minVersion: TlsMinVersion): SecureContext {
+    let ctx = this.contexts.get(minVersion);
+    if (!ctx) {
+      ctx = tls.createSecureContext({ cert: this.entries.map((e) => e.certPem), key: this.entries.map((e) => e.keyPem), minVersion });
+      this.contexts.set(minVersion, ctx);
+    }
+    return ctx;
+  }
+}
+
+export type CertMatch = { unit: ServeUnit; match: 'exact' | 'wildcard' };
+
+export class CertStore {
+  readonly entries: readonly CertEntry[];
+  private readonly exact = new Map<string, ServeUnit>();
+  private readonly wildcard = new Map<string, ServeUnit>();
+
+  constructor(entries: CertEntry[]) {
+    this.entries = entries;
+    const exact = new Map<string, CertEntry[]>();
+    const wildcard = new Map<string, CertEntry[]>();
     for (const entry of entries) {
       for (const name of entry.names) {
         const parent = wildcardParent(name);
-        const index = parent === null ? this.exact : this.wildcard;
+        const index = parent === null ? exact : wildcard;
         const key = parent ?? name;
-        // The first certificate listed for a name serves it; order in the config decides.
-        if (!index.has(key)) index.set(key, entry);
+        const list = index.get(key) ?? [];
+        // One certificate per key algorithm; a second one of the same kind is shadowed.
+        if (!list.some((e) => algorithm(e) === algorithm(entry))) list.push(entry);
+        index.set(key, list);
       }
     }
+    // Names served by the same set of certificates share one unit, so one context.
+    const units = new Map<string, ServeUnit>();
+    const unitFor = (list: CertEntry[]) => {
+      const id = list.map((e) => entries.indexOf(e)).join(',');
+      let unit = units.get(id);
+      if (!unit) units.set(id, (unit = new ServeUnit(list)));
+      return unit;
+    };
+    for (const [k, list] of exact) this.exact.set(k, unitFor(list));
+    for (const [k, list] of wildcard) this.wildcard.set(k, unitFor(list));
   }
 
   /** Exact beats wildcard (RFC 6125 section 6.4); name must already be lowercased and valid. */
   lookup(name: string): CertMatch | null {
     const exact = this.exact.get(name);
-    if (exact) return { entry: exact, match: 'exact' };
+    if (exact) return { unit: exact, match: 'exact' };
     const parent = parentOf(name);
     const wild = parent === null ? undefined : this.wildcard.get(parent);
-    return wild ? { entry: wild, match: 'wildcard' } : null;
+    return wild ? { unit: wild, match: 'wildcard' } : null;
   }
 
-  /** The SecureContext for an entry under a listener's TLS settings, created once and cached. */
-  context(entry: CertEntry, minVersion: TlsMinVersion): SecureContext {
-    let byVersion = this.contexts.get(entry);
-    if (!byVersion) {
-      byVersion = new Map();
-      this.contexts.set(entry, byVersion);
-    }
-    let ctx = byVersion.get(minVersion);
-    if (!ctx) {
-      ctx = tls.createSecureContext({ cert: entry.certPem, key: entry.keyPem, minVersion });
-      byVersion.set(minVersion, ctx);
-    }
-    return ctx;
+  /** Every unit, for creating the contexts up front. */
+  units(): ServeUnit[] {
+    return [...new Set([...this.exact.values(), ...this.wildcard.values()])];
   }
+}
+
+function algorithm(e: CertEntry): string {
+  return e.keyType.split(' ')[0]!;
 }
 
 export interface BuildResult {
@@ -98,11 +134,12 @@ export function buildCertStore(sources: CertificateSource[], now = new Date()): 
   if (!failed) {
     const store = new CertStore(entries);
     // Creating the default contexts now surfaces OpenSSL's complaints at load, not per handshake.
-    for (const entry of entries) {
+    for (const unit of store.units()) {
       try {
-        store.context(entry, 'TLSv1.2');
+        unit.context('TLSv1.2');
       } catch (err) {
-        problems.push({ path: `${entry.source}.cert`, file: entry.certFile, severity: 'error', message: `OpenSSL refused the pair: ${(err as Error).message}` });
+        const e = unit.primary;
+        problems.push({ path: `${e.source}.cert`, file: e.certFile, severity: 'error', message: `OpenSSL refused ${unit.entries.map((x) => x.certFile).join(' + ')}: ${(err as Error).message}` });
       }
     }
     if (!problems.some((p) => p.severity === 'error')) return { store, problems };
@@ -157,7 +194,11 @@ function loadPair(source: CertificateSource, now: Date, problems: CertProblem[])
   const notBefore = new Date(leaf.validFrom);
   const notAfter = new Date(leaf.validTo);
   const warn = (message: string) => problems.push({ path: certPath, file: source.cert, message, severity: 'warning' });
-  if (notBefore > now) warn(`${source.cert} is not valid before ${notBefore.toISOString()}`);
+  // A certificate from the future is a clock or deployment mistake: every verifying client would
+  // refuse it, so it is refused here rather than served.
+  if (notBefore > now) return err(certPath, source.cert, `${source.cert} is not valid before ${notBefore.toISOString()} (check the clock, or the renewal deployed too early)`);
+  const weak = keyWeakness(key);
+  if (weak) return err(keyPath, source.key, `${source.key}: ${weak}`);
   if (notAfter < now) warn(`${source.cert} EXPIRED on ${notAfter.toISOString()}; clients that verify will refuse it`);
   else if (notAfter.getTime() - now.getTime() < 14 * 86_400_000) warn(`${source.cert} expires in less than 14 days (${notAfter.toISOString()})`);
   if (blocks.length === 1 && leaf.issuer !== leaf.subject) warn(`${source.cert} has no intermediate certificates after the leaf; most clients need the chain`);
@@ -184,6 +225,14 @@ function dnsNames(cert: X509Certificate): string[] {
     if (part.startsWith('DNS:')) names.add(part.slice(4).toLowerCase());
   }
   return [...names];
+}
+
+/** NIST SP 800-57 / BSI TR-02102: RSA below 2048 bits and curves below 256 bits are too weak. */
+function keyWeakness(key: KeyObject): string | null {
+  const d = key.asymmetricKeyDetails ?? {};
+  if ((key.asymmetricKeyType === 'rsa' || key.asymmetricKeyType === 'rsa-pss') && (d.modulusLength ?? 0) < 2048) return `RSA key of ${d.modulusLength} bits is too weak (at least 2048)`;
+  if (key.asymmetricKeyType === 'ec' && !['prime256v1', 'secp384r1', 'secp521r1'].includes(d.namedCurve ?? '')) return `elliptic curve ${d.namedCurve} is not supported (use P-256 or P-384)`;
+  return null;
 }
 
 function describeKey(key: KeyObject): string {

@@ -2,7 +2,7 @@
 // byte. Pure: (listener, hello, store) -> serve or refuse, with the reason. The daemon, `postern
 // check` and the tests all call this one function.
 import type { ListenerConfig } from '../config/types.ts';
-import type { CertEntry, CertStore } from './certstore.ts';
+import type { CertStore, ServeUnit } from './certstore.ts';
 import { checkSniBytes, patternCovers, type InvalidReason } from './names.ts';
 import { ALERT_NO_APPLICATION_PROTOCOL, ALERT_UNRECOGNIZED_NAME } from './alerts.ts';
 
@@ -17,7 +17,8 @@ export interface PolicyInput {
 export type PolicyResult =
   | {
       action: 'serve';
-      entry: CertEntry;
+      /** The certificate(s) to serve: one per key algorithm. */
+      unit: ServeUnit;
       sniClass: SniClass;
       decision: 'served' | 'fallback';
       /** The requested name, lowercased, or null (none or illegible). */
@@ -56,7 +57,7 @@ export function decide(listener: ListenerConfig, input: PolicyInput, store: Cert
   const own = store.lookup(listener.hostname);
   if (input.serverName === null) {
     // Missing SNI always gets the listener's own certificate: many SMTP senders send none.
-    return serveOwn(listener, own?.entry, 'none', 'served', null, null, alpn);
+    return serveOwn(listener, own?.unit, 'none', 'served', null, null, alpn);
   }
 
   const check = checkSniBytes(input.serverName);
@@ -65,36 +66,36 @@ export function decide(listener: ListenerConfig, input: PolicyInput, store: Cert
   });
   if (!check.ok) {
     if (listener.sni === 'strict' || check.reason === 'illegible') return refuse('invalid', check.reason);
-    return serveOwn(listener, own?.entry, 'invalid', 'fallback', null, check.reason satisfies InvalidReason, alpn);
+    return serveOwn(listener, own?.unit, 'invalid', 'fallback', null, check.reason satisfies InvalidReason, alpn);
   }
 
   const name = check.name;
   const found = store.lookup(name);
   const allowed = listener.serverNames === null || listener.serverNames.some((p) => patternCovers(p, name));
   if (found && allowed) {
-    return { action: 'serve', entry: found.entry, sniClass: found.match, decision: 'served', sni: name, servedName: name, reason: null, alpn };
+    return { action: 'serve', unit: found.unit, sniClass: found.match, decision: 'served', sni: name, servedName: name, reason: null, alpn };
   }
   const detail = found ? 'not_allowed' : 'unknown';
   // RFC 6066 section 3: a server that does not recognise the name may abort with
   // unrecognized_name. Strict listeners do; fallback listeners (port 25) serve their own
   // certificate instead, as RFC 8461 section 5 expects of MTA-STS receivers.
   if (listener.sni === 'strict') return refuse('unknown', detail);
-  return serveOwn(listener, own?.entry, 'unknown', 'fallback', name, detail, alpn);
+  return serveOwn(listener, own?.unit, 'unknown', 'fallback', name, detail, alpn);
 }
 
 function serveOwn(
   listener: ListenerConfig,
-  entry: CertEntry | undefined,
+  unit: ServeUnit | undefined,
   sniClass: SniClass,
   decision: 'served' | 'fallback',
   sni: string | null,
   reason: string | null,
   alpn: string | null,
 ): PolicyResult {
-  if (!entry) {
+  if (!unit) {
     // Only reachable when a reload removed the listener's certificate; config validation
     // refuses a hostname that no certificate covers.
     return { action: 'refuse', alert: ALERT_UNRECOGNIZED_NAME, reason: 'sni_refused', sniClass, decision: 'refused', sni, detail: 'no_listener_certificate' };
   }
-  return { action: 'serve', entry, sniClass, decision, sni, servedName: listener.hostname, reason, alpn };
+  return { action: 'serve', unit, sniClass, decision, sni, servedName: listener.hostname, reason, alpn };
 }

@@ -66,3 +66,22 @@ describe('certificate store', () => {
     expect(store.entries.map((x) => [x.keyType, x.names])).toEqual([['ECDSA P-256', ['e.example.org', 'e2.example.org']], ['RSA 2048', ['r.example.org']]]);
   });
 });
+
+describe('certificate store: several key types for one name', () => {
+  it('an RSA and an ECDSA certificate for the same name are served together, one per algorithm', async () => {
+    const pki = await makePki();
+    const ec = await pki.issue('ec', { names: ['mail.example.org', 'imap.example.org'] });
+    const rsa = await pki.issue('rsa', { names: ['mail.example.org'], kind: 'rsa' });
+    const ec2 = await pki.issue('ec2', { names: ['mail.example.org'] });
+    const store = buildCertStore([{ ...ec, path: 'certificates[0]' }, { ...rsa, path: 'certificates[1]' }, { ...ec2, path: 'certificates[2]' }]).store!;
+    expect(store.lookup('mail.example.org')!.unit.entries.map((e) => [e.certFile, e.keyType])).toEqual([[ec.cert, 'ECDSA P-256'], [rsa.cert, 'RSA 2048']]);
+    expect(store.lookup('imap.example.org')!.unit.entries.map((e) => e.certFile)).toEqual([ec.cert]);
+  });
+  it('a certificate that is not yet valid is an error', async () => {
+    const pki = await makePki();
+    const f = await pki.issue('future', { names: ['f.example.org'], notBefore: new Date(Date.now() + 5 * DAY), notAfter: new Date(Date.now() + 50 * DAY) });
+    const r = buildCertStore([{ ...f, path: 'certificates[0]' }]);
+    expect(r.store).toBeNull();
+    expect(r.problems[0]).toMatchObject({ severity: 'error', path: 'certificates[0].cert', message: expect.stringContaining('is not valid before') });
+  });
+});

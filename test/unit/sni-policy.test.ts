@@ -34,12 +34,12 @@ describe('sni policy', () => {
     it(`${policy}: no sni serves the listener hostname certificate`, () => {
       const r = decide(listener({ sni: policy }), sni(null), store);
       expect(r).toMatchObject({ action: 'serve', sniClass: 'none', decision: 'served', servedName: 'mail.example.org' });
-      expect(r.action === 'serve' && r.entry.names).toEqual(['mail.example.org']);
+      expect(r.action === 'serve' && r.unit.primary.names).toEqual(['mail.example.org']);
     });
     it(`${policy}: an exact name beats a wildcard that also covers it`, () => {
       const r = decide(listener({ sni: policy }), sni('MAIL.Example.ORG'), store);
       expect(r).toMatchObject({ action: 'serve', sniClass: 'exact', decision: 'served', sni: 'mail.example.org' });
-      expect(r.action === 'serve' && r.entry.names).toEqual(['mail.example.org']);
+      expect(r.action === 'serve' && r.unit.primary.names).toEqual(['mail.example.org']);
     });
     it(`${policy}: a wildcard covers one leftmost label`, () => {
       const r = decide(listener({ sni: policy }), sni('imap.example.org'), store);
