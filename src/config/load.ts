@@ -20,7 +20,7 @@ import {
   validateDocument,
 } from './schema.ts';
 import type { RawDocument, RawListener, SchemaIssue, SchemaPath } from './schema.ts';
-import type { CertificateSource, ConfigError, HostPort, ListenerConfig, PosternConfig } from './types.ts';
+import type { CertificateSpec, ConfigError, HostPort, ListenerConfig, PosternConfig } from './types.ts';
 
 export interface LoadedConfig {
   config: PosternConfig;
@@ -185,6 +185,18 @@ function fileProblem(path: string): string | null {
   }
 }
 
+function dirProblem(path: string): string | null {
+  try {
+    if (!statSync(path).isDirectory()) return `not a folder: ${path}`;
+    accessSync(path, constants.R_OK | constants.X_OK);
+    return null;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return `folder not found: ${path}`;
+    return `cannot read ${path}${code ? ` (${code})` : ''}`;
+  }
+}
+
 function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) => number): Issue[] {
   const issues: Issue[] = [];
   if (!isRecord(raw)) return issues;
@@ -192,10 +204,10 @@ function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) 
   if (Array.isArray(raw.certificates)) {
     raw.certificates.forEach((c: unknown, i) => {
       if (!isRecord(c)) return;
-      for (const field of ['cert', 'key'] as const) {
+      for (const field of ['cert', 'key', 'pem', 'dir'] as const) {
         const value = c[field];
         if (typeof value !== 'string' || value === '') continue;
-        const problem = fileProblem(resolve(baseDir, value));
+        const problem = field === 'dir' ? dirProblem(resolve(baseDir, value)) : fileProblem(resolve(baseDir, value));
         if (problem) issues.push({ path: ['certificates', i, field], message: problem, at: 'value' });
       }
     });
@@ -251,11 +263,12 @@ function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) 
 
 function compile(doc: RawDocument, file: string): PosternConfig {
   const base = dirname(file);
-  const certificates: CertificateSource[] = doc.certificates.map((c, i) => ({
-    cert: resolve(base, c.cert),
-    key: resolve(base, c.key),
-    path: `certificates[${i}]`,
-  }));
+  const certificates: CertificateSpec[] = doc.certificates.map((c, i) => {
+    const path = `certificates[${i}]`;
+    if (c.dir !== undefined) return { dir: resolve(base, c.dir), path };
+    if (c.pem !== undefined) return { pem: resolve(base, c.pem), path };
+    return { cert: resolve(base, c.cert!), key: resolve(base, c.key!), path };
+  });
   return { file, log: { level: doc.log.level }, certificates, listeners: doc.listeners.map(compileListener) };
 }
 

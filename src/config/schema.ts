@@ -267,10 +267,23 @@ const proxyProtocol = oneOf(['none', 'v1', 'v2'], (input) => (input === undefine
   description: `PROXY protocol header sent to the backend. Required: ${PROXY_PROTOCOL_HINT}`,
 });
 
-const certificateSchema = z.strictObject({
-  cert: pathField('certificate').meta({ description: 'PEM certificate (leaf first, then the chain), relative to this file' }),
-  key: pathField('private key').meta({ description: 'PEM private key, relative to this file' }),
-});
+/**
+ * Three ways to name certificates: a {cert, key} pair; {dir} with the certbot `live/` layout (one
+ * subfolder per certificate, each with fullchain.pem and privkey.pem); {pem}, one file holding
+ * the key, the certificate and its chain (HAProxy and hitch style).
+ */
+const certificateSchema = z
+  .strictObject({
+    cert: pathField('certificate').optional().meta({ description: 'PEM certificate (leaf first, then the chain), relative to this file; with key' }),
+    key: pathField('private key').optional().meta({ description: 'PEM private key, relative to this file; with cert' }),
+    dir: pathField('certificate folder').optional().meta({ description: 'A certbot live/ folder: every subfolder with fullchain.pem and privkey.pem is loaded' }),
+    pem: pathField('combined PEM').optional().meta({ description: 'One file with the private key, the certificate and its chain' }),
+  })
+  .superRefine((c, ctx) => {
+    const forms = [c.cert !== undefined || c.key !== undefined, c.dir !== undefined, c.pem !== undefined].filter(Boolean).length;
+    if (forms !== 1) ctx.addIssue({ code: 'custom', message: 'give either cert and key, or dir (a certbot live/ folder), or pem (key, certificate and chain in one file)' });
+    else if ((c.cert === undefined) !== (c.key === undefined)) ctx.addIssue({ code: 'custom', path: [c.cert === undefined ? 'cert' : 'key'], message: `required but missing: ${c.cert === undefined ? 'cert goes with key' : 'key goes with cert'}` });
+  });
 
 const timeoutsSchema = z
   .strictObject({
@@ -322,7 +335,7 @@ const listenerSchema = z.strictObject({
 export const documentSchema = z
   .strictObject({
     log: z.strictObject({ level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).prefault(DEFAULTS.logLevel) }).prefault({}),
-    certificates: z.array(certificateSchema).min(1, { error: 'at least one certificate is required' }).meta({ description: 'PEM pairs; the names each serves come from its SANs' }),
+    certificates: z.array(certificateSchema).min(1, { error: 'at least one certificate is required' }).meta({ description: 'Certificates ({cert, key}, {dir} or {pem}); the names each serves come from its SANs' }),
     listeners: z.array(listenerSchema).min(1, { error: 'at least one listener is required' }),
   })
   .meta({ title: 'postern configuration' });

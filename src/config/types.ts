@@ -23,6 +23,20 @@ export interface CertificateSource {
   path: string;
 }
 
+/** A certbot `live/` folder: each subfolder with fullchain.pem + privkey.pem is one pair. */
+export interface CertificateDir {
+  dir: string;
+  path: string;
+}
+
+/** One PEM file with the private key, the certificate and its chain (HAProxy/hitch style). */
+export interface CertificatePem {
+  pem: string;
+  path: string;
+}
+
+export type CertificateSpec = CertificateSource | CertificateDir | CertificatePem;
+
 export interface BackendConfig {
   address: HostPort;
   proxyProtocol: ProxyProtocolVersion;
@@ -73,7 +87,7 @@ export interface PosternConfig {
   /** Absolute path of the YAML file this came from. */
   file: string;
   log: { level: LogLevel };
-  certificates: CertificateSource[];
+  certificates: CertificateSpec[];
   listeners: ListenerConfig[];
 }
 

@@ -2,9 +2,10 @@
 // every key matched to its certificate, contexts created) before anyone can use it; the daemon
 // holds one reference and swaps it whole, so a connection never sees a half-built store.
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
 import tls, { type SecureContext } from 'node:tls';
-import type { CertificateSource, TlsMinVersion } from '../config/types.ts';
+import type { CertificateSource, CertificateSpec, TlsMinVersion } from '../config/types.ts';
 import { patternProblem, wildcardParent, parentOf } from './names.ts';
 
 export interface CertEntry {
@@ -123,10 +124,10 @@ export interface BuildResult {
 }
 
 /** Reads and checks every pair; returns a store only when no pair has an error. */
-export function buildCertStore(sources: CertificateSource[], now = new Date()): BuildResult {
+export function buildCertStore(specs: CertificateSpec[], now = new Date()): BuildResult {
   const problems: CertProblem[] = [];
   const entries: CertEntry[] = [];
-  for (const source of sources) {
+  for (const source of specs.flatMap((spec) => expand(spec, problems))) {
     const entry = loadPair(source, now, problems);
     if (entry) entries.push(entry);
   }
@@ -149,9 +150,42 @@ export function buildCertStore(sources: CertificateSource[], now = new Date()): 
 
 const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
 
-function loadPair(source: CertificateSource, now: Date, problems: CertProblem[]): CertEntry | null {
-  const certPath = `${source.path}.cert`;
-  const keyPath = `${source.path}.key`;
+/** The certbot live/ layout: one subfolder per certificate (symlinks into archive/ followed). */
+const LIVE_CERT = 'fullchain.pem';
+const LIVE_KEY = 'privkey.pem';
+
+/** A spec as the pairs it stands for; a folder's listing is read anew on every build. */
+function expand(spec: CertificateSpec, problems: CertProblem[]): PairSource[] {
+  if ('cert' in spec) return [{ ...spec, certField: `${spec.path}.cert`, keyField: `${spec.path}.key` }];
+  if ('pem' in spec) return [{ cert: spec.pem, key: spec.pem, path: spec.path, certField: `${spec.path}.pem`, keyField: `${spec.path}.pem` }];
+  let names: string[];
+  try {
+    names = readdirSync(spec.dir, { withFileTypes: true })
+      .filter((d) => (d.isDirectory() || d.isSymbolicLink()) && !d.name.startsWith('.'))
+      .map((d) => d.name)
+      .sort();
+  } catch (e) {
+    problems.push({ path: `${spec.path}.dir`, file: spec.dir, severity: 'error', message: `cannot read folder ${spec.dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
+    return [];
+  }
+  const pairs = names
+    .map((n) => ({ cert: join(spec.dir, n, LIVE_CERT), key: join(spec.dir, n, LIVE_KEY), path: spec.path, certField: `${spec.path}.dir`, keyField: `${spec.path}.dir` }))
+    .filter((p) => existsSync(p.cert) || existsSync(p.key));
+  if (pairs.length === 0) problems.push({ path: `${spec.path}.dir`, file: spec.dir, severity: 'error', message: `${spec.dir} holds no certificate folders (expected <name>/${LIVE_CERT} and <name>/${LIVE_KEY})` });
+  return pairs;
+}
+
+interface PairSource extends CertificateSource {
+  /** YAML paths that problems with the certificate / the key point at. */
+  certField: string;
+  keyField: string;
+}
+
+const PEM_KEY = /-----BEGIN ((?:RSA |EC |ENCRYPTED )?PRIVATE KEY)-----[\s\S]+?-----END \1-----/;
+
+function loadPair(source: PairSource, now: Date, problems: CertProblem[]): CertEntry | null {
+  const certPath = source.certField;
+  const keyPath = source.keyField;
   const err = (path: string, file: string, message: string): null => {
     problems.push({ path, file, message, severity: 'error' });
     return null;
@@ -170,6 +204,13 @@ function loadPair(source: CertificateSource, now: Date, problems: CertProblem[])
   }
   const blocks = certPem.match(PEM_CERT) ?? [];
   if (blocks.length === 0) return err(certPath, source.cert, `${source.cert} holds no PEM certificate`);
+  // Only the certificate blocks go to OpenSSL as the chain, and only the key block as the key:
+  // a combined file ({pem}) holds both.
+  certPem = blocks.join('\n') + '\n';
+  const keyBlock = PEM_KEY.exec(keyPem);
+  if (!keyBlock) return err(keyPath, source.key, `${source.key} holds no PEM private key`);
+  if (keyBlock[1] === 'ENCRYPTED PRIVATE KEY') return err(keyPath, source.key, `${source.key}: the private key is encrypted; postern needs it unencrypted (protect the file with its permissions)`);
+  keyPem = keyBlock[0] + '\n';
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(blocks[0]!);

@@ -85,3 +85,43 @@ describe('certificate store: several key types for one name', () => {
     expect(r.problems[0]).toMatchObject({ severity: 'error', path: 'certificates[0].cert', message: expect.stringContaining('is not valid before') });
   });
 });
+
+describe('certificate sources', () => {
+  it('a certbot live/ folder with symlinks into archive/ loads every certificate folder', async () => {
+    const { mkdirSync, symlinkSync, copyFileSync } = await import('node:fs');
+    const pki = await makePki();
+    const root = join(pki.dir, 'letsencrypt');
+    for (const name of ['mail.example.org', 'www.example.org']) {
+      const c = await pki.issue(name, { names: [name] });
+      mkdirSync(join(root, 'archive', name), { recursive: true });
+      mkdirSync(join(root, 'live', name), { recursive: true });
+      copyFileSync(c.cert, join(root, 'archive', name, 'fullchain1.pem'));
+      copyFileSync(c.key, join(root, 'archive', name, 'privkey1.pem'));
+      symlinkSync(`../../archive/${name}/fullchain1.pem`, join(root, 'live', name, 'fullchain.pem'));
+      symlinkSync(`../../archive/${name}/privkey1.pem`, join(root, 'live', name, 'privkey.pem'));
+    }
+    writeFileSync(join(root, 'live', 'README'), 'certbot explains the layout here');
+    const r = buildCertStore([{ dir: join(root, 'live'), path: 'certificates[0]' }]);
+    expect(r.problems.filter((p) => p.severity === 'error')).toEqual([]);
+    expect(r.store!.entries.map((e) => e.names[0])).toEqual(['mail.example.org', 'www.example.org']);
+    expect(r.store!.lookup('www.example.org')!.unit.primary.certFile).toBe(join(root, 'live', 'www.example.org', 'fullchain.pem'));
+  });
+  it('an empty live/ folder is an error naming the folder', async () => {
+    const { mkdirSync } = await import('node:fs');
+    const pki = await makePki();
+    mkdirSync(join(pki.dir, 'empty'));
+    const r = buildCertStore([{ dir: join(pki.dir, 'empty'), path: 'certificates[0]' }]);
+    expect(r.store).toBeNull();
+    expect(r.problems[0]).toMatchObject({ path: 'certificates[0].dir', message: `${join(pki.dir, 'empty')} holds no certificate folders (expected <name>/fullchain.pem and <name>/privkey.pem)` });
+  });
+  it('one pem file with key, certificate and chain (haproxy style) loads', async () => {
+    const pki = await makePki();
+    const c = await pki.issue('combined', { names: ['combined.example.org'] });
+    const { readFileSync } = await import('node:fs');
+    const file = join(pki.dir, 'combined-all.pem');
+    writeFileSync(file, readFileSync(c.key, 'utf8') + readFileSync(c.cert, 'utf8'));
+    const r = buildCertStore([{ pem: file, path: 'certificates[0]' }]);
+    expect(r.problems.filter((p) => p.severity === 'error')).toEqual([]);
+    expect(r.store!.entries[0]).toMatchObject({ names: ['combined.example.org'], chainLength: 1, certFile: file, keyFile: file });
+  });
+});

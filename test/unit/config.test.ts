@@ -614,3 +614,26 @@ listeners:
     expect(JSON.stringify(schema)).toContain('"required":["name","listen","protocol","tls","hostname","backend"]');
   });
 });
+
+describe('certificate sources', () => {
+  const LISTENER = `listeners:\n  - ${BASE.join('\n    ')}\n`;
+  it('a certbot live/ folder and a combined pem file compile to absolute paths', () => {
+    mkdirSync(join(dir, 'live'));
+    const c = load(`certificates:\n  - dir: live\n  - pem: certs/fullchain.pem\n${LISTENER}`).config.certificates;
+    expect(c).toEqual([
+      { dir: join(dir, 'live'), path: 'certificates[0]' },
+      { pem: join(dir, 'certs', 'fullchain.pem'), path: 'certificates[1]' },
+    ]);
+  });
+  it('a missing live/ folder is named', () => {
+    expect(errorsOf(`certificates:\n  - dir: nowhere\n${LISTENER}`)).toEqual([`postern.yaml:2:10 certificates[0].dir: folder not found: ${join(dir, 'nowhere')}`]);
+  });
+  it('mixing forms in one entry is refused', () => {
+    expect(errorsOf(`certificates:\n  - cert: certs/fullchain.pem\n    key: certs/privkey.pem\n    pem: certs/fullchain.pem\n${LISTENER}`)).toEqual([
+      'postern.yaml:2:5 certificates[0]: give either cert and key, or dir (a certbot live/ folder), or pem (key, certificate and chain in one file)',
+    ]);
+  });
+  it('a cert without its key is refused', () => {
+    expect(errorsOf(`certificates:\n  - cert: certs/fullchain.pem\n${LISTENER}`)).toEqual(['postern.yaml:2:5 certificates[0].key: required but missing: key goes with cert']);
+  });
+});
