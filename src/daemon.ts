@@ -25,6 +25,7 @@ export class Daemon {
     this.store = opts.store;
     this.log = opts.log;
     this.metrics = opts.metrics ?? new Metrics();
+    this.setStore(opts.store);
     for (const l of opts.config.listeners) {
       const env: SessionEnv = { listener: l, store: () => this.store, log: opts.log, metrics: this.metrics };
       this.listeners.push(new Listener(env, opts.preludeFor?.(env) ?? null));
@@ -57,6 +58,41 @@ export class Daemon {
   /** Swaps the certificate store; connections in flight keep the context they started with. */
   setStore(store: CertStore) {
     this.store = store;
+    this.metrics.certificateNotAfter.reset();
+    for (const e of store.entries) this.metrics.certificateNotAfter.set({ file: e.certFile, name: e.names[0] ?? '' }, Math.floor(e.notAfter.getTime() / 1000));
+  }
+
+  get certificates(): CertStore {
+    return this.store;
+  }
+
+  /**
+   * Applies a reloaded configuration: certificates and each listener's policy, names, ALPN,
+   * backend, timeouts and STARTTLS options take effect for new connections. What only a restart
+   * can change (listen address, protocol, tls mode, added or removed listeners) is returned.
+   */
+  apply(config: PosternConfig, store: CertStore): string[] {
+    const needsRestart: string[] = [];
+    const byName = new Map(config.listeners.map((l) => [l.name, l]));
+    for (const l of this.listeners) {
+      const old = l.env.listener;
+      const next = byName.get(old.name);
+      if (!next) {
+        needsRestart.push(`listener "${old.name}" was removed`);
+        continue;
+      }
+      byName.delete(old.name);
+      const fixed = (['protocol', 'tls'] as const).filter((k) => next[k] !== old[k]);
+      if (next.listen.host !== old.listen.host || next.listen.port !== old.listen.port) fixed.unshift('listen' as never);
+      if (fixed.length > 0) {
+        needsRestart.push(`listener "${old.name}": ${fixed.join(', ')} changed`);
+        continue;
+      }
+      l.env.listener = next;
+    }
+    for (const name of byName.keys()) needsRestart.push(`listener "${name}" was added`);
+    this.setStore(store);
+    return needsRestart;
   }
 
   /** Stops accepting at once, closes every session, resolves when all sockets are gone. */

@@ -53,6 +53,18 @@ export class Metrics {
     labelNames: ['listener', 'direction'] as const,
     registers: [this.registry],
   });
+  readonly reloads = new Counter({
+    name: 'postern_reloads_total',
+    help: 'Configuration and certificate reloads by trigger (sighup|watch) and result (ok|failed)',
+    labelNames: ['trigger', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly certificateNotAfter = new Gauge({
+    name: 'postern_certificate_not_after_seconds',
+    help: 'Expiry of each loaded certificate (Unix time), by file and first name',
+    labelNames: ['file', 'name'] as const,
+    registers: [this.registry],
+  });
   readonly starttlsInjections = new Counter({
     name: 'postern_starttls_injections_total',
     help: 'Bytes pipelined after STARTTLS that were discarded (CVE-2011-0411), by listener',

@@ -71,10 +71,13 @@ export class Session {
   onFinish: ((s: Session) => void) | null = null;
   readonly socket: Socket;
   readonly env: SessionEnv;
+  /** The listener's settings as they were at accept: a reload applies to new connections only. */
+  readonly listener: ListenerConfig;
 
   constructor(socket: Socket, env: SessionEnv) {
     this.socket = socket;
     this.env = env;
+    this.listener = env.listener;
     this.summary = {
       id: nextId++,
       listener: env.listener.name,
@@ -105,7 +108,7 @@ export class Session {
       if (!this.tlsSocket && !this.stopSplice) this.finish();
     });
     // The handshake deadline is absolute from accept (threats.md: slowloris), not reset by bytes.
-    this.deadline = setTimeout(() => this.abort(CloseReason.handshakeTimeout, 'client', null, this.lastWords), env.listener.timeouts.handshakeMs);
+    this.deadline = setTimeout(() => this.abort(CloseReason.handshakeTimeout, 'client', null, this.lastWords), this.listener.timeouts.handshakeMs);
   }
 
   /** Ends the session before the backend is involved: records why, then closes. */
@@ -133,7 +136,8 @@ export class Session {
 
   /** Peek, decide, handshake, dial, splice. `initial` holds bytes a prelude already read. */
   async secureAndProxy(initial: Buffer | null = null, opts: SecureOptions = IMPLICIT): Promise<void> {
-    const { listener, metrics } = this.env;
+    const { listener } = this;
+    const { metrics } = this.env;
     this.lastWords = null;
     const peek = await peekClientHello(this.socket, initial);
     if (this.finished || this.socket.destroyed) return this.finish();
@@ -225,8 +229,8 @@ export class Session {
 
   /** STARTTLS bytes the client pipelined after its STARTTLS command: discarded, logged, counted. */
   countInjection(bytes: number) {
-    this.env.metrics.starttlsInjections.inc({ listener: this.env.listener.name });
-    this.env.log.warn({ id: this.summary.id, listener: this.env.listener.name, client: this.summary.client, bytes }, 'discarded bytes sent after STARTTLS (CVE-2011-0411)');
+    this.env.metrics.starttlsInjections.inc({ listener: this.listener.name });
+    this.env.log.warn({ id: this.summary.id, listener: this.listener.name, client: this.summary.client, bytes }, 'discarded bytes sent after STARTTLS (CVE-2011-0411)');
   }
 
   /**
@@ -243,7 +247,8 @@ export class Session {
   }
 
   private async proxy(client: Socket, opensslCipher: string | null, filter: SessionFilter | null, replay = '') {
-    const { listener, metrics } = this.env;
+    const { listener } = this;
+    const { metrics } = this.env;
     const s = this.summary;
     const b = listener.backend;
     s.backend = `${b.address.host}:${b.address.port}`;
@@ -285,7 +290,7 @@ export class Session {
   }
 
   private countAlert(alert: number) {
-    this.env.metrics.alerts.inc({ listener: this.env.listener.name, alert: ALERT_NAMES[alert] ?? String(alert) });
+    this.env.metrics.alerts.inc({ listener: this.listener.name, alert: ALERT_NAMES[alert] ?? String(alert) });
   }
 
   private finish() {

@@ -36,7 +36,7 @@ export class StarttlsPrelude implements Prelude {
   }
 
   run(session: Session): void {
-    const { listener } = this.env;
+    const { listener } = session;
     const st = listener.starttls!;
     const dialogue = this.machines.dialogue({
       hostname: listener.hostname,

@@ -21,5 +21,5 @@ const MACHINES: Record<Exclude<Protocol, 'tls'>, ProtocolMachines> = {
 export function preludeFor(env: SessionEnv): Prelude | null {
   const l = env.listener;
   if (l.tls === 'implicit' || l.protocol === 'tls') return null;
-  return new StarttlsPrelude(env, MACHINES[l.protocol], new CapabilityProbe(l, env.log));
+  return new StarttlsPrelude(env, MACHINES[l.protocol], new CapabilityProbe(() => env.listener, env.log));
 }

@@ -106,13 +106,15 @@ export function probeOnce(listener: ListenerConfig, timeoutMs: number): Promise<
 export class CapabilityProbe {
   private current: string[];
   private timer: NodeJS.Timeout | null = null;
-  private readonly listener: ListenerConfig;
+  /** Read at every probe: a reload may move the backend. */
+  private readonly config: () => ListenerConfig;
   private readonly log: Logger;
   /** Resolves when the first probe has finished (either way). */
   readonly first: Promise<void>;
 
-  constructor(listener: ListenerConfig, log: Logger) {
-    this.listener = listener;
+  constructor(config: () => ListenerConfig, log: Logger) {
+    this.config = config;
+    const listener = config();
     this.log = log;
     this.current = listener.starttls!.fallbackCapabilities;
     this.first = this.run();
@@ -126,11 +128,12 @@ export class CapabilityProbe {
 
   private async run(): Promise<void> {
     try {
-      const caps = await probeOnce(this.listener, this.listener.timeouts.connectMs);
-      if (caps.join('\n') !== this.current.join('\n')) this.log.info({ listener: this.listener.name, capabilities: caps }, 'backend capabilities');
+      const listener = this.config();
+      const caps = await probeOnce(listener, listener.timeouts.connectMs);
+      if (caps.join('\n') !== this.current.join('\n')) this.log.info({ listener: listener.name, capabilities: caps }, 'backend capabilities');
       this.current = caps;
     } catch (err) {
-      this.log.warn({ listener: this.listener.name, reason: 'probe_failed', error: (err as Error).message }, 'backend capability probe failed; announcing the fallback list');
+      this.log.warn({ listener: this.config().name, reason: 'probe_failed', error: (err as Error).message }, 'backend capability probe failed; announcing the fallback list');
     }
   }
 

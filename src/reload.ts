@@ -1,0 +1,145 @@
+// Reloads without dropping anything: on SIGHUP or when a certificate file or folder changes,
+// re-read the whole configuration, build a complete new certificate store, validate, then swap
+// one reference. Anything wrong (a missing file in the middle of a certbot or Kubernetes swap, a
+// key that does not match, a parse error): retry a few times, then keep the last good state, log
+// the error with file and reason, and count it. Connections in flight are never touched.
+import { watch, realpathSync, type FSWatcher } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Daemon } from './daemon.ts';
+import type { Logger } from './log.ts';
+import type { PosternConfig } from './config/types.ts';
+import { validateFile, type Validated } from './commands/load.ts';
+import { formatConfigError } from './config/load.ts';
+
+export interface ReloaderOptions {
+  file: string;
+  daemon: Daemon;
+  log: Logger;
+  /** Quiet time after the last file event before a reload (certbot swaps one symlink at a time). */
+  debounceMs?: number;
+  /** Attempts before a failed reload is reported (the missing-file window of a swap). */
+  attempts?: number;
+  retryDelayMs?: number;
+  /** Injected for tests. */
+  validate?: (file: string) => Validated;
+}
+
+export class Reloader {
+  private readonly opts: Required<Omit<ReloaderOptions, 'validate'>> & { validate: (file: string) => Validated };
+  private watchers: FSWatcher[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<boolean> | null = null;
+  private again: 'sighup' | 'watch' | null = null;
+
+  constructor(opts: ReloaderOptions) {
+    this.opts = { debounceMs: 1000, attempts: 4, retryDelayMs: 500, validate: validateFile, ...opts };
+  }
+
+  /** Watches the folders that hold every certificate and key, and their symlink targets. */
+  watch(config: PosternConfig) {
+    this.unwatch();
+    const dirs = new Set<string>();
+    const add = (path: string) => {
+      dirs.add(dirname(path));
+      try {
+        dirs.add(dirname(realpathSync(path)));
+      } catch {
+        // A file missing now is reported by the reload itself.
+      }
+    };
+    for (const c of this.opts.daemon.certificates.entries) {
+      add(c.certFile);
+      add(c.keyFile);
+    }
+    for (const spec of config.certificates) {
+      if ('dir' in spec) dirs.add(spec.dir);
+      else if ('pem' in spec) add(spec.pem);
+      else {
+        add(spec.cert);
+        add(spec.key);
+      }
+    }
+    for (const dir of dirs) {
+      try {
+        const w = watch(dir, { persistent: false }, () => this.schedule());
+        w.on('error', () => w.close());
+        this.watchers.push(w);
+      } catch (err) {
+        this.opts.log.warn({ dir, error: (err as NodeJS.ErrnoException).code }, 'cannot watch certificate folder; SIGHUP still reloads');
+      }
+    }
+  }
+
+  unwatch() {
+    for (const w of this.watchers) w.close();
+    this.watchers = [];
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  /** A file event: wait until the folder has been quiet for debounceMs, then reload once. */
+  private schedule() {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.reload('watch');
+    }, this.opts.debounceMs);
+    this.timer.unref();
+  }
+
+  /** Resolves true when the new state is in place, false when the last good one was kept. */
+  async reload(trigger: 'sighup' | 'watch'): Promise<boolean> {
+    if (this.running) {
+      // One reload at a time; a trigger during one runs once more afterwards.
+      this.again = trigger;
+      return this.running;
+    }
+    this.running = this.attempt(trigger);
+    try {
+      return await this.running;
+    } finally {
+      this.running = null;
+      const next = this.again;
+      this.again = null;
+      if (next) void this.reload(next);
+    }
+  }
+
+  private async attempt(trigger: 'sighup' | 'watch'): Promise<boolean> {
+    const { daemon, log, file } = this.opts;
+    let v: Validated = this.opts.validate(file);
+    for (let i = 1; !v.ok && i < this.opts.attempts; i++) {
+      await new Promise((r) => setTimeout(r, this.opts.retryDelayMs));
+      v = this.opts.validate(file);
+    }
+    if (!v.ok) {
+      for (const e of v.errors) log.error({ reason: 'reload_failed', file: e.file, path: e.path, trigger }, formatConfigError(e));
+      log.error({ reason: 'reload_failed', trigger, errors: v.errors.length }, 'reload failed; still serving the last good configuration and certificates');
+      daemon.metrics.reloads.inc({ trigger, result: 'failed' });
+      return false;
+    }
+    for (const w of v.warnings) log.warn({ file: w.file, path: w.path }, formatConfigError(w));
+    // A file event renews certificates; listener settings change on SIGHUP only, so that a
+    // half-edited YAML is never picked up by a certificate renewal.
+    if (trigger === 'sighup') {
+      const restart = daemon.apply(v.config, v.store);
+      for (const r of restart) log.warn({ reason: 'needs_restart' }, `${r}: needs a restart; the running listener keeps its old settings`);
+    } else daemon.setStore(v.store);
+    logCertificates(log, daemon);
+    daemon.metrics.reloads.inc({ trigger, result: 'ok' });
+    log.info({ trigger, certificates: v.store.entries.length }, 'reloaded');
+    this.watch(v.config);
+    return true;
+  }
+}
+
+/** One line per certificate at start and on every reload: names, key type, expiry. */
+export function logCertificates(log: Logger, daemon: Daemon) {
+  for (const e of daemon.certificates.entries) {
+    const daysLeft = Math.floor((e.notAfter.getTime() - Date.now()) / 86_400_000);
+    const line = { names: e.names, keyType: e.keyType, notAfter: e.notAfter.toISOString(), daysLeft, file: e.certFile };
+    if (daysLeft < 14) log.warn(line, daysLeft < 0 ? 'certificate EXPIRED' : 'certificate expires soon');
+    else log.info(line, 'certificate loaded');
+  }
+}
+
