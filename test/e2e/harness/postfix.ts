@@ -22,6 +22,8 @@ export interface PostfixOptions {
   myhostname?: string;
   /** Local parts of example.org that have a mailbox; others are rejected at RCPT. Default ['rcpt']. */
   mailboxes?: string[];
+  /** Lines appended to main.cf as they are (e.g. smtpd TLS settings, message_size_limit). */
+  mainCfExtra?: string;
 }
 
 export interface PostfixHandle {
@@ -74,7 +76,7 @@ biff = no
 # Log to a file: needs the postlog service in master.cf, and the file under an allowed prefix.
 maillog_file = ${dir}/maillog
 maillog_file_prefixes = ${dir}
-`;
+${opts.mainCfExtra ?? ''}`;
 }
 
 function masterCf(opts: PostfixOptions): string {
