@@ -195,3 +195,62 @@ function handshake2(port: number, ca: string, servername: string): Promise<{ err
     s.on('error', (e: NodeJS.ErrnoException) => resolve({ error: e.code ?? e.message }));
   });
 }
+
+describe('kubernetes secret mount', () => {
+  it('a ..data symlink swap is picked up once and the new certificate served', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'postern-k8s-'));
+    const ca = await createCa();
+    const mount = join(dir, 'tls');
+    mkdirSync(mount);
+    const version = async (n: number) => {
+      const c = await issueCert(ca, { names: [NAME] });
+      const v = join(mount, `..2026_11_28_00_00_0${n}.000`);
+      mkdirSync(v);
+      writeFileSync(join(v, 'tls.crt'), c.chainPem);
+      writeFileSync(join(v, 'tls.key'), c.keyPem);
+      return { name: `..2026_11_28_00_00_0${n}.000`, pem: c.certPem };
+    };
+    const v1 = await version(1);
+    symlinkSync(v1.name, join(mount, '..data'));
+    symlinkSync('..data/tls.crt', join(mount, 'tls.crt'));
+    symlinkSync('..data/tls.key', join(mount, 'tls.key'));
+    const backend = await startBackend();
+    const port = await (async () => {
+      const srv = net.createServer();
+      await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+      const p = (srv.address() as net.AddressInfo).port;
+      await new Promise((r) => srv.close(r));
+      return p;
+    })();
+    const file = join(dir, 'postern.yaml');
+    writeFileSync(file, `certificates:\n  - { cert: tls/tls.crt, key: tls/tls.key }\nlisteners:\n  - name: imaps\n    listen: "127.0.0.1:${port}"\n    protocol: imap\n    tls: implicit\n    hostname: ${NAME}\n    backend: { address: "127.0.0.1:${backend.port}", proxyProtocol: v2 }\n`);
+    const v = validateFile(file);
+    if (!v.ok) throw new Error(JSON.stringify(v.errors));
+    const quiet = new Writable({ write(_c, _e, cb) { cb(); } });
+    const daemon = await Daemon.start({ config: v.config, store: v.store, log: createLogger('info', quiet) });
+    const reloader = new Reloader({ file, daemon, log: createLogger('info', quiet), debounceMs: 150, retryDelayMs: 100 });
+    reloader.watch(v.config);
+    onTestFinished(async () => {
+      reloader.unwatch();
+      await daemon.stop();
+      await backend.close();
+    });
+    expect(norm((await handshake(port, ca.certPem)).pem!)).toBe(norm(v1.pem));
+    // The kubelet's atomic update: a new timestamped folder, then ..data renamed onto it.
+    const v2 = await version(2);
+    symlinkSync(v2.name, join(mount, '..data_tmp'));
+    renameSync(join(mount, '..data_tmp'), join(mount, '..data'));
+    const until = Date.now() + 5000;
+    let served = '';
+    while (Date.now() < until) {
+      const r = await handshake(port, ca.certPem);
+      expect(r.ok).toBe(true);
+      served = norm(r.pem!);
+      if (served === norm(v2.pem)) break;
+      await new Promise((r2) => setTimeout(r2, 50));
+    }
+    expect(served).toBe(norm(v2.pem));
+    const reloads = await daemon.metrics.reloads.get();
+    expect(reloads.values.find((x) => x.labels.trigger === 'watch' && x.labels.result === 'ok')?.value).toBe(1);
+  });
+});
