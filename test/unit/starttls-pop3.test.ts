@@ -1,7 +1,8 @@
 import { describe, it, expect } from 'vitest';
 import { pop3Dialogue } from '../../src/starttls/pop3-dialogue.ts';
 import { pop3Filter } from '../../src/starttls/pop3-filter.ts';
-import type { DialogueOptions, SessionFilter } from '../../src/starttls/types.ts';
+import type { DialogueOptions } from '../../src/starttls/types.ts';
+import { sessionOf, type Step } from '../helpers/filter-script.ts';
 
 const base: DialogueOptions = {
   hostname: 'pop.example.org',
@@ -14,31 +15,8 @@ const dialogue = (over: Partial<DialogueOptions> = {}) => pop3Dialogue({ ...base
 const line = (s: string) => Buffer.from(s, 'latin1');
 const reply = (text: string) => ({ kind: 'reply', text });
 
-/** Feeds a filter a script of client ('c') and backend ('b') bytes; returns both output streams. */
-type Step = ['c' | 'b', string];
-function run(make: () => SessionFilter, steps: Step[], bytewise: boolean) {
-  const f = make();
-  let toClient = '';
-  let toBackend = '';
-  for (const [side, data] of steps) {
-    const bytes = Buffer.from(data, 'latin1');
-    const pieces = bytewise ? [...bytes].map((b) => Buffer.from([b])) : [bytes];
-    for (const p of pieces) {
-      if (side === 'b') toClient += f.fromBackend(p)?.toString('latin1') ?? '';
-      else {
-        const r = f.fromClient(p);
-        toBackend += r.toBackend?.toString('latin1') ?? '';
-        toClient += r.toClient?.toString('latin1') ?? '';
-      }
-    }
-  }
-  return { toClient, toBackend };
-}
-/** Runs the script whole and one byte at a time; both must give the same bytes. */
 function session(steps: Step[], swallow = 0) {
-  const whole = run(() => pop3Filter({ swallow }), steps, false);
-  expect(run(() => pop3Filter({ swallow }), steps, true)).toEqual(whole);
-  return whole;
+  return sessionOf(() => pop3Filter({ swallow }), steps);
 }
 const GREETING: Step = ['b', '+OK Dovecot ready.\r\n'];
 

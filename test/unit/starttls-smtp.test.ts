@@ -1,7 +1,8 @@
 import { describe, it, expect } from 'vitest';
 import { smtpDialogue } from '../../src/starttls/smtp-dialogue.ts';
 import { smtpFilter } from '../../src/starttls/smtp-filter.ts';
-import type { DialogueOptions, SessionFilter } from '../../src/starttls/types.ts';
+import type { DialogueOptions } from '../../src/starttls/types.ts';
+import { sessionOf, type Step } from '../helpers/filter-script.ts';
 
 const base: DialogueOptions = {
   hostname: 'mx.example.org',
@@ -13,31 +14,8 @@ const base: DialogueOptions = {
 const dialogue = (over: Partial<DialogueOptions> = {}) => smtpDialogue({ ...base, ...over });
 const line = (s: string) => Buffer.from(s, 'latin1');
 
-/** Feeds a filter a script of client ('c') and backend ('b') bytes; returns both output streams. */
-type Step = ['c' | 'b', string];
-function run(make: () => SessionFilter, steps: Step[], bytewise: boolean) {
-  const f = make();
-  let toClient = '';
-  let toBackend = '';
-  for (const [side, data] of steps) {
-    const bytes = Buffer.from(data, 'latin1');
-    const pieces = bytewise ? [...bytes].map((b) => Buffer.from([b])) : [bytes];
-    for (const p of pieces) {
-      if (side === 'b') toClient += f.fromBackend(p)?.toString('latin1') ?? '';
-      else {
-        const r = f.fromClient(p);
-        toBackend += r.toBackend?.toString('latin1') ?? '';
-        toClient += r.toClient?.toString('latin1') ?? '';
-      }
-    }
-  }
-  return { toClient, toBackend };
-}
-/** Runs the script whole and one byte at a time; both must give the same bytes. */
 function session(steps: Step[], swallow = 0) {
-  const whole = run(() => smtpFilter({ swallow }), steps, false);
-  expect(run(() => smtpFilter({ swallow }), steps, true)).toEqual(whole);
-  return whole;
+  return sessionOf(() => smtpFilter({ swallow }), steps);
 }
 const GREETING: Step = ['b', '220 backend.local ESMTP Postfix\r\n'];
 
