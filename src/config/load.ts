@@ -6,10 +6,12 @@
 // most specific YAML node. Only a document without a single problem is compiled.
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, relative, resolve } from 'node:path';
+import { availableParallelism } from 'node:os';
 import { isIPv4, isIPv6 } from 'node:net';
 import { isAlias, isMap, isPair, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
 import type { Document, Node as YamlNode } from 'yaml';
 import {
+  DEFAULTS,
   defaultAlpn,
   defaultFallbackCapabilities,
   defaultGreeting,
@@ -269,10 +271,22 @@ function compile(doc: RawDocument, file: string): PosternConfig {
     if (c.pem !== undefined) return { pem: resolve(base, c.pem), path };
     return { cert: resolve(base, c.cert!), key: resolve(base, c.key!), path };
   });
-  return { file, log: { level: doc.log.level }, certificates, listeners: doc.listeners.map(compileListener) };
+  const defaults = {
+    maxConnections: doc.limits.maxConnections ?? DEFAULTS.maxConnections,
+    maxConnectionsPerClient: doc.limits.maxConnectionsPerClient ?? DEFAULTS.maxConnectionsPerClient,
+  };
+  return {
+    file,
+    log: { level: doc.log.level },
+    admin: doc.admin ? { listen: doc.admin.listen } : null,
+    shutdown: { drainTimeoutMs: doc.shutdown.drainTimeout },
+    workers: doc.workers === 'auto' ? availableParallelism() : doc.workers,
+    certificates,
+    listeners: doc.listeners.map((l, i) => compileListener(l, i, defaults)),
+  };
 }
 
-function compileListener(l: RawListener, i: number): ListenerConfig {
+function compileListener(l: RawListener, i: number, limits: ListenerConfig['limits']): ListenerConfig {
   return {
     name: l.name,
     listen: l.listen,
@@ -284,7 +298,10 @@ function compileListener(l: RawListener, i: number): ListenerConfig {
     alpn: l.alpn === false ? null : (l.alpn ?? defaultAlpn(l.protocol)),
     minVersion: l.minVersion,
     backend: { address: l.backend.address, proxyProtocol: l.backend.proxyProtocol },
-    timeouts: { handshakeMs: l.timeouts.handshake, connectMs: l.timeouts.connect, idleMs: l.timeouts.idle },
+    timeouts: { handshakeMs: l.timeouts.handshake, connectMs: l.timeouts.connect, idleMs: l.timeouts.idle, starttlsMs: l.timeouts.starttls },
+    limits: { maxConnections: l.limits.maxConnections ?? limits.maxConnections, maxConnectionsPerClient: l.limits.maxConnectionsPerClient ?? limits.maxConnectionsPerClient },
+    routes: (l.routes ?? []).map((r, j) => ({ serverNames: r.serverNames, backend: { address: r.backend.address, proxyProtocol: r.backend.proxyProtocol }, path: `listeners[${i}].routes[${j}]` })),
+    acceptProxyProtocol: l.acceptProxyProtocol ? { from: l.acceptProxyProtocol.from } : null,
     starttls:
       l.tls === 'starttls'
         ? {

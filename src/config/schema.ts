@@ -13,7 +13,7 @@ import { domainToASCII } from 'node:url';
 import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
 import { checkHostName } from '../tls/names.ts';
-import type { HostPort, Protocol, SniPolicyName, TlsMode } from './types.ts';
+import type { Cidr, HostPort, Protocol, SniPolicyName, TlsMode } from './types.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Defaults
@@ -21,8 +21,12 @@ import type { HostPort, Protocol, SniPolicyName, TlsMode } from './types.ts';
 export const DEFAULTS = {
   logLevel: 'info',
   minVersion: 'TLSv1.2',
-  timeouts: { handshake: '10s', connect: '5s', idle: '10m' },
+  timeouts: { handshake: '10s', connect: '5s', idle: '10m', starttls: '1m' },
   probeInterval: '5m',
+  drainTimeout: '30s',
+  /** Per listener. Postfix's own per-client default (smtpd_client_connection_count_limit) is 50. */
+  maxConnections: 10000,
+  maxConnectionsPerClient: 50,
 } as const;
 
 /** Capabilities announced before TLS when the backend probe fails. */
@@ -93,6 +97,39 @@ const HOST_LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/i;
  * "IPv4:port" or "[IPv6]:port"; with `allowHostName` (backends) also "name:port", so that docker
  * compose service names work. The host comes back without brackets.
  */
+/** "10.0.0.0/8", "2001:db8::/32", or a single address (a /32 or /128). */
+export function parseCidr(text: string): Parsed<Cidr> {
+  const [addr = '', len, ...rest] = text.split('/');
+  const family = isIPv4(addr) ? 4 : isIPv6(addr) ? 6 : 0;
+  if (family === 0 || rest.length > 0) return bad(`"${text}" is not a network: expected an address with an optional /prefix, e.g. "10.0.0.0/8"`);
+  const max = family === 4 ? 32 : 128;
+  const prefix = len === undefined ? max : /^\d{1,3}$/.test(len) ? Number(len) : NaN;
+  if (!(prefix >= 0 && prefix <= max)) return bad(`"${text}": the prefix must be 0-${max}`);
+  return ok({ text, family, bytes: addressBytes(addr, family), prefix });
+}
+
+/** Network-order bytes of an IPv4 (4) or IPv6 (16) address; IPv4-mapped IPv6 stays 16 bytes. */
+export function addressBytes(addr: string, family: 4 | 6): Buffer {
+  if (family === 4) return Buffer.from(addr.split('.').map(Number));
+  const [head = '', tail = ''] = addr.split('::');
+  const groups = (part: string) => {
+    const out: number[] = [];
+    for (const g of part.split(':').filter(Boolean)) {
+      if (g.includes('.')) {
+        const v4 = g.split('.').map(Number);
+        out.push((v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!);
+      } else out.push(parseInt(g, 16));
+    }
+    return out;
+  };
+  const h = groups(head);
+  const t = addr.includes('::') ? groups(tail) : [];
+  const all = [...h, ...new Array(8 - h.length - t.length).fill(0), ...t];
+  const b = Buffer.alloc(16);
+  all.forEach((g, i) => b.writeUInt16BE(g, i * 2));
+  return b;
+}
+
 export function parseHostPort(text: string, allowHostName: boolean): Parsed<HostPort> {
   const example = allowHostName ? BACKEND_EXAMPLE : LISTEN_EXAMPLE;
   let host: string;
@@ -290,8 +327,29 @@ const timeoutsSchema = z
     handshake: duration.prefault(DEFAULTS.timeouts.handshake).meta({ description: 'From accept to a finished TLS handshake (default 10s)' }),
     connect: duration.prefault(DEFAULTS.timeouts.connect).meta({ description: 'Backend TCP connect (default 5s)' }),
     idle: duration.prefault(DEFAULTS.timeouts.idle).meta({ description: 'No bytes either way for this long closes the connection (default 10m)' }),
+    starttls: duration.prefault(DEFAULTS.timeouts.starttls).meta({ description: 'STARTTLS listeners: from accept to the STARTTLS command, absolute (default 1m)' }),
   })
   .prefault({});
+
+const count = z
+  .number({ error: (iss) => (iss.input === undefined ? undefined : `expected a whole number, got ${describeValue(iss.input)}`) })
+  .int({ error: 'expected a whole number' })
+  .min(1, { error: 'expected at least 1' });
+
+/** Listener limits; a listener without its own takes the top-level `limits`. */
+const limitsSchema = z.strictObject({
+  maxConnections: count.optional().meta({ description: `Open connections per listener (default ${DEFAULTS.maxConnections}); excess: SMTP 421 4.7.0, others closed` }),
+  maxConnectionsPerClient: count.optional().meta({ description: `Open connections per client address, IPv6 per /64 (default ${DEFAULTS.maxConnectionsPerClient})` }),
+});
+
+const cidr = parsedString(parseCidr, (input) => `expected a network such as "10.0.0.0/8" or "2001:db8::/32", got ${describeValue(input)}`);
+
+const backendSchema = z.strictObject({ address: backendAddress, proxyProtocol });
+
+const routeSchema = z.strictObject({
+  serverNames: z.array(serverName).min(1, { error: 'a route needs at least one name' }).meta({ description: 'SNI names or *.domain patterns this route serves' }),
+  backend: backendSchema,
+});
 
 const capabilitiesSchema = z
   .strictObject({
@@ -322,7 +380,13 @@ const listenerSchema = z.strictObject({
     .optional()
     .meta({ description: 'Acceptable ALPN protocols in preference order, or false. Default: [smtp], [imap], [pop3] by protocol; none for tls' }),
   minVersion: oneOf(['TLSv1.2', 'TLSv1.3']).prefault(DEFAULTS.minVersion).meta({ description: 'Lowest TLS version accepted (default TLSv1.2)' }),
-  backend: z.strictObject({ address: backendAddress, proxyProtocol }),
+  backend: backendSchema,
+  routes: z.array(routeSchema).optional().meta({ description: 'SNI-based backends: the first route whose serverNames cover the SNI wins, the listener backend otherwise' }),
+  acceptProxyProtocol: z
+    .strictObject({ from: z.array(cidr).min(1, { error: 'list the load balancer networks that send PROXY headers' }) })
+    .optional()
+    .meta({ description: 'postern behind an L4 load balancer: a PROXY v1/v2 header is required from these networks and refused from all others' }),
+  limits: limitsSchema.prefault({}),
   timeouts: timeoutsSchema,
   greeting: greeting.optional(),
   requireTls: z
@@ -337,6 +401,13 @@ export const documentSchema = z
     log: z.strictObject({ level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).prefault(DEFAULTS.logLevel) }).prefault({}),
     certificates: z.array(certificateSchema).min(1, { error: 'at least one certificate is required' }).meta({ description: 'Certificates ({cert, key}, {dir} or {pem}); the names each serves come from its SANs' }),
     listeners: z.array(listenerSchema).min(1, { error: 'at least one listener is required' }),
+    admin: z.strictObject({ listen: listenAddress }).optional().meta({ description: 'HTTP endpoint with /metrics, /healthz and /readyz; off when absent' }),
+    shutdown: z.strictObject({ drainTimeout: duration.prefault(DEFAULTS.drainTimeout) }).prefault({}).meta({ description: 'On SIGTERM: stop accepting, let sessions finish up to drainTimeout (default 30s)' }),
+    limits: limitsSchema.prefault({}).meta({ description: 'Defaults for every listener\'s limits' }),
+    workers: z
+      .union([z.literal('auto'), count], { error: (iss) => (iss.code === 'invalid_union' ? `expected "auto" or a number of processes, got ${describeValue(iss.input)}` : undefined) })
+      .prefault(1)
+      .meta({ description: 'Worker processes sharing the listeners: a number, or auto for one per CPU (default 1)' }),
   })
   .meta({ title: 'postern configuration' });
 

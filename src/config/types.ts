@@ -42,13 +42,42 @@ export interface BackendConfig {
   proxyProtocol: ProxyProtocolVersion;
 }
 
+export interface LimitsConfig {
+  /** Open connections on the listener; the next one gets SMTP 421 4.7.0 or a close. */
+  maxConnections: number;
+  /** Open connections from one client address (IPv6 counted per /64). */
+  maxConnectionsPerClient: number;
+}
+
+export interface RouteConfig {
+  /** Lowercased exact names or "*.domain" patterns matched against the SNI. */
+  serverNames: string[];
+  backend: BackendConfig;
+  /** YAML path, e.g. "listeners[0].routes[1]". */
+  path: string;
+}
+
+/** An IPv4 or IPv6 network in CIDR form, parsed. */
+export interface Cidr {
+  text: string;
+  family: 4 | 6;
+  /** Network address bytes (4 or 16). */
+  bytes: Buffer;
+  prefix: number;
+}
+
 export interface TimeoutsConfig {
-  /** Absolute deadline from accept to a finished TLS handshake (covers the ClientHello peek). */
+  /**
+   * Absolute deadline for the TLS handshake (covers the ClientHello peek): from accept for
+   * implicit TLS, from the STARTTLS command for STARTTLS listeners.
+   */
   handshakeMs: number;
   /** Deadline for the backend TCP connect. */
   connectMs: number;
   /** A connection with no bytes either way for this long is closed. */
   idleMs: number;
+  /** STARTTLS listeners: absolute deadline from accept to the STARTTLS command (or handoff). */
+  starttlsMs: number;
 }
 
 export interface StarttlsConfig {
@@ -77,6 +106,11 @@ export interface ListenerConfig {
   minVersion: TlsMinVersion;
   backend: BackendConfig;
   timeouts: TimeoutsConfig;
+  limits: LimitsConfig;
+  /** SNI-based backend choice: first match wins, `backend` otherwise. */
+  routes: RouteConfig[];
+  /** Networks allowed (and required) to send a PROXY header to this listener; null: none. */
+  acceptProxyProtocol: { from: Cidr[] } | null;
   /** Only for tls: starttls; null for implicit TLS listeners. */
   starttls: StarttlsConfig | null;
   /** YAML path, e.g. "listeners[1]". */
@@ -87,6 +121,11 @@ export interface PosternConfig {
   /** Absolute path of the YAML file this came from. */
   file: string;
   log: { level: LogLevel };
+  /** The admin HTTP endpoint (/metrics, /healthz, /readyz); null when off. */
+  admin: { listen: HostPort } | null;
+  shutdown: { drainTimeoutMs: number };
+  /** Worker processes; 1 runs everything in this process. */
+  workers: number;
   certificates: CertificateSpec[];
   listeners: ListenerConfig[];
 }

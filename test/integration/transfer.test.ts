@@ -39,7 +39,16 @@ async function sendRandom(socket: net.Socket, total: number): Promise<string> {
   for (let sent = 0; sent < total; sent += chunk) {
     const piece = randomBytes(Math.min(chunk, total - sent));
     hash.update(piece);
-    if (!socket.write(piece)) await new Promise((r) => socket.once('drain', r));
+    if (!socket.write(piece)) {
+      await new Promise<void>((resolve, reject) => {
+        const onClose = () => reject(new Error(`closed after ${sent} of ${total} bytes were written`));
+        socket.once('close', onClose);
+        socket.once('drain', () => {
+          socket.off('close', onClose);
+          resolve();
+        });
+      });
+    }
   }
   socket.end();
   return hash.digest('hex');

@@ -65,7 +65,7 @@ function listenerOf(changes: Record<string, string | null>): ListenerConfig {
   return load(listenerWith(changes)).config.listeners[0]!;
 }
 
-const LISTENER_KEYS = 'name, listen, protocol, tls, hostname, sni, serverNames, alpn, minVersion, backend, timeouts, greeting, requireTls, capabilities';
+const LISTENER_KEYS = 'name, listen, protocol, tls, hostname, sni, serverNames, alpn, minVersion, backend, routes, acceptProxyProtocol, limits, timeouts, greeting, requireTls, capabilities';
 
 describe('config errors', () => {
   it('a bad enum value names the allowed values and the value given', () => {
@@ -90,7 +90,7 @@ describe('config errors', () => {
   it('an unknown top-level key', () => {
     expect(errorsOf(`${CERTS}listener: []\n`)).toEqual([
       'postern.yaml:1:1 listeners: required but missing',
-      'postern.yaml:4:1 listener: unknown key "listener" (did you mean "listeners"?); allowed keys: log, certificates, listeners',
+      'postern.yaml:4:1 listener: unknown key "listener" (did you mean "listeners"?); allowed keys: log, certificates, listeners, admin, shutdown, limits, workers',
     ]);
   });
 
@@ -284,7 +284,7 @@ describe('config errors', () => {
     });
 
     it('units', () => {
-      expect(listenerOf({ timeouts: '{ handshake: 250ms, connect: 2m, idle: 1d }' }).timeouts).toEqual({ handshakeMs: 250, connectMs: 120_000, idleMs: 86_400_000 });
+      expect(listenerOf({ timeouts: '{ handshake: 250ms, connect: 2m, idle: 1d }' }).timeouts).toEqual({ handshakeMs: 250, connectMs: 120_000, idleMs: 86_400_000, starttlsMs: 60_000 });
       expect(listenerOf({ timeouts: '{ idle: 1h }' }).timeouts.idleMs).toBe(3_600_000);
     });
   });
@@ -458,8 +458,8 @@ describe('config defaults', () => {
   });
 
   it('timeouts: handshake 10s, connect 5s, idle 10m; each on its own', () => {
-    expect(listenerOf({}).timeouts).toEqual({ handshakeMs: 10_000, connectMs: 5_000, idleMs: 600_000 });
-    expect(listenerOf({ timeouts: '{ connect: 1s }' }).timeouts).toEqual({ handshakeMs: 10_000, connectMs: 1_000, idleMs: 600_000 });
+    expect(listenerOf({}).timeouts).toEqual({ handshakeMs: 10_000, connectMs: 5_000, idleMs: 600_000, starttlsMs: 60_000 });
+    expect(listenerOf({ timeouts: '{ connect: 1s }' }).timeouts).toEqual({ handshakeMs: 10_000, connectMs: 1_000, idleMs: 600_000, starttlsMs: 60_000 });
   });
 
   it('log level info, minVersion TLSv1.2, serverNames any', () => {
@@ -499,6 +499,9 @@ listeners:
     expect(load(yaml).config).toEqual({
       file,
       log: { level: 'debug' },
+      admin: null,
+      shutdown: { drainTimeoutMs: 30_000 },
+      workers: 1,
       certificates: [{ cert: join(dir, 'certs', 'fullchain.pem'), key: join(dir, 'certs', 'privkey.pem'), path: 'certificates[0]' }],
       listeners: [
         {
@@ -512,7 +515,10 @@ listeners:
           alpn: ['smtp'],
           minVersion: 'TLSv1.3',
           backend: { address: { host: 'postfix', port: 10025 }, proxyProtocol: 'v1' },
-          timeouts: { handshakeMs: 20_000, connectMs: 3_000, idleMs: 300_000 },
+          timeouts: { handshakeMs: 20_000, connectMs: 3_000, idleMs: 300_000, starttlsMs: 60_000 },
+          limits: { maxConnections: 10_000, maxConnectionsPerClient: 50 },
+          routes: [],
+          acceptProxyProtocol: null,
           starttls: { greeting: 'mx.example.org ESMTP ready', requireTls: false, probeIntervalMs: 60_000, fallbackCapabilities: ['PIPELINING', 'SIZE 52428800'] },
           path: 'listeners[0]',
         },
@@ -577,7 +583,10 @@ listeners:
         alpn: ['smtp'],
         minVersion: 'TLSv1.2',
         backend: { address: { host: '127.0.0.1', port: 10465 }, proxyProtocol: 'v2' },
-        timeouts: { handshakeMs: 10_000, connectMs: 5_000, idleMs: 600_000 },
+        timeouts: { handshakeMs: 10_000, connectMs: 5_000, idleMs: 600_000, starttlsMs: 60_000 },
+        limits: { maxConnections: 10_000, maxConnectionsPerClient: 50 },
+        routes: [],
+        acceptProxyProtocol: null,
         starttls: null,
         path: 'listeners[0]',
       },
@@ -610,7 +619,7 @@ listeners:
   it('a JSON Schema of the document for editors', () => {
     const schema = configJsonSchema() as { type: string; required: string[]; additionalProperties: boolean; properties: Record<string, unknown> };
     expect(schema).toMatchObject({ type: 'object', additionalProperties: false, required: ['certificates', 'listeners'] });
-    expect(Object.keys(schema.properties)).toEqual(['log', 'certificates', 'listeners']);
+    expect(Object.keys(schema.properties)).toEqual(['log', 'certificates', 'listeners', 'admin', 'shutdown', 'limits', 'workers']);
     expect(JSON.stringify(schema)).toContain('"required":["name","listen","protocol","tls","hostname","backend"]');
   });
 });
@@ -635,5 +644,41 @@ describe('certificate sources', () => {
   });
   it('a cert without its key is refused', () => {
     expect(errorsOf(`certificates:\n  - cert: certs/fullchain.pem\n${LISTENER}`)).toEqual(['postern.yaml:2:5 certificates[0].key: required but missing: key goes with cert']);
+  });
+});
+
+describe('operations settings', () => {
+  it('admin, shutdown, global limits and workers compile; a listener overrides the global limits', () => {
+    const yaml = `${CERTS}admin: { listen: "127.0.0.1:9900" }
+shutdown: { drainTimeout: 5s }
+limits: { maxConnections: 500, maxConnectionsPerClient: 7 }
+workers: 2
+listeners:
+  - ${BASE.join('\n    ')}
+    limits: { maxConnectionsPerClient: 3 }
+    routes:
+      - serverNames: [www.example.com, "*.example.net"]
+        backend: { address: "127.0.0.1:8080", proxyProtocol: none }
+    acceptProxyProtocol: { from: ["10.0.0.0/8", "2001:db8::/32", 192.0.2.7] }
+`;
+    const c = load(yaml).config;
+    expect(c.admin).toEqual({ listen: { host: '127.0.0.1', port: 9900 } });
+    expect(c.shutdown).toEqual({ drainTimeoutMs: 5000 });
+    expect(c.workers).toBe(2);
+    const l = c.listeners[0]!;
+    expect(l.limits).toEqual({ maxConnections: 500, maxConnectionsPerClient: 3 });
+    expect(l.routes).toEqual([{ serverNames: ['www.example.com', '*.example.net'], backend: { address: { host: '127.0.0.1', port: 8080 }, proxyProtocol: 'none' }, path: 'listeners[0].routes[0]' }]);
+    expect(l.acceptProxyProtocol!.from.map((n) => [n.family, n.prefix, n.bytes.toString('hex')])).toEqual([
+      [4, 8, '0a000000'],
+      [6, 32, '20010db8000000000000000000000000'],
+      [4, 32, 'c0000207'],
+    ]);
+  });
+  it('workers: auto is one per CPU; bad values are named', () => {
+    expect(load(`${CERTS}workers: auto\nlisteners:\n  - ${BASE.join('\n    ')}\n`).config.workers).toBeGreaterThanOrEqual(1);
+    expect(errorsOf(`${CERTS}workers: lots\nlisteners:\n  - ${BASE.join('\n    ')}\n`)).toEqual(['postern.yaml:4:10 workers: expected "auto" or a number of processes, got "lots"']);
+  });
+  it('a bad network in acceptProxyProtocol is named', () => {
+    expect(errorsOf(listenerWith({ acceptProxyProtocol: '{ from: ["10.0.0.0/33"] }' }))).toEqual(['postern.yaml:11:35 listeners[0].acceptProxyProtocol.from[0]: "10.0.0.0/33": the prefix must be 0-32']);
   });
 });

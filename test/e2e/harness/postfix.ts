@@ -24,6 +24,8 @@ export interface PostfixOptions {
   mailboxes?: string[];
   /** Lines appended to main.cf as they are (e.g. smtpd TLS settings, message_size_limit). */
   mainCfExtra?: string;
+  /** Lines appended to master.cf as they are (e.g. the tlsmgr service, which smtpd TLS needs). */
+  masterCfExtra?: string;
 }
 
 export interface PostfixHandle {
@@ -104,7 +106,7 @@ virtual   unix  - n n -     - virtual
 anvil     unix  - - n -     1 anvil
 scache    unix  - - n -     1 scache
 postlog   unix-dgram n - n - 1 postlogd
-`;
+${opts.masterCfExtra ?? ''}`;
 }
 
 function mailboxName(user: string): string {
