@@ -95,6 +95,26 @@ export class Daemon {
     return needsRestart;
   }
 
+  /**
+   * SIGTERM: stop accepting at once, let sessions finish for up to `timeoutMs`, then close what
+   * remains (a client still in the SMTP pre-TLS dialogue gets 421 4.3.2).
+   */
+  async drain(timeoutMs: number): Promise<{ drained: number; closed: number }> {
+    const before = this.openSessions();
+    const closing = Promise.all(this.listeners.map((l) => l.close()));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([closing.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs)))]);
+    clearTimeout(timer);
+    const left = this.openSessions();
+    if (timedOut) for (const l of this.listeners) l.stopSessions();
+    await closing;
+    return { drained: before - left, closed: left };
+  }
+
+  openSessions(): number {
+    return this.listeners.reduce((n, l) => n + l.sessions.size, 0);
+  }
+
   /** Stops accepting at once, closes every session, resolves when all sockets are gone. */
   async stop(): Promise<void> {
     const closing = this.listeners.map((l) => l.close());

@@ -43,6 +43,14 @@ export const CloseReason = {
   tooManyErrors: 'too_many_errors',
   /** A pre-TLS command line over the protocol's limit. */
   lineTooLong: 'line_too_long',
+  /** The pre-TLS STARTTLS dialogue passed its deadline (timeouts.starttls). */
+  starttlsTimeout: 'starttls_timeout',
+  /** The listener's maxConnections was reached. */
+  tooManyConnections: 'too_many_connections',
+  /** The client's address (IPv6: its /64) reached maxConnectionsPerClient. */
+  tooManyFromClient: 'too_many_from_client',
+  /** A connection from an acceptProxyProtocol network sent no valid PROXY header. */
+  proxyHeaderInvalid: 'proxy_header_invalid',
   /** postern is shutting down. */
   shutdown: 'shutdown',
 } as const;

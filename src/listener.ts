@@ -3,6 +3,9 @@
 import net from 'node:net';
 import type { SessionEnv } from './session.ts';
 import { Session } from './session.ts';
+import { CloseReason } from './errors.ts';
+import { clientKey, inNetworks } from './net/address.ts';
+import { readInboundProxy } from './net/accept-proxy.ts';
 
 export interface Prelude {
   /** Speaks the pre-TLS dialogue, then calls session.secureAndProxy() (or hands over plaintext). */
@@ -15,6 +18,8 @@ export interface Prelude {
 export class Listener {
   readonly server: net.Server;
   readonly sessions = new Set<Session>();
+  /** Open sessions per client key (IPv4 address, IPv6 /64). */
+  private readonly perClient = new Map<string, number>();
   readonly env: SessionEnv;
   private readonly prelude: Prelude | null;
 
@@ -53,13 +58,54 @@ export class Listener {
   private accept(socket: net.Socket) {
     const session = new Session(socket, this.env);
     this.sessions.add(session);
-    this.env.metrics.active.inc({ listener: this.env.listener.name });
+    this.env.metrics.active.inc({ listener: session.listener.name });
     session.onFinish = () => {
       this.sessions.delete(session);
-      this.env.metrics.active.dec({ listener: this.env.listener.name });
+      this.env.metrics.active.dec({ listener: session.listener.name });
     };
+    void this.admit(session);
+  }
+
+  /** The load balancer's PROXY header (when expected), the limits, then the protocol. */
+  private async admit(session: Session) {
+    const l = session.listener;
+    const socket = session.socket;
+    if (l.acceptProxyProtocol && inNetworks(socket.remoteAddress ?? '', l.acceptProxyProtocol.from)) {
+      const r = await readInboundProxy(socket);
+      if (r.kind === 'closed') return session.abort(CloseReason.clientGone, 'client');
+      if (r.kind === 'invalid') {
+        this.env.log.warn({ listener: l.name, peer: socket.remoteAddress, reason: CloseReason.proxyHeaderInvalid, detail: r.reason }, 'PROXY header required from this network');
+        return session.abort(CloseReason.proxyHeaderInvalid, 'client', r.reason);
+      }
+      // LOCAL (a health check) and UNKNOWN keep the load balancer's own address.
+      if (r.header.command === 'PROXY' && r.header.source) session.setClient(r.header.source, r.header.destination);
+    }
+    const refusal = this.overLimit(session);
+    if (refusal) {
+      const words = l.protocol === 'smtp' && l.tls === 'starttls' ? Buffer.from(`421 4.7.0 ${l.hostname} Too many connections, try again later\r\n`) : null;
+      this.env.log.warn({ listener: l.name, client: session.client.address, reason: refusal }, 'connection limit reached');
+      return session.abort(refusal, 'client', null, words);
+    }
     if (this.prelude) this.prelude.run(session);
     else void session.secureAndProxy();
+  }
+
+  /** Counts the session against the limits; the reason code when it is one too many. */
+  private overLimit(session: Session): CloseReason | null {
+    const { limits } = session.listener;
+    if (this.sessions.size > limits.maxConnections) return CloseReason.tooManyConnections;
+    const key = clientKey(session.client.address);
+    const n = (this.perClient.get(key) ?? 0) + 1;
+    if (n > limits.maxConnectionsPerClient) return CloseReason.tooManyFromClient;
+    this.perClient.set(key, n);
+    const done = session.onFinish;
+    session.onFinish = (s) => {
+      const left = (this.perClient.get(key) ?? 1) - 1;
+      if (left === 0) this.perClient.delete(key);
+      else this.perClient.set(key, left);
+      done?.(s);
+    };
+    return null;
   }
 
   /** Stops accepting; open sessions are left to the caller (drain or stop). */

@@ -4,7 +4,7 @@
 // after its own dialogue, with the same socket. Only this file and the listener own sockets.
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
-import type { ListenerConfig } from './config/types.ts';
+import type { BackendConfig, ListenerConfig } from './config/types.ts';
 import type { CertStore } from './tls/certstore.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
@@ -12,7 +12,7 @@ import { CloseReason, type Side } from './errors.ts';
 import { peekClientHello } from './tls/peek.ts';
 import { decide, type SniClass, type Decision } from './tls/sni-policy.ts';
 import { alertRecord, ALERT_NAMES, ALERT_DECODE_ERROR, ALERT_ILLEGAL_PARAMETER, ALERT_RECORD_OVERFLOW } from './tls/alerts.ts';
-import { escapeForLog } from './tls/names.ts';
+import { escapeForLog, patternCovers } from './tls/names.ts';
 import { dialBackend } from './backend/connect.ts';
 import { encodeProxyV1, encodeProxyV2 } from './backend/proxy-protocol.ts';
 import { splice } from './splice.ts';
@@ -66,8 +66,15 @@ export class Session {
   private finished = false;
   private tlsSocket: tls.TLSSocket | null = null;
   private stopSplice: (() => void) | null = null;
-  /** What a STARTTLS prelude says before closing on timeout or shutdown (SMTP 421 4.4.2 ...). */
+  /** What a STARTTLS prelude says before closing on its deadline (SMTP 421 4.4.2 ...). */
   lastWords: Buffer | null = null;
+  /** What a STARTTLS prelude says when postern shuts down (SMTP 421 4.3.2 ...). */
+  shutdownWords: Buffer | null = null;
+  /**
+   * The client as the backend must learn it: the TCP peer, or the original client named by a
+   * load balancer's PROXY header (acceptProxyProtocol).
+   */
+  readonly client: { address: string; port: number; localAddress: string; localPort: number };
   onFinish: ((s: Session) => void) | null = null;
   readonly socket: Socket;
   readonly env: SessionEnv;
@@ -78,6 +85,7 @@ export class Session {
     this.socket = socket;
     this.env = env;
     this.listener = env.listener;
+    this.client = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0, localAddress: socket.localAddress ?? '', localPort: socket.localPort ?? 0 };
     this.summary = {
       id: nextId++,
       listener: env.listener.name,
@@ -107,8 +115,23 @@ export class Session {
     socket.once('close', () => {
       if (!this.tlsSocket && !this.stopSplice) this.finish();
     });
-    // The handshake deadline is absolute from accept (threats.md: slowloris), not reset by bytes.
-    this.deadline = setTimeout(() => this.abort(CloseReason.handshakeTimeout, 'client', null, this.lastWords), this.listener.timeouts.handshakeMs);
+    // Deadlines are absolute (threats.md: slowloris), never reset by incoming bytes: from accept
+    // to the handshake for implicit TLS, from accept to STARTTLS for the pre-TLS dialogue.
+    if (this.listener.tls === 'starttls') this.arm(CloseReason.starttlsTimeout, this.listener.timeouts.starttlsMs);
+    else this.arm(CloseReason.handshakeTimeout, this.listener.timeouts.handshakeMs);
+  }
+
+  private arm(reason: CloseReason, ms: number) {
+    if (this.deadline) clearTimeout(this.deadline);
+    this.deadline = setTimeout(() => this.abort(reason, 'client', null, this.lastWords), ms);
+  }
+
+  /** A load balancer's PROXY header named the real client (and the address it was sent to). */
+  setClient(source: { address: string; port: number }, destination: { address: string; port: number } | null) {
+    Object.assign(this.client, { address: source.address, port: source.port });
+    if (destination) Object.assign(this.client, { localAddress: destination.address, localPort: destination.port });
+    this.summary.client = source.address;
+    this.summary.clientPort = source.port;
   }
 
   /** Ends the session before the backend is involved: records why, then closes. */
@@ -131,7 +154,7 @@ export class Session {
   /** Shutdown: close whatever this session holds. */
   stop() {
     if (this.stopSplice) this.stopSplice();
-    else this.abort(CloseReason.shutdown, 'local', null, this.lastWords);
+    else this.abort(CloseReason.shutdown, 'local', null, this.shutdownWords);
   }
 
   /** Peek, decide, handshake, dial, splice. `initial` holds bytes a prelude already read. */
@@ -139,6 +162,9 @@ export class Session {
     const { listener } = this;
     const { metrics } = this.env;
     this.lastWords = null;
+    this.shutdownWords = null;
+    // RFC 3207 section 4: after STARTTLS the TLS negotiation has its own deadline.
+    if (opts.afterStarttls) this.arm(CloseReason.handshakeTimeout, listener.timeouts.handshakeMs);
     const peek = await peekClientHello(this.socket, initial);
     if (this.finished || this.socket.destroyed) return this.finish();
     switch (peek.kind) {
@@ -241,6 +267,7 @@ export class Session {
     if (this.deadline) clearTimeout(this.deadline);
     this.deadline = null;
     this.lastWords = null;
+    this.shutdownWords = null;
     this.summary.decision = null;
     if (pending.length > 0) this.socket.unshift(pending);
     await this.proxy(this.socket, null, filter, replay);
@@ -250,14 +277,9 @@ export class Session {
     const { listener } = this;
     const { metrics } = this.env;
     const s = this.summary;
-    const b = listener.backend;
+    const b = backendFor(listener, s.sniClass === 'invalid' ? null : s.sni);
     s.backend = `${b.address.host}:${b.address.port}`;
-    const endpoints = {
-      clientAddress: this.socket.remoteAddress ?? '',
-      clientPort: this.socket.remotePort ?? 0,
-      localAddress: this.socket.localAddress ?? '',
-      localPort: this.socket.localPort ?? 0,
-    };
+    const endpoints = { clientAddress: this.client.address, clientPort: this.client.port, localAddress: this.client.localAddress, localPort: this.client.localPort };
     // AUTHORITY carries the SNI only when the served certificate covers it (exact or wildcard).
     const authority = s.sniClass === 'exact' || s.sniClass === 'wildcard' ? s.sni : null;
     const tlsInfo = s.tlsVersion === null ? null : { sni: authority, alpn: s.alpn, version: s.tlsVersion, cipher: opensslCipher };
@@ -306,6 +328,16 @@ export class Session {
     this.env.log.info(s, 'connection closed');
     this.onFinish?.(this);
   }
+}
+
+/**
+ * routes: the first route whose serverNames cover the requested name wins; the listener's own
+ * backend otherwise (no SNI, invalid SNI, no route, plaintext sessions).
+ */
+export function backendFor(listener: ListenerConfig, sni: string | null): BackendConfig {
+  if (sni === null || listener.routes.length === 0) return listener.backend;
+  const route = listener.routes.find((r) => r.serverNames.some((p) => patternCovers(p, sni)));
+  return route?.backend ?? listener.backend;
 }
 
 /** The protocol's own way to say "try later" when the backend cannot be reached. */

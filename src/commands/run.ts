@@ -33,10 +33,18 @@ export async function runCommand(file: string): Promise<number> {
   await new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
-      if (stopping) process.exit(0);
+      if (stopping) {
+        log.warn({ signal, open: daemon.openSessions() }, 'second signal: exiting now');
+        log.flush();
+        process.exit(0);
+      }
       stopping = true;
-      log.info({ signal }, 'stopping');
-      daemon.stop().then(resolve, resolve);
+      const ms = v.config.shutdown.drainTimeoutMs;
+      log.info({ signal, open: daemon.openSessions(), drainTimeoutMs: ms }, 'stopping: no new connections, draining');
+      daemon.drain(ms).then((r) => {
+        log.info(r, 'drained');
+        resolve();
+      }, resolve);
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));

@@ -47,6 +47,7 @@ export class StarttlsPrelude implements Prelude {
     });
     const socket = session.socket;
     session.lastWords = Buffer.from(dialogue.onTimeout());
+    session.shutdownWords = Buffer.from(shutdownWords(listener.protocol, listener.hostname));
     socket.write(dialogue.greeting());
 
     let buf: Buffer = Buffer.alloc(0);
@@ -123,5 +124,19 @@ export class StarttlsPrelude implements Prelude {
         return true;
       }
     }
+  }
+}
+
+/** What a client still in the pre-TLS dialogue is told when postern stops. */
+function shutdownWords(protocol: string, hostname: string): string {
+  switch (protocol) {
+    // RFC 5321 section 3.8: 421 when the service must shut down; the sender retries later.
+    case 'smtp':
+      return `421 4.3.2 ${hostname} Service shutting down\r\n`;
+    // RFC 9051 section 7.1.5.
+    case 'imap':
+      return `* BYE ${hostname} shutting down\r\n`;
+    default:
+      return '-ERR [SYS/TEMP] shutting down\r\n';
   }
 }
