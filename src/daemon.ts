@@ -103,7 +103,8 @@ export class Daemon {
     const before = this.openSessions();
     const closing = Promise.all(this.listeners.map((l) => l.close()));
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([closing.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs)))]);
+    const idle = Promise.all(this.listeners.map((l) => l.idle()));
+    const timedOut = await Promise.race([idle.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs)))]);
     clearTimeout(timer);
     const left = this.openSessions();
     if (timedOut) for (const l of this.listeners) l.stopSessions();

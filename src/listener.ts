@@ -18,6 +18,7 @@ export interface Prelude {
 export class Listener {
   readonly server: net.Server;
   readonly sessions = new Set<Session>();
+  private readonly idleWaiters: Array<() => void> = [];
   /** Open sessions per client key (IPv4 address, IPv6 /64). */
   private readonly perClient = new Map<string, number>();
   readonly env: SessionEnv;
@@ -62,6 +63,7 @@ export class Listener {
     session.onFinish = () => {
       this.sessions.delete(session);
       this.env.metrics.active.dec({ listener: session.listener.name });
+      if (this.sessions.size === 0) for (const w of this.idleWaiters.splice(0)) w();
     };
     void this.admit(session);
   }
@@ -112,6 +114,11 @@ export class Listener {
   close(): Promise<void> {
     this.prelude?.stop?.();
     return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Resolves when no session is open (immediately if none is). */
+  idle(): Promise<void> {
+    return this.sessions.size === 0 ? Promise.resolve() : new Promise((r) => this.idleWaiters.push(r));
   }
 
   stopSessions() {
