@@ -42,7 +42,7 @@ export class Listener {
     return new Promise((resolve, reject) => {
       const onError = (err: Error) => reject(err);
       this.server.once('error', onError);
-      this.server.listen({ host, port, exclusive: true }, () => {
+      this.server.listen({ host, port }, () => {
         this.server.off('error', onError);
         this.server.on('error', (err) => this.env.log.error({ listener: this.env.listener.name, err }, 'listener error'));
         resolve();
