@@ -6,8 +6,8 @@ import path from 'node:path';
 import { readText, waitForText } from './logs.ts';
 import { waitForListening } from './ports.ts';
 import {
-  lookupUser, makeTestDir, processGone, readPidFile, removeTestDir, requireProgram, requireRoot, runDaemonLauncher, runOk,
-  trackMaster, untrackMaster, waitForProcessGone,
+  lookupUser, makeTestDir, processGone, removeTestDir, requireProgram, requireRoot, runDaemonLauncher, runOk,
+  trackMaster, untrackMaster, waitForPidFile, waitForProcessGone,
 } from './system.ts';
 
 export interface DovecotOptions {
@@ -125,7 +125,7 @@ export async function startDovecot(opts: DovecotOptions): Promise<DovecotHandle>
 
   try {
     await runDaemonLauncher('dovecot', ['-c', conf], path.join(dir, 'start.out'));
-    pid = readPidFile(path.join(dir, 'run', 'master.pid'));
+    pid = await waitForPidFile(path.join(dir, 'run', 'master.pid'), 10_000);
     trackMaster(pid);
     await waitForListening([opts.imapPort, opts.pop3Port], 15_000, () => !processGone(pid));
   } catch (err) {

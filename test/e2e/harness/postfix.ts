@@ -8,8 +8,8 @@ import path from 'node:path';
 import { readText, waitForText } from './logs.ts';
 import { waitForListening } from './ports.ts';
 import {
-  lookupUser, makeTestDir, processGone, readPidFile, removeTestDir, requireProgram, requireRoot, runDaemonLauncher, runOk,
-  trackMaster, untrackMaster, waitForProcessGone,
+  lookupUser, makeTestDir, processGone, removeTestDir, requireProgram, requireRoot, runDaemonLauncher, runOk,
+  trackMaster, untrackMaster, waitForPidFile, waitForProcessGone,
 } from './system.ts';
 
 export const MAIL_DOMAIN = 'example.org';
@@ -146,7 +146,7 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixHandle>
 
   try {
     await runDaemonLauncher('postfix', ['-c', etc, 'start'], path.join(dir, 'start.out'));
-    pid = readPidFile(path.join(dir, 'queue', 'pid', 'master.pid'));
+    pid = await waitForPidFile(path.join(dir, 'queue', 'pid', 'master.pid'), 10_000);
     trackMaster(pid);
     await waitForListening([opts.smtpPort, opts.submissionPort], 15_000, () => !processGone(pid));
   } catch (err) {

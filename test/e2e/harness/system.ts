@@ -154,6 +154,22 @@ export function readPidFile(file: string): number {
   return pid;
 }
 
+/**
+ * Waits for a daemon's pid file: the launcher may exit before the forked master has written it
+ * (seen with Dovecot: ENOENT on run/master.pid right after `dovecot` returned).
+ */
+export async function waitForPidFile(file: string, timeoutMs: number): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return readPidFile(file);
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+    }
+    await sleep(25);
+  }
+}
+
 // Last-resort cleanup: if a test file forgets stop() or the worker exits early, do not leave
 // daemons behind holding ports. SIGTERM is what `postfix stop` and `doveadm stop` send anyway.
 const liveMasters = new Set<number>();
