@@ -85,6 +85,9 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions, onD
     client.pipe(backend);
     backend.pipe(client);
   }
+  // The client may have sent its FIN while the backend was being dialled: 'end' is then already
+  // behind us and would never reach the listeners above.
+  if (client.readableEnded) onEnd();
 
   return () => {
     result ??= { reason: CloseReason.shutdown, side: 'local', error: null };
@@ -135,6 +138,10 @@ function pumpFiltered(client: Socket, backend: Socket, filter: SessionFilter, re
     if (held.length === 0) backend.end();
   });
   backend.on('end', () => client.end());
+  if (client.readableEnded) {
+    clientEnded = true;
+    if (held.length === 0) backend.end();
+  }
   // A prelude may have paused the client socket explicitly; 'data' listeners alone do not
   // resume an explicitly paused stream.
   client.resume();
