@@ -4,7 +4,7 @@
 // key that does not match, a parse error): retry a few times, then keep the last good state, log
 // the error with file and reason, and count it. Connections in flight are never touched.
 import { watch, realpathSync, type FSWatcher } from 'node:fs';
-import { dirname } from 'node:path';
+import { basename, dirname } from 'node:path';
 import type { Daemon } from './daemon.ts';
 import type { Logger } from './log.ts';
 import type { PosternConfig } from './config/types.ts';
@@ -35,14 +35,25 @@ export class Reloader {
     this.opts = { debounceMs: 1000, attempts: 4, retryDelayMs: 500, validate: validateFile, ...opts };
   }
 
-  /** Watches the folders that hold every certificate and key, and their symlink targets. */
+  /**
+   * Watches the folders that hold every certificate and key, and the folders their symlinks
+   * point into. Only events for those files count (a log file in the same folder must not cause
+   * reloads), plus Kubernetes' `..data` swaps; a certbot `live/` folder counts whole.
+   */
   watch(config: PosternConfig) {
     this.unwatch();
-    const dirs = new Set<string>();
+    const dirs = new Map<string, Set<string> | null>();
+    const note = (dir: string, name: string | null) => {
+      const cur = dirs.get(dir);
+      if (cur === null) return;
+      if (name === null) dirs.set(dir, null);
+      else dirs.set(dir, (cur ?? new Set<string>()).add(name));
+    };
     const add = (path: string) => {
-      dirs.add(dirname(path));
+      note(dirname(path), basename(path));
       try {
-        dirs.add(dirname(realpathSync(path)));
+        const real = realpathSync(path);
+        note(dirname(real), basename(real));
       } catch {
         // A file missing now is reported by the reload itself.
       }
@@ -52,16 +63,19 @@ export class Reloader {
       add(c.keyFile);
     }
     for (const spec of config.certificates) {
-      if ('dir' in spec) dirs.add(spec.dir);
+      if ('dir' in spec) note(spec.dir, null);
       else if ('pem' in spec) add(spec.pem);
       else {
         add(spec.cert);
         add(spec.key);
       }
     }
-    for (const dir of dirs) {
+    for (const [dir, names] of dirs) {
       try {
-        const w = watch(dir, { persistent: false }, () => this.schedule());
+        const w = watch(dir, { persistent: false }, (_event, file) => {
+          const name = file === null ? null : String(file);
+          if (names === null || name === null || names.has(name) || name.startsWith('..')) this.schedule();
+        });
         w.on('error', () => w.close());
         this.watchers.push(w);
       } catch (err) {

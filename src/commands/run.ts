@@ -1,10 +1,15 @@
 // `postern run`: validate everything, bind every listener, serve until SIGTERM/SIGINT.
-import { validateFile, printProblems } from './load.ts';
+// With `workers: N` (N > 1) this process becomes the supervisor and N workers run the daemon.
+import cluster from 'node:cluster';
+import { AggregatorRegistry } from 'prom-client';
+import { validateFile, printProblems, type Validated } from './load.ts';
 import { createLogger } from '../log.ts';
 import { Daemon } from '../daemon.ts';
 import { preludeFor } from '../starttls/preludes.ts';
 import { formatConfigError } from '../config/load.ts';
 import { Reloader, logCertificates } from '../reload.ts';
+import { Supervisor, type WorkerStatus } from '../cluster.ts';
+import type { PosternConfig } from '../config/types.ts';
 
 export async function runCommand(file: string): Promise<number> {
   const v = validateFile(file);
@@ -13,12 +18,18 @@ export async function runCommand(file: string): Promise<number> {
     process.stderr.write(`postern: ${v.errors.length} error(s) in ${file}; nothing was started\n`);
     return 1;
   }
+  if (v.config.workers > 1 && cluster.isPrimary) return runSupervisor(v.config);
+  return runDaemon(file, v);
+}
+
+async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Promise<number> {
   const log = createLogger(v.config.log.level);
-  for (const w of v.warnings) log.warn({ file: w.file, path: w.path }, formatConfigError(w));
+  const worker = cluster.isWorker;
+  if (!worker) for (const w of v.warnings) log.warn({ file: w.file, path: w.path }, formatConfigError(w));
   let daemon: Daemon;
   try {
     daemon = await Daemon.start({ config: v.config, store: v.store, log, preludeFor });
-    logCertificates(log, daemon);
+    if (!worker) logCertificates(log, daemon);
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
     process.stderr.write(`postern: cannot listen on ${e.address ?? '?'}:${e.port ?? '?'}: ${e.code ?? e.message}\n`);
@@ -29,6 +40,16 @@ export async function runCommand(file: string): Promise<number> {
   const reloader = new Reloader({ file, daemon, log });
   reloader.watch(v.config);
   process.on('SIGHUP', () => void reloader.reload('sighup'));
+
+  let statusTimer: NodeJS.Timeout | null = null;
+  if (worker) {
+    // The supervisor sums the workers' metrics and asks them for their state (/readyz).
+    AggregatorRegistry.setRegistries([daemon.metrics.registry]);
+    const report = () => process.send?.(workerStatus(daemon));
+    report();
+    statusTimer = setInterval(report, 2000);
+    statusTimer.unref();
+  }
 
   await new Promise<void>((resolve) => {
     let stopping = false;
@@ -47,11 +68,46 @@ export async function runCommand(file: string): Promise<number> {
       }, resolve);
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
+    // A terminal's Ctrl-C reaches the whole process group; in a worker the supervisor decides.
+    process.on('SIGINT', () => (worker ? undefined : stop('SIGINT')));
   });
+  if (statusTimer) clearInterval(statusTimer);
   reloader.unwatch();
   log.info('stopped');
   log.flush();
   return 0;
 }
 
+function workerStatus(daemon: Daemon): WorkerStatus {
+  return {
+    type: 'postern:status',
+    listeners: daemon.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
+    certificates: daemon.certificates.entries.length,
+  };
+}
+
+async function runSupervisor(config: PosternConfig): Promise<number> {
+  const log = createLogger(config.log.level);
+  const sup = new Supervisor({ workers: config.workers, log, stopTimeoutMs: config.shutdown.drainTimeoutMs + 5000 });
+  log.info({ workers: config.workers }, 'starting workers');
+  sup.start();
+  process.on('SIGHUP', () => sup.signal('SIGHUP'));
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: killing workers');
+        sup.kill();
+        process.exit(0);
+      }
+      stopping = true;
+      log.info({ signal }, 'stopping workers');
+      void sup.stop().then(resolve);
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+  log.info('stopped');
+  log.flush();
+  return 0;
+}

@@ -254,3 +254,17 @@ describe('kubernetes secret mount', () => {
     expect(reloads.values.find((x) => x.labels.trigger === 'watch' && x.labels.result === 'ok')?.value).toBe(1);
   });
 });
+
+describe('what does not trigger a reload', () => {
+  it('other files changing in a certificate folder (a log next to the PEMs) do not reload', async () => {
+    const s = await setup();
+    const log = join(s.dir, 'live', NAME, 'postern.log');
+    for (let i = 0; i < 5; i++) {
+      writeFileSync(log, `line ${i}\n`, { flag: 'a' });
+      await new Promise((r) => setTimeout(r, 60));
+    }
+    await new Promise((r) => setTimeout(r, 400));
+    const reloads = await s.daemon.metrics.reloads.get();
+    expect(reloads.values.reduce((n, v) => n + v.value, 0)).toBe(0);
+  });
+});
