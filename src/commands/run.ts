@@ -75,6 +75,8 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   reloader.unwatch();
   log.info('stopped');
   log.flush();
+  // The IPC channel to the supervisor would keep a worker alive after its drain.
+  if (worker) process.disconnect?.();
   return 0;
 }
 
