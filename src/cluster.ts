@@ -4,6 +4,7 @@
 // the admin endpoint with the metrics summed over all workers.
 import cluster, { type Worker } from 'node:cluster';
 import type { Logger } from './log.ts';
+import type { BackendStatus } from './backend/health.ts';
 
 export interface SupervisorOptions {
   workers: number;
@@ -17,6 +18,7 @@ export interface WorkerStatus {
   type: 'postern:status';
   listeners: Array<{ name: string; bound: boolean }>;
   certificates: number;
+  backends: BackendStatus[];
 }
 
 export class Supervisor {

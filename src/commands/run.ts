@@ -10,6 +10,9 @@ import { formatConfigError } from '../config/load.ts';
 import { Reloader, logCertificates } from '../reload.ts';
 import { Supervisor, type WorkerStatus } from '../cluster.ts';
 import type { PosternConfig } from '../config/types.ts';
+import type { Logger } from '../log.ts';
+import { startAdmin, readinessOf, type Readiness } from '../admin.ts';
+import { BackendHealth, healthTargets } from '../backend/health.ts';
 
 export async function runCommand(file: string): Promise<number> {
   const v = validateFile(file);
@@ -41,12 +44,39 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   reloader.watch(v.config);
   process.on('SIGHUP', () => void reloader.reload('sighup'));
 
+  // Each process checks the backends itself, so /readyz and postern_backend_up speak for it.
+  const health = new BackendHealth(() => healthTargets(daemon.listeners.map((l) => l.env.listener)), {
+    intervalMs: 10_000,
+    timeoutMs: Math.max(...v.config.listeners.map((l) => l.timeouts.connectMs)),
+    log,
+    metrics: daemon.metrics,
+  });
+  health.start();
+  let admin: { close(): Promise<void> } | null = null;
+  if (v.config.admin && !worker) {
+    const readiness = () =>
+      readinessOf({
+        listeners: daemon.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
+        certificates: daemon.certificates.entries.length,
+        backends: health.status(),
+      });
+    admin = await openAdmin(v.config, log, { metrics: daemon.metrics, readiness });
+    if (!admin) {
+      health.stop();
+      await daemon.stop();
+      return 1;
+    }
+  }
+
   let statusTimer: NodeJS.Timeout | null = null;
   if (worker) {
     // The supervisor sums the workers' metrics and asks them for their state (/readyz).
     AggregatorRegistry.setRegistries([daemon.metrics.registry]);
-    const report = () => process.send?.(workerStatus(daemon));
+    // prom-client answers the primary's metric requests once an AggregatorRegistry exists here.
+    new AggregatorRegistry();
+    const report = () => process.send?.(workerStatus(daemon, health));
     report();
+    void health.first.then(report);
     statusTimer = setInterval(report, 2000);
     statusTimer.unref();
   }
@@ -72,6 +102,9 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
     process.on('SIGINT', () => (worker ? undefined : stop('SIGINT')));
   });
   if (statusTimer) clearInterval(statusTimer);
+  health.stop();
+  // The admin endpoint stayed up during the drain: /readyz said 503 (listeners unbound).
+  await admin?.close();
   reloader.unwatch();
   log.info('stopped');
   log.flush();
@@ -80,11 +113,12 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   return 0;
 }
 
-function workerStatus(daemon: Daemon): WorkerStatus {
+function workerStatus(daemon: Daemon, health: BackendHealth): WorkerStatus {
   return {
     type: 'postern:status',
     listeners: daemon.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
     certificates: daemon.certificates.entries.length,
+    backends: health.status(),
   };
 }
 
@@ -93,6 +127,17 @@ async function runSupervisor(config: PosternConfig): Promise<number> {
   const sup = new Supervisor({ workers: config.workers, log, stopTimeoutMs: config.shutdown.drainTimeoutMs + 5000 });
   log.info({ workers: config.workers }, 'starting workers');
   sup.start();
+  let admin: { close(): Promise<void> } | null = null;
+  if (config.admin) {
+    // /metrics sums the workers' registries over IPC (prom-client's AggregatorRegistry).
+    const aggregator = new AggregatorRegistry();
+    const metrics = { contentType: aggregator.contentType, metrics: () => aggregator.clusterMetrics() };
+    admin = await openAdmin(config, log, { metrics, readiness: () => supervisorReadiness(sup, config.workers) });
+    if (!admin) {
+      await sup.stop();
+      return 1;
+    }
+  }
   process.on('SIGHUP', () => sup.signal('SIGHUP'));
   await new Promise<void>((resolve) => {
     let stopping = false;
@@ -109,7 +154,33 @@ async function runSupervisor(config: PosternConfig): Promise<number> {
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
+  await admin?.close();
   log.info('stopped');
   log.flush();
   return 0;
+}
+
+async function openAdmin(config: PosternConfig, log: Logger, src: Pick<Parameters<typeof startAdmin>[0], 'metrics' | 'readiness'>) {
+  const listen = config.admin!.listen;
+  try {
+    return await startAdmin({ listen, log, ...src });
+  } catch (err) {
+    process.stderr.write(`postern: cannot listen on admin ${listen.host}:${listen.port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}\n`);
+    return null;
+  }
+}
+
+/** Ready when every worker is up and reports every listener bound and its backends reachable. */
+function supervisorReadiness(sup: Supervisor, workers: number): Readiness {
+  const all = [...sup.status.values()];
+  const r = readinessOf({
+    listeners: all.flatMap((w) => w.listeners),
+    certificates: Math.min(...all.map((w) => w.certificates), all.length ? Infinity : 0),
+    backends: all.flatMap((w) => w.backends),
+  });
+  if (all.length < workers) {
+    r.ready = false;
+    r.problems.unshift(`${all.length} of ${workers} workers running`);
+  }
+  return r;
 }

@@ -20,7 +20,8 @@ beforeAll(async () => {
 function handshake(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = tls.connect({ port, host: '127.0.0.1', servername: 'mail.example.org', ca: pki.ca.certPem }, () => {
-      s.destroy();
+      // end(), not destroy(): our Finished must leave before the socket closes.
+      s.end();
       resolve(true);
     });
     s.on('error', () => resolve(false));
@@ -36,8 +37,10 @@ describe('workers', () => {
     const cert = await pki.issue('w', { names: ['mail.example.org'] });
     const backend = await startBackend({ proxy: false });
     const port = await freePort();
+    const adminPort = await freePort();
     const file = join(pki.dir, 'workers.yaml');
     writeFileSync(file, `workers: 2
+admin: { listen: "127.0.0.1:${adminPort}" }
 certificates: [{ cert: ${cert.cert}, key: ${cert.key} }]
 listeners:
   - name: t
@@ -72,6 +75,18 @@ listeners:
     let ok = 0;
     for (let i = 0; i < 10; i++) if (await handshake(port)) ok++;
     expect(ok).toBe(10);
+    // The supervisor's /metrics sums both workers; /readyz sees both workers' listeners.
+    const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+    expect(metrics.split("\n").filter((l) => l.startsWith("postern_handshakes_total")).join("\n")).toMatch(/^postern_handshakes_total\{listener="t",version="TLSv1\.3",result="ok"\} 10$/m);
+    const readyz = async () => fetch(`http://127.0.0.1:${adminPort}/readyz`);
+    let ready = await readyz();
+    // Ready once both workers have reported their first backend check.
+    for (let i = 0; i < 40 && ready.status !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      ready = await readyz();
+    }
+    expect(ready.status).toBe(200);
+    expect(((await ready.json()) as { listeners: unknown[] }).listeners).toHaveLength(2);
 
     process.kill(workerPids[0]!, 'SIGKILL');
     await waitFor(() => lines.some((l) => l.msg === 'worker died; starting a replacement'), 'the death to be logged');
