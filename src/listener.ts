@@ -59,6 +59,7 @@ export class Listener {
   private accept(socket: net.Socket) {
     const session = new Session(socket, this.env);
     this.sessions.add(session);
+    this.env.metrics.accepted.inc({ listener: session.listener.name });
     this.env.metrics.active.inc({ listener: session.listener.name });
     session.onFinish = () => {
       this.sessions.delete(session);

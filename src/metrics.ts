@@ -10,6 +10,12 @@ export class Metrics {
     labelNames: ['listener', 'reason'] as const,
     registers: [this.registry],
   });
+  readonly accepted = new Counter({
+    name: 'postern_connections_accepted_total',
+    help: 'Connections accepted, by listener',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
   readonly active = new Gauge({
     name: 'postern_connections_active',
     help: 'Connections open now',
