@@ -2,7 +2,7 @@
 // every key matched to its certificate, contexts created) before anyone can use it; the daemon
 // holds one reference and swaps it whole, so a connection never sees a half-built store.
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import tls, { type SecureContext } from 'node:tls';
 import type { CertificateSource, CertificateSpec, TlsMinVersion } from '../config/types.ts';
@@ -168,9 +168,8 @@ function expand(spec: CertificateSpec, problems: CertProblem[]): PairSource[] {
     problems.push({ path: `${spec.path}.dir`, file: spec.dir, severity: 'error', message: `cannot read folder ${spec.dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
     return [];
   }
-  const pairs = names
-    .map((n) => ({ cert: join(spec.dir, n, LIVE_CERT), key: join(spec.dir, n, LIVE_KEY), path: spec.path, certField: `${spec.path}.dir`, keyField: `${spec.path}.dir` }))
-    .filter((p) => existsSync(p.cert) || existsSync(p.key));
+  // Every subfolder is a certificate: one that cannot be read is an error, never skipped.
+  const pairs = names.map((n) => ({ cert: join(spec.dir, n, LIVE_CERT), key: join(spec.dir, n, LIVE_KEY), path: spec.path, certField: `${spec.path}.dir`, keyField: `${spec.path}.dir` }));
   if (pairs.length === 0) problems.push({ path: `${spec.path}.dir`, file: spec.dir, severity: 'error', message: `${spec.dir} holds no certificate folders (expected <name>/${LIVE_CERT} and <name>/${LIVE_KEY})` });
   return pairs;
 }

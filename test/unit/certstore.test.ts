@@ -125,3 +125,14 @@ describe('certificate sources', () => {
     expect(r.store!.entries[0]).toMatchObject({ names: ['combined.example.org'], chainLength: 1, certFile: file, keyFile: file });
   });
 });
+
+describe('certificate sources: broken live/ folders', () => {
+  it('a live/ subfolder without its files is an error naming the file, never skipped', async () => {
+    const { mkdirSync } = await import('node:fs');
+    const pki = await makePki();
+    mkdirSync(join(pki.dir, 'live', 'half.example.org'), { recursive: true });
+    const r = buildCertStore([{ dir: join(pki.dir, 'live'), path: 'certificates[0]' }]);
+    expect(r.store).toBeNull();
+    expect(r.problems[0]).toMatchObject({ path: 'certificates[0].dir', message: `cannot read certificate file ${join(pki.dir, 'live', 'half.example.org', 'fullchain.pem')}: ENOENT` });
+  });
+});
