@@ -53,7 +53,18 @@ export class StarttlsPrelude implements Prelude {
     let buf: Buffer = Buffer.alloc(0);
     let discarding = false; // inside an overlong line, up to its LF
     let first = true;
-    const stop = () => socket.off('data', onData);
+    const stop = () => {
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+    };
+    // The listener allows half-open sockets (the backend's reply must still reach a client that
+    // sent FIN after its last command), so during the dialogue a client's FIN alone would leave
+    // the socket open until timeouts.starttls: a scanner that reads the banner and leaves would
+    // hold a descriptor for a minute. Nobody is left to answer: close now.
+    const onEnd = () => {
+      stop();
+      session.abort(CloseReason.clientGone, 'client');
+    };
     const onData = (chunk: Buffer) => {
       if (first) {
         first = false;
@@ -91,6 +102,7 @@ export class StarttlsPrelude implements Prelude {
       } else if (discarding) buf = Buffer.alloc(0);
     };
     socket.on('data', onData);
+    socket.once('end', onEnd);
     socket.resume();
   }
 

@@ -22,6 +22,7 @@
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import http from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
 import { randomUUID } from 'node:crypto';
@@ -82,6 +83,7 @@ export type MailProtocol = 'smtp' | 'imap' | 'pop3';
  * and after-TLS filters: greets, announces STARTTLS and AUTH (so tests can see postern remove
  * them), answers `NOOP <token>` with the token, and records every byte like startBackend does.
  *   SMTP: EHLO -> 250-backend.test / 250-PIPELINING / 250-STARTTLS / 250-AUTH PLAIN / 250 8BITMIME;
+ *         MAIL before EHLO/HELO on this connection -> "503 5.5.1 EHLO first";
  *         NOOP x -> "250 2.0.0 OK x"; MAIL/RCPT/RSET/HELO -> 250; DATA -> 354 ... "250 2.0.0 queued"; QUIT -> 221.
  *   IMAP: "* OK backend ready"; t CAPABILITY -> "* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN" + "t OK";
  *         t NOOP x -> "t OK x"; t LOGOUT -> "* BYE" + "t OK"; else "t BAD".
@@ -98,6 +100,7 @@ export async function startMailBackend(protocol: MailProtocol, opts: { proxy?: b
     let headerDone = !expectHeader;
     let pending = '';
     let inData = false;
+    let helo = false; // SMTP: MAIL needs an EHLO/HELO on this connection (RFC 5321 section 4.1.4)
     const say = (s: string) => {
       if (!socket.destroyed && socket.writable) socket.write(s);
     };
@@ -114,12 +117,15 @@ export async function startMailBackend(protocol: MailProtocol, opts: { proxy?: b
         const [verb = '', ...rest] = line.split(' ');
         switch (verb.toUpperCase()) {
           case 'EHLO':
+            helo = true;
             return say('250-backend.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n');
           case 'HELO':
+            helo = true;
             return say('250 backend.test\r\n');
           case 'NOOP':
             return say(`250 2.0.0 OK ${rest.join(' ')}\r\n`);
           case 'MAIL':
+            return say(helo ? '250 2.0.0 OK\r\n' : '503 5.5.1 EHLO first\r\n');
           case 'RCPT':
           case 'RSET':
             return say('250 2.0.0 OK\r\n');
@@ -426,10 +432,19 @@ export async function spawnDaemon(opts: DaemonOptions): Promise<SpawnedPostern> 
     }
   };
 
-  const metrics = async (): Promise<Sample[]> => {
-    const res = await fetch(`http://127.0.0.1:${adminPort}/metrics`);
-    return parseMetrics(await res.text());
-  };
+  // No keep-alive (fetch would hold an idle connection, i.e. a descriptor in the daemon, for
+  // seconds and spoil descriptor counts): one request per connection.
+  const metrics = (): Promise<Sample[]> =>
+    new Promise((resolve, reject) => {
+      const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', agent: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve(parseMetrics(body)));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+    });
 
   const d: SpawnedPostern = {
     child,
