@@ -1,0 +1,289 @@
+// threats.md "PROXY protocol" against the compiled daemon in a child process: the headers postern
+// writes to its backends, compared byte for byte with headers built here from haproxy's
+// proxy-protocol.txt (v1 TCP4/TCP6, IPv4-mapped IPv6 written as TCP4; v2 signature, version and
+// command, family, exact length, TLVs ALPN, AUTHORITY = the validated lowercase SNI, SSL with
+// client/verify and VERSION/CIPHER sub-TLVs); a PROXY header from a client on a public listener
+// is bad input, never trusted; and HAProxy's `accept-proxy` parses what postern sends.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { makePki, type TestPki, type CertFiles } from '../helpers/certs.ts';
+import { rawExchange, tlsOk } from '../helpers/clients.ts';
+import { buildClientHello } from '../helpers/hello-builder.ts';
+import { startBackend, type RecordingBackend } from '../helpers/backend.ts';
+import { freePort } from '../helpers/ports.ts';
+import {
+  buildOnce, spawnDaemon, stopAll, goodClient, connectPlain, readStream, sessionsOf, sleep, GREETING, type SpawnedPostern,
+} from './harness.ts';
+
+let pki: TestPki;
+let mail: CertFiles;
+let d: SpawnedPostern;
+
+beforeAll(async () => {
+  buildOnce();
+  pki = await makePki();
+  mail = await pki.issue('mail', { names: ['mail.example.org'] });
+  d = await spawnDaemon({
+    dir: pki.dir,
+    certs: [{ cert: mail.cert, key: mail.key }],
+    listeners: [
+      { name: 'v1', protocol: 'smtp', proxyProtocol: 'v1' },
+      { name: 'v1six', host: '::1', protocol: 'smtp', proxyProtocol: 'v1' },
+      { name: 'v1mapped', host: '::', protocol: 'smtp', proxyProtocol: 'v1' },
+      { name: 'v2', protocol: 'smtp', proxyProtocol: 'v2' },
+      { name: 'v2six', host: '::1', protocol: 'smtp', proxyProtocol: 'v2' },
+      { name: 'v2mapped', host: '::', protocol: 'smtp', proxyProtocol: 'v2' },
+      { name: 'v2fb', protocol: 'smtp', sni: 'fallback', proxyProtocol: 'v2' },
+      // Trusts PROXY headers only from 10.0.0.0/8: a loopback client is "the public".
+      { name: 'lb', protocol: 'smtp', proxyProtocol: 'v2', extra: { acceptProxyProtocol: { from: ['10.0.0.0/8'] } } },
+      { name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', extra: { requireTls: false } },
+    ],
+  });
+  for (const l of ['v1', 'v2', 'v2fb', 'lb', 'v1mapped', 'v2mapped']) await goodClient(d, l, pki);
+  for (const l of ['v1six', 'v2six']) await goodClient(d, l, pki, { host: '::1' });
+  await goodClient(d, 'mx', pki, { starttls: 'smtp' });
+}, 120_000);
+
+afterAll(stopAll);
+
+// ---- expected headers, written from the spec (not from postern's encoder)
+
+const SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+
+function tlv(type: number, value: Buffer): Buffer {
+  return Buffer.concat([Buffer.from([type, value.length >> 8, value.length & 0xff]), value]);
+}
+
+function port16(p: number): Buffer {
+  return Buffer.from([p >> 8, p & 0xff]);
+}
+
+/** PROXY v2, command PROXY (0x21); family 0x11 (TCP4, 4-byte addresses) or 0x21 (TCP6, 16-byte). */
+function v2(family: 0x11 | 0x21, src: Buffer, dst: Buffer, sport: number, dport: number, tlvs: Buffer[]): Buffer {
+  const body = Buffer.concat([src, dst, port16(sport), port16(dport), ...tlvs]);
+  return Buffer.concat([SIGNATURE, Buffer.from([0x21, family, body.length >> 8, body.length & 0xff]), body]);
+}
+
+const LOOPBACK4 = Buffer.from([127, 0, 0, 1]);
+const LOOPBACK6 = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+
+/** ALPN (0x01), AUTHORITY (0x02), SSL (0x20: client=0x01, verify=1, VERSION 0x21, CIPHER 0x23). */
+function tlsTlvs(opts: { alpn: string | null; authority: string | null; version: string; cipher: string }): Buffer[] {
+  const out: Buffer[] = [];
+  if (opts.alpn) out.push(tlv(0x01, Buffer.from(opts.alpn)));
+  if (opts.authority) out.push(tlv(0x02, Buffer.from(opts.authority)));
+  out.push(tlv(0x20, Buffer.concat([Buffer.from([0x01, 0, 0, 0, 1]), tlv(0x21, Buffer.from(opts.version)), tlv(0x23, Buffer.from(opts.cipher))])));
+  return out;
+}
+
+/** A TLS session through `listener`, one echo; returns the client socket facts and what the backend got. */
+async function session(listener: string, opts: tls.ConnectionOptions & { host?: string } = {}) {
+  const base = await d.settledFds();
+  const s = await tlsOk(d.port(listener), { servername: 'mail.example.org', ca: pki.ca.certPem, ALPNProtocols: ['smtp'], ...opts });
+  const facts = { clientPort: s.localPort!, listenPort: s.remotePort!, version: s.getProtocol()!, cipher: s.getCipher().name };
+  const r = readStream(s);
+  s.write('hello\r\n');
+  await r.readUntil(/hello\r\n/);
+  s.destroy();
+  expect(await d.summaryFor(facts.clientPort)).toMatchObject({ listener, closeReason: 'done' });
+  const mine = sessionsOf(d.backend(listener), facts.clientPort);
+  expect(mine).toHaveLength(1);
+  expect(mine[0]!.data.toString()).toBe('hello\r\n');
+  await goodClient(d, listener, pki, { host: opts.host });
+  expect(await d.fdsBackTo(base)).toBeLessThanOrEqual(base);
+  return { ...facts, header: mine[0]!.headerBytes!, decoded: mine[0]!.header! };
+}
+
+describe('PROXY v1', () => {
+  it('TCP4: "PROXY TCP4 <src> <dst> <sport> <dport>\\r\\n"', async () => {
+    const s = await session('v1');
+    expect(s.header.toString('latin1')).toBe(`PROXY TCP4 127.0.0.1 127.0.0.1 ${s.clientPort} ${s.listenPort}\r\n`);
+  });
+
+  it('TCP6: "PROXY TCP6 ::1 ::1 ..." for an IPv6 client', async () => {
+    const s = await session('v1six', { host: '::1' });
+    expect(s.header.toString('latin1')).toBe(`PROXY TCP6 ::1 ::1 ${s.clientPort} ${s.listenPort}\r\n`);
+  });
+
+  it('an IPv4 client on a [::] listener (IPv4-mapped ::ffff:127.0.0.1) is written as TCP4', async () => {
+    const s = await session('v1mapped');
+    expect(s.header.toString('latin1')).toBe(`PROXY TCP4 127.0.0.1 127.0.0.1 ${s.clientPort} ${s.listenPort}\r\n`);
+  });
+});
+
+describe('PROXY v2', () => {
+  it('TCP4 with ALPN, AUTHORITY (the SNI, validated and lowercased) and SSL sub-TLVs, byte for byte', async () => {
+    const s = await session('v2', { servername: 'MAIL.Example.ORG', checkServerIdentity: () => undefined });
+    const want = v2(0x11, LOOPBACK4, LOOPBACK4, s.clientPort, s.listenPort, tlsTlvs({ alpn: 'smtp', authority: 'mail.example.org', version: s.version, cipher: s.cipher }));
+    expect(s.header.toString('hex')).toBe(want.toString('hex'));
+    expect(s.decoded).toMatchObject({ version: 2, command: 'PROXY', family: 'TCP4', authority: 'mail.example.org', alpn: 'smtp', ssl: { client: 1, verify: 1, version: s.version, cipher: s.cipher } });
+  });
+
+  it('TCP6: family 0x21, 16-byte addresses, length 36 + TLVs', async () => {
+    const s = await session('v2six', { host: '::1' });
+    const want = v2(0x21, LOOPBACK6, LOOPBACK6, s.clientPort, s.listenPort, tlsTlvs({ alpn: 'smtp', authority: 'mail.example.org', version: s.version, cipher: s.cipher }));
+    expect(s.header.toString('hex')).toBe(want.toString('hex'));
+    expect(s.header.readUInt16BE(14)).toBe(want.length - 16);
+  });
+
+  it('IPv4-mapped client on a [::] listener: family 0x11 (TCP4)', async () => {
+    const s = await session('v2mapped');
+    expect(s.header.toString('hex')).toBe(v2(0x11, LOOPBACK4, LOOPBACK4, s.clientPort, s.listenPort, tlsTlvs({ alpn: 'smtp', authority: 'mail.example.org', version: s.version, cipher: s.cipher })).toString('hex'));
+  });
+
+  it('TLS 1.2: VERSION "TLSv1.2" and the OpenSSL cipher name', async () => {
+    const s = await session('v2', { maxVersion: 'TLSv1.2' });
+    expect(s.version).toBe('TLSv1.2');
+    expect(s.header.toString('hex')).toBe(v2(0x11, LOOPBACK4, LOOPBACK4, s.clientPort, s.listenPort, tlsTlvs({ alpn: 'smtp', authority: 'mail.example.org', version: 'TLSv1.2', cipher: s.cipher })).toString('hex'));
+  });
+
+  it('no AUTHORITY for an SNI the certificate does not cover (fallback), nor without SNI, nor without ALPN', async () => {
+    const unknown = await session('v2fb', { servername: 'other.example.net', checkServerIdentity: () => undefined });
+    expect(unknown.header.toString('hex')).toBe(v2(0x11, LOOPBACK4, LOOPBACK4, unknown.clientPort, unknown.listenPort, tlsTlvs({ alpn: 'smtp', authority: null, version: unknown.version, cipher: unknown.cipher })).toString('hex'));
+    const none = await session('v2', { servername: '', checkServerIdentity: () => undefined, ALPNProtocols: undefined });
+    expect(none.header.toString('hex')).toBe(v2(0x11, LOOPBACK4, LOOPBACK4, none.clientPort, none.listenPort, tlsTlvs({ alpn: null, authority: null, version: none.version, cipher: none.cipher })).toString('hex'));
+  });
+});
+
+describe('a PROXY header from a client on a public listener is just bad input', () => {
+  const FORGED_V1 = Buffer.from('PROXY TCP4 203.0.113.9 127.0.0.1 1234 465\r\n');
+  const FORGED_V2 = v2(0x11, Buffer.from([203, 0, 113, 9]), LOOPBACK4, 1234, 465, []);
+
+  for (const [name, forged] of [['v1', FORGED_V1], ['v2', FORGED_V2]] as const) {
+    for (const listener of ['v2', 'lb']) {
+      it(`${name} header + ClientHello on "${listener}" -> closed as not_tls, nothing sent back, the real address logged`, async () => {
+        const base = await d.settledFds();
+        const before = await d.metric('postern_connections_total', { listener, reason: 'not_tls' });
+        const x = await rawExchange(d.port(listener), Buffer.concat([forged, buildClientHello({ sni: 'mail.example.org', alpn: ['smtp'] })]));
+        expect(x.data.length).toBe(0);
+        expect(x.closedAfterMs).toBeLessThan(1000);
+        const s = await d.summaryFor(x.localPort);
+        expect(s).toMatchObject({ listener, closeReason: 'not_tls', client: '127.0.0.1', clientPort: x.localPort, backend: null });
+        // The forged address appears at most in the escaped debug dump of the bytes ("not TLS"),
+        // never as a client.
+        expect(d.logs.filter((l) => l.client === '203.0.113.9' || (l.msg !== 'not TLS' && JSON.stringify(l).includes('203.0.113.9')))).toEqual([]);
+        expect(await d.metric('postern_connections_total', { listener, reason: 'not_tls' })).toBe(before + 1);
+        expect(sessionsOf(d.backend(listener), x.localPort)).toHaveLength(0);
+        expect(sessionsOf(d.backend(listener), 1234)).toHaveLength(0);
+        await goodClient(d, listener, pki);
+        expect(await d.fdsBackTo(base)).toBeLessThanOrEqual(base);
+      });
+    }
+  }
+
+  it('STARTTLS listener: a PROXY line is an unknown command (500); the plaintext session that follows carries the real address', async () => {
+    const base = await d.settledFds();
+    const c = await connectPlain(d.port('mx'));
+    await c.reader.readUntil(GREETING.smtp);
+    c.socket.write(FORGED_V1);
+    expect(await c.reader.readUntil(/\r\n/)).toBe('500 5.5.2 Command not recognized\r\n');
+    c.socket.write('EHLO client.example\r\n');
+    await c.reader.readUntil(/^250 [^\r\n]*\r\n/m);
+    c.socket.write('MAIL FROM:<a@example.net>\r\n');
+    expect(await c.reader.readUntil(/\r\n/)).toBe('250 2.0.0 OK\r\n');
+    c.socket.write('QUIT\r\n');
+    await c.reader.readUntil(/221 [^\r\n]*\r\n/);
+    c.socket.destroy();
+    expect(await d.summaryFor(c.localPort)).toMatchObject({ client: '127.0.0.1', clientPort: c.localPort });
+    const [conn] = sessionsOf(d.backend('mx'), c.localPort);
+    expect(conn!.header).toMatchObject({ source: { address: '127.0.0.1', port: c.localPort } });
+    expect(conn!.data.toString('latin1')).not.toContain('PROXY');
+    expect(sessionsOf(d.backend('mx'), 1234)).toHaveLength(0);
+    await goodClient(d, 'mx', pki, { starttls: 'smtp' });
+    expect(await d.fdsBackTo(base)).toBeLessThanOrEqual(base);
+  });
+});
+
+// ---- HAProxy as postern's backend: `bind ... accept-proxy` must parse postern's v1 and v2 headers.
+
+const HAPROXY = '/usr/sbin/haproxy';
+
+describe.skipIf(!existsSync(HAPROXY))('HAProxy accept-proxy parses postern\'s headers', () => {
+  let haproxy: ChildProcess;
+  let hlog = '';
+  let recorder: RecordingBackend;
+  let hd: SpawnedPostern;
+
+  beforeAll(async () => {
+    recorder = await startBackend({ mode: 'echo', proxy: true });
+    const [fe1, fe2] = [await freePort(), await freePort()];
+    const cfg = join(pki.dir, 'haproxy.cfg');
+    // Each frontend reads postern's header (accept-proxy) and sends its own v2 header, naming
+    // the client it parsed, to the recording backend; the log line names it too.
+    writeFileSync(cfg, `global
+  log stdout format raw local0 info
+defaults
+  mode tcp
+  log global
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe_v1
+  bind 127.0.0.1:${fe1} accept-proxy
+  log-format "haproxy fe=%ft client=%ci:%cp dst=%fi:%fp"
+  option logasap
+  default_backend be
+frontend fe_v2
+  bind 127.0.0.1:${fe2} accept-proxy
+  log-format "haproxy fe=%ft client=%ci:%cp dst=%fi:%fp authority=%[fc_pp_authority]"
+  option logasap
+  default_backend be
+backend be
+  server rec 127.0.0.1:${recorder.port} send-proxy-v2 proxy-v2-options authority
+`);
+    haproxy = spawn(HAPROXY, ['-db', '-f', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+    haproxy.stdout!.on('data', (b: Buffer) => (hlog += b.toString()));
+    haproxy.stderr!.on('data', (b: Buffer) => (hlog += b.toString()));
+    for (let i = 0; i < 50 && !(await listening(fe2)); i++) await sleep(100);
+    hd = await spawnDaemon({
+      dir: pki.dir,
+      certs: [{ cert: mail.cert, key: mail.key }],
+      listeners: [
+        { name: 'hv1', protocol: 'smtp', proxyProtocol: 'v1', backendPort: fe1 },
+        { name: 'hv2', protocol: 'smtp', proxyProtocol: 'v2', backendPort: fe2 },
+      ],
+    });
+  }, 60_000);
+
+  afterAll(async () => {
+    await hd?.stop();
+    haproxy?.kill('SIGTERM');
+    await recorder?.close();
+  });
+
+  for (const name of ['hv1', 'hv2'] as const) {
+    it(`${name}: HAProxy forwards the original client address it parsed from postern's ${name === 'hv1' ? 'v1' : 'v2'} header`, async () => {
+      const s = await tlsOk(hd.port(name), { servername: 'mail.example.org', ca: pki.ca.certPem, ALPNProtocols: ['smtp'] });
+      const clientPort = s.localPort!;
+      const r = readStream(s);
+      s.write('through haproxy\r\n');
+      await r.readUntil(/through haproxy\r\n/);
+      s.destroy();
+      expect(await hd.summaryFor(clientPort)).toMatchObject({ closeReason: 'done' });
+      const [conn] = sessionsOf(recorder, clientPort);
+      expect(conn, `haproxy log:\n${hlog}`).toBeDefined();
+      // HAProxy's own v2 header names the client and the address it connected to (postern's listener).
+      expect(conn!.header).toMatchObject({ version: 2, family: 'TCP4', source: { address: '127.0.0.1', port: clientPort }, destination: { address: '127.0.0.1', port: hd.port(name) } });
+      expect(conn!.data.toString()).toBe('through haproxy\r\n');
+      if (name === 'hv2') expect(conn!.header!.authority).toBe('mail.example.org');
+      for (let i = 0; i < 20 && !hlog.includes(`client=127.0.0.1:${clientPort}`); i++) await sleep(100);
+      expect(hlog).toContain(`client=127.0.0.1:${clientPort} dst=127.0.0.1:${hd.port(name)}`);
+      if (name === 'hv2') expect(hlog).toMatch(new RegExp(`client=127\\.0\\.0\\.1:${clientPort} dst=\\S+ authority=mail\\.example\\.org`));
+    });
+  }
+});
+
+async function listening(port: number): Promise<boolean> {
+  const net = await import('node:net');
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
