@@ -1,0 +1,267 @@
+// The Node.js load clients that wrk does not cover: bulk transfer, idle sessions for the memory
+// figure, the STARTTLS SMTP loop, and the start-up sanity check. They run in the harness process,
+// which is pinned to the load generator's core.
+import net from 'node:net';
+import tls from 'node:tls';
+
+export interface Endpoint {
+  host: string;
+  port: number;
+  /** null: plaintext (the `direct` ceiling). */
+  sni: string | null;
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms); }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/** Connects (TCP, or TLS 1.3 with the bench SNI) and resolves once the handshake is done. */
+export function connect(ep: Endpoint, tlsOpts: tls.ConnectionOptions = {}): Promise<net.Socket | tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    if (ep.sni === null) {
+      const s = net.connect(ep.port, ep.host);
+      s.setNoDelay(true);
+      s.once('connect', () => { s.removeListener('error', reject); resolve(s); });
+      s.once('error', reject);
+      return;
+    }
+    const s = tls.connect({
+      host: ep.host, port: ep.port, servername: ep.sni, rejectUnauthorized: false,
+      minVersion: 'TLSv1.3', ...tlsOpts,
+    });
+    s.setNoDelay(true);
+    s.once('secureConnect', () => { s.removeListener('error', reject); resolve(s); });
+    s.once('error', reject);
+  });
+}
+
+const GET = Buffer.from('GET / HTTP/1.1\r\nHost: bench\r\n\r\n');
+
+/** Reads until a whole small response ("...\r\n\r\nok") has arrived. */
+function awaitOk(s: net.Socket): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let got = '';
+    const onData = (d: Buffer): void => {
+      got += d.toString('latin1');
+      if (got.includes('\r\n\r\n') && got.endsWith('ok')) { cleanup(); resolve(got); }
+    };
+    const onEnd = (): void => { cleanup(); reject(new Error(`connection closed after ${JSON.stringify(got.slice(0, 80))}`)); };
+    const onErr = (e: Error): void => { cleanup(); reject(e); };
+    const cleanup = (): void => { s.off('data', onData); s.off('end', onEnd); s.off('error', onErr); };
+    s.on('data', onData);
+    s.once('end', onEnd);
+    s.once('error', onErr);
+  });
+}
+
+export interface SanityResult { protocol: string | null; cipher: string | null; tls12Refused: boolean | null }
+
+/** One request through the target; for TLS also checks that a TLS 1.2-only client is refused. */
+export async function sanityCheck(ep: Endpoint): Promise<SanityResult> {
+  const s = await withTimeout(connect(ep), 5000, 'connect');
+  let protocol: string | null = null, cipher: string | null = null;
+  try {
+    if (ep.sni !== null) {
+      const t = s as tls.TLSSocket;
+      protocol = t.getProtocol();
+      cipher = t.getCipher()?.standardName ?? null;
+    }
+    s.write(GET);
+    const resp = await withTimeout(awaitOk(s), 5000, 'GET /');
+    if (!resp.startsWith('HTTP/1.1 200')) throw new Error(`unexpected answer ${JSON.stringify(resp.slice(0, 80))}`);
+  } finally { s.destroy(); }
+  if (ep.sni === null) return { protocol: null, cipher: null, tls12Refused: null };
+  let tls12Refused = false;
+  try {
+    const old = await withTimeout(connect(ep, { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' }), 5000, 'TLS 1.2 connect');
+    old.destroy();
+  } catch { tls12Refused = true; }
+  return { protocol, cipher, tls12Refused };
+}
+
+const CHUNK = Buffer.alloc(256 * 1024, 0x62);
+
+export interface BulkResult { mbPerSec: number; seconds: number; bytes: number }
+
+/**
+ * Moves `bytes` through the target in one direction on one connection and returns the rate,
+ * timed from the first byte sent (after the handshake) to the last byte acknowledged: for an
+ * upload the backend's 200 after it has read the whole body, for a download the last body byte.
+ */
+export async function bulk(ep: Endpoint, direction: 'upload' | 'download', bytes: number, timeoutMs: number): Promise<BulkResult> {
+  const s = await withTimeout(connect(ep), 10_000, 'connect');
+  try {
+    const t0 = performance.now();
+    const done = new Promise<void>((resolve, reject) => {
+      s.once('error', reject);
+      s.once('close', () => reject(new Error('connection closed early')));
+      if (direction === 'upload') {
+        let answer = '';
+        s.on('data', (d: Buffer) => { answer += d.toString('latin1'); if (answer.endsWith('ok')) resolve(); });
+        s.write(`POST /sink HTTP/1.1\r\nHost: bench\r\nContent-Length: ${bytes}\r\n\r\n`);
+        let left = bytes;
+        const pump = (): void => {
+          while (left > 0) {
+            const c = left >= CHUNK.length ? CHUNK : CHUNK.subarray(0, left);
+            left -= c.length;
+            if (!s.write(c)) { s.once('drain', pump); return; }
+          }
+        };
+        pump();
+      } else {
+        let need = -1;
+        let got = 0;
+        let head = '';
+        s.on('data', (d: Buffer) => {
+          got += d.length;
+          if (need < 0) {
+            head += d.toString('latin1', 0, Math.min(d.length, 4096));
+            const end = head.indexOf('\r\n\r\n');
+            if (end >= 0) need = end + 4 + bytes;
+          }
+          if (need >= 0 && got >= need) resolve();
+        });
+        s.write(`GET /bytes/${bytes} HTTP/1.1\r\nHost: bench\r\n\r\n`);
+      }
+    });
+    await withTimeout(done, timeoutMs, `${direction} of ${bytes} bytes`);
+    const seconds = (performance.now() - t0) / 1000;
+    return { mbPerSec: bytes / 1e6 / seconds, seconds, bytes };
+  } finally {
+    s.removeAllListeners('close');
+    s.destroy();
+  }
+}
+
+/**
+ * Opens n sessions through the target (at most `parallel` handshakes at a time), each with one
+ * request and its answer so that the backend connection exists too, and leaves them idle.
+ */
+export async function openIdleSessions(ep: Endpoint, n: number, parallel: number, timeoutMs: number): Promise<{ sockets: net.Socket[]; failed: number; lastError: string | null }> {
+  const sockets: net.Socket[] = [];
+  let failed = 0;
+  let lastError: string | null = null;
+  let next = 0;
+  const deadline = Date.now() + timeoutMs;
+  const worker = async (): Promise<void> => {
+    while (next < n && Date.now() < deadline) {
+      next++;
+      try {
+        const s = await withTimeout(connect(ep), 10_000, 'connect');
+        s.on('error', () => {});
+        sockets.push(s);
+        s.write(GET);
+        await withTimeout(awaitOk(s), 10_000, 'GET /');
+      } catch (err) {
+        failed++;
+        lastError = (err as Error).message;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: parallel }, worker));
+  return { sockets, failed, lastError };
+}
+
+export async function closeAll(sockets: net.Socket[]): Promise<void> {
+  await Promise.all(sockets.map((s) => new Promise<void>((resolve) => {
+    if (s.destroyed) { resolve(); return; }
+    s.once('close', () => resolve());
+    s.destroy();
+  })));
+}
+
+/** Reads SMTP replies; `reply()` resolves with the next complete (possibly multi-line) reply. */
+class SmtpReader {
+  private buf = '';
+  private waiter: ((r: string) => void) | null = null;
+  private failer: ((e: Error) => void) | null = null;
+  private readonly sock: net.Socket;
+  private readonly onData = (d: Buffer): void => { this.buf += d.toString('latin1'); this.check(); };
+  constructor(sock: net.Socket) {
+    this.sock = sock;
+    sock.on('data', this.onData);
+    sock.on('error', (e) => this.failer?.(e));
+    sock.on('close', () => this.failer?.(new Error(`closed; pending ${JSON.stringify(this.buf.slice(0, 60))}`)));
+  }
+  detach(): void { this.sock.off('data', this.onData); }
+  private check(): void {
+    if (!this.waiter) return;
+    // A complete reply ends with a line "NNN text\r\n" (a space after the code).
+    const m = /(^|\n)\d{3} [^\n]*\n/.exec(this.buf);
+    if (!m) return;
+    const end = m.index + m[0].length;
+    const r = this.buf.slice(0, end);
+    this.buf = this.buf.slice(end);
+    const w = this.waiter;
+    this.waiter = null;
+    this.failer = null;
+    w(r);
+  }
+  reply(): Promise<string> {
+    return new Promise((resolve, reject) => { this.waiter = resolve; this.failer = reject; this.check(); });
+  }
+}
+
+function expectCode(r: string, code: string, step: string): void {
+  if (!r.startsWith(code)) throw new Error(`${step}: expected ${code}, got ${JSON.stringify(r.slice(0, 80))}`);
+}
+
+/** One SMTP session: connect, EHLO, STARTTLS, handshake, EHLO, QUIT. */
+async function smtpSession(host: string, port: number, sni: string): Promise<void> {
+  const plain = net.connect(port, host);
+  plain.setNoDelay(true);
+  let secure: tls.TLSSocket | null = null;
+  try {
+    await new Promise<void>((resolve, reject) => { plain.once('connect', resolve); plain.once('error', reject); });
+    const r1 = new SmtpReader(plain);
+    expectCode(await r1.reply(), '220', 'greeting');
+    plain.write('EHLO client.bench.test\r\n');
+    expectCode(await r1.reply(), '250', 'EHLO');
+    plain.write('STARTTLS\r\n');
+    expectCode(await r1.reply(), '220', 'STARTTLS');
+    r1.detach();
+    plain.removeAllListeners('close');
+    plain.removeAllListeners('error');
+    const s = tls.connect({ socket: plain, servername: sni, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    secure = s;
+    await new Promise<void>((resolve, reject) => { s.once('secureConnect', resolve); s.once('error', reject); });
+    const r2 = new SmtpReader(s);
+    s.write('EHLO client.bench.test\r\n');
+    expectCode(await r2.reply(), '250', 'EHLO after TLS');
+    s.write('QUIT\r\n');
+    expectCode(await r2.reply(), '221', 'QUIT');
+  } finally {
+    (secure ?? plain).on('error', () => {});
+    (secure ?? plain).destroy();
+    plain.destroy();
+  }
+}
+
+export interface LoopResult { count: number; errors: number; perSec: number; lastError: string | null }
+
+/** Runs SMTP STARTTLS sessions with `parallel` clients for `durationMs`. */
+export async function starttlsLoop(host: string, port: number, sni: string, parallel: number, durationMs: number): Promise<LoopResult> {
+  let count = 0, errors = 0;
+  let lastError: string | null = null;
+  const t0 = performance.now();
+  const end = t0 + durationMs;
+  const worker = async (): Promise<void> => {
+    while (performance.now() < end) {
+      try {
+        await withTimeout(smtpSession(host, port, sni), 10_000, 'SMTP session');
+        count++;
+      } catch (err) {
+        errors++;
+        lastError = (err as Error).message;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: parallel }, worker));
+  const secs = (performance.now() - t0) / 1000;
+  return { count, errors, perSec: count / secs, lastError };
+}

@@ -1,0 +1,238 @@
+// Medians, the text tables, the target check and the SVG chart.
+import type { CpuUse } from './proc.ts';
+
+export type MetricKey =
+  | 'handshakesPerSec' | 'keepAliveReqPerSec' | 'keepAliveP50Ms' | 'keepAliveP99Ms'
+  | 'uploadMBps' | 'downloadMBps' | 'idleSessionKB' | 'starttlsPerSec'
+  | 'handshakesPerCoreSec' | 'keepAlivePerCoreSec' | 'uploadMBPerCoreSec' | 'downloadMBPerCoreSec' | 'starttlsPerCoreSec';
+
+export interface Metric {
+  key: MetricKey;
+  label: string;
+  unit: string;
+  better: 'higher' | 'lower';
+  digits: number;
+  /** `measured`: what the load reached; `perCore`: per CPU-second the proxy used (its capacity on one core). */
+  table: 'measured' | 'perCore';
+  /** The issue's target for postern: a ratio to HAProxy, or an absolute limit. */
+  target?: { kind: 'ratio' | 'absolute'; op: '>=' | '<='; value: number };
+}
+
+const RATIO_1 = { kind: 'ratio', op: '>=', value: 1.0 } as const;
+const RATIO_95 = { kind: 'ratio', op: '>=', value: 0.95 } as const;
+
+export const METRICS: Metric[] = [
+  { key: 'handshakesPerSec', label: 'handshakes/s', unit: '/s', better: 'higher', digits: 0, table: 'measured', target: RATIO_1 },
+  { key: 'keepAliveReqPerSec', label: 'keep-alive req/s', unit: '/s', better: 'higher', digits: 0, table: 'measured', target: RATIO_1 },
+  { key: 'keepAliveP50Ms', label: 'p50 ms', unit: 'ms', better: 'lower', digits: 2, table: 'measured' },
+  { key: 'keepAliveP99Ms', label: 'p99 ms', unit: 'ms', better: 'lower', digits: 2, table: 'measured', target: { kind: 'ratio', op: '<=', value: 1.2 } },
+  { key: 'uploadMBps', label: 'upload MB/s', unit: 'MB/s', better: 'higher', digits: 0, table: 'measured', target: RATIO_95 },
+  { key: 'downloadMBps', label: 'download MB/s', unit: 'MB/s', better: 'higher', digits: 0, table: 'measured', target: RATIO_95 },
+  { key: 'idleSessionKB', label: 'KB/idle session', unit: 'KB', better: 'lower', digits: 1, table: 'measured', target: { kind: 'absolute', op: '<=', value: 20 } },
+  { key: 'starttlsPerSec', label: 'STARTTLS/s', unit: '/s', better: 'higher', digits: 0, table: 'measured' },
+  { key: 'handshakesPerCoreSec', label: 'handshakes', unit: '/core-s', better: 'higher', digits: 0, table: 'perCore', target: RATIO_1 },
+  { key: 'keepAlivePerCoreSec', label: 'keep-alive req', unit: '/core-s', better: 'higher', digits: 0, table: 'perCore', target: RATIO_1 },
+  { key: 'uploadMBPerCoreSec', label: 'upload MB', unit: 'MB/core-s', better: 'higher', digits: 0, table: 'perCore', target: RATIO_95 },
+  { key: 'downloadMBPerCoreSec', label: 'download MB', unit: 'MB/core-s', better: 'higher', digits: 0, table: 'perCore', target: RATIO_95 },
+  { key: 'starttlsPerCoreSec', label: 'STARTTLS sessions', unit: '/core-s', better: 'higher', digits: 0, table: 'perCore' },
+];
+
+export type Limit = 'proxy' | 'client' | 'neither';
+
+export interface Measurement {
+  value: number;
+  /** CPU over the measurement: the proxy tree, each CPU's busy share, other users' processes. */
+  cpu: CpuUse | null;
+  /** What saturated: the proxy's core, the load generator + backend core, or neither. */
+  limitedBy: Limit;
+  /** Other processes on the machine used more than a tenth of a core meanwhile. */
+  disturbed: boolean;
+  /** Tries (a disturbed measurement is repeated in full mode). */
+  attempts?: number;
+  detail?: Record<string, unknown>;
+}
+
+export interface RunRecord {
+  run: number;
+  position: number;
+  startedAt: string;
+  sanity: { protocol: string | null; cipher: string | null; tls12Refused: boolean | null } | null;
+  measurements: Partial<Record<MetricKey, Measurement>>;
+  errors: string[];
+}
+
+export interface Summary {
+  median: number;
+  min: number;
+  max: number;
+  runs: number;
+  /** Runs in which the load generator core, not the proxy, was the limit. */
+  clientBound: number;
+  /** Runs disturbed by other processes on the machine. */
+  disturbed: number;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export function summarize(runs: RunRecord[]): Partial<Record<MetricKey, Summary>> {
+  const out: Partial<Record<MetricKey, Summary>> = {};
+  for (const m of METRICS) {
+    const ms = runs.map((r) => r.measurements[m.key]).filter((x): x is Measurement => x !== undefined && Number.isFinite(x.value));
+    if (!ms.length) continue;
+    const v = ms.map((x) => x.value);
+    out[m.key] = {
+      median: median(v), min: Math.min(...v), max: Math.max(...v), runs: v.length,
+      clientBound: ms.filter((x) => x.limitedBy === 'client').length,
+      disturbed: ms.filter((x) => x.disturbed).length,
+    };
+  }
+  return out;
+}
+
+function flags(s: Summary): string {
+  return (s.clientBound * 2 > s.runs ? '*' : '') + (s.disturbed * 2 > s.runs ? '~' : '');
+}
+
+function fmt(x: number | undefined, digits: number): string {
+  if (x === undefined || !Number.isFinite(x)) return '-';
+  return digits === 0 ? Math.round(x).toLocaleString('en-US') : x.toFixed(digits);
+}
+
+function table(header: string[], rows: string[][]): string {
+  const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
+  return [line(header), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
+}
+
+export interface TargetSummary {
+  name: string;
+  summary: Partial<Record<MetricKey, Summary>>;
+}
+
+export function absoluteTable(targets: TargetSummary[], which: Metric['table']): string {
+  const ms = METRICS.filter((m) => m.table === which);
+  const header = ['target', ...ms.map((m) => (which === 'perCore' ? `${m.label} ${m.unit}` : m.label))];
+  const rows = targets.map((t) => [t.name, ...ms.map((m) => {
+    const s = t.summary[m.key];
+    return s ? fmt(s.median, m.digits) + flags(s) : '-';
+  })]);
+  return table(header, rows);
+}
+
+export function ratioTable(targets: TargetSummary[], base: TargetSummary, which: Metric['table']): string {
+  const ms = METRICS.filter((m) => m.table === which);
+  const header = ['target / ' + base.name, ...ms.map((m) => (which === 'perCore' ? `${m.label} ${m.unit}` : m.label))];
+  const rows = targets.map((t) => [t.name, ...ms.map((m) => {
+    const a = t.summary[m.key]?.median, b = base.summary[m.key]?.median;
+    return a !== undefined && b ? `${(a / b).toFixed(2)}x` : '-';
+  })]);
+  return table(header, rows);
+}
+
+export interface TargetCheck { metric: string; value: string; target: string; met: boolean | null }
+
+/** postern against the issue's targets (ratios to HAProxy, the memory limit). */
+export function checkTargets(p: TargetSummary, haproxy: TargetSummary | undefined): TargetCheck[] {
+  const out: TargetCheck[] = [];
+  for (const m of METRICS) {
+    if (!m.target) continue;
+    const v = p.summary[m.key]?.median;
+    const t = m.target;
+    const label = m.table === 'perCore' ? `${m.label} per core-s` : m.label;
+    if (t.kind === 'absolute') {
+      out.push({ metric: label, value: v === undefined ? '-' : `${fmt(v, m.digits)} ${m.unit}`, target: `${t.op} ${t.value} ${m.unit}`,
+        met: v === undefined ? null : t.op === '>=' ? v >= t.value : v <= t.value });
+      continue;
+    }
+    const b = haproxy?.summary[m.key]?.median;
+    const r = v !== undefined && b ? v / b : undefined;
+    out.push({ metric: label, value: r === undefined ? '-' : `${r.toFixed(2)}x HAProxy`, target: `${t.op} ${t.value.toFixed(2)}x`,
+      met: r === undefined ? null : t.op === '>=' ? r >= t.value : r <= t.value });
+  }
+  return out;
+}
+
+/** postern against the bare Node.js terminator: within 5% on every figure. */
+export function checkAgainstNode(p: TargetSummary, node: TargetSummary): TargetCheck[] {
+  const out: TargetCheck[] = [];
+  for (const m of METRICS) {
+    const v = p.summary[m.key]?.median, b = node.summary[m.key]?.median;
+    if (v === undefined || b === undefined || !b) continue;
+    const r = v / b;
+    const met = m.better === 'higher' ? r >= 0.95 : r <= 1.05;
+    out.push({ metric: m.table === 'perCore' ? `${m.label} per core-s` : m.label, value: `${r.toFixed(2)}x node`, target: m.better === 'higher' ? '>= 0.95x' : '<= 1.05x', met });
+  }
+  return out;
+}
+
+export function checksTable(checks: TargetCheck[]): string {
+  return table(['figure', 'measured', 'target', ''], checks.map((c) => [c.metric, c.value, c.target, c.met === null ? 'n/a' : c.met ? 'met' : 'MISSED']));
+}
+
+// ---- SVG ------------------------------------------------------------------------------------
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+}
+
+function color(name: string): string {
+  if (name.startsWith('postern')) return '#e8590c';
+  if (name === 'haproxy') return '#1971c2';
+  if (name === 'direct') return '#adb5bd';
+  if (name === 'node') return '#2f9e44';
+  return '#495057';
+}
+
+/** Small multiples: one horizontal bar panel per figure, absolute medians, ratio to HAProxy. */
+export function svgChart(targets: TargetSummary[], title: string, footer: string[]): string {
+  const keys: MetricKey[] = ['handshakesPerSec', 'handshakesPerCoreSec', 'keepAliveReqPerSec', 'keepAlivePerCoreSec',
+    'keepAliveP99Ms', 'idleSessionKB', 'uploadMBps', 'downloadMBps'];
+  const metrics = keys.map((k) => METRICS.find((m) => m.key === k)!).filter((m) => targets.some((t) => t.summary[m.key] !== undefined));
+  const cols = 2;
+  const panelW = 470, barH = 18, gap = 4, labelW = 90, valueW = 130;
+  const maxRows = targets.length;
+  const panelH = 34 + maxRows * (barH + gap) + 8;
+  const rowsOfPanels = Math.ceil(metrics.length / cols);
+  const top = 48;
+  const width = cols * panelW + 20;
+  const height = top + rowsOfPanels * panelH + 18 * footer.length + 24;
+  const base = targets.find((t) => t.name === 'haproxy');
+  const parts: string[] = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="12">`);
+  parts.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
+  parts.push(`<text x="10" y="22" font-size="16" font-weight="bold" fill="#212529">${esc(title)}</text>`);
+  parts.push(`<text x="10" y="40" fill="#495057">median of the runs; bar length is the absolute figure; (x) = ratio to HAProxy; * = load generator core saturated (a lower bound); ~ = other processes were busy</text>`);
+  metrics.forEach((m, i) => {
+    const x0 = 10 + (i % cols) * panelW;
+    const y0 = top + Math.floor(i / cols) * panelH;
+    const vals = targets.map((t) => t.summary[m.key]?.median ?? NaN);
+    const max = Math.max(...vals.filter(Number.isFinite), 1e-9);
+    const title = m.table === 'perCore' ? `${m.label} per proxy CPU-second` : m.label;
+    parts.push(`<text x="${x0}" y="${y0 + 20}" font-weight="bold" fill="#212529">${esc(title)} (${m.better} is better)</text>`);
+    targets.forEach((t, j) => {
+      const y = y0 + 30 + j * (barH + gap);
+      const v = vals[j]!;
+      const s = t.summary[m.key];
+      parts.push(`<text x="${x0 + labelW - 6}" y="${y + 13}" text-anchor="end" fill="#212529">${esc(t.name)}</text>`);
+      if (!Number.isFinite(v)) {
+        parts.push(`<text x="${x0 + labelW}" y="${y + 13}" fill="#868e96">n/a</text>`);
+        return;
+      }
+      const w = Math.max(1, ((panelW - labelW - valueW) * v) / max);
+      parts.push(`<rect x="${x0 + labelW}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${color(t.name)}"/>`);
+      const b = base?.summary[m.key]?.median;
+      const ratio = b && t.name !== 'haproxy' ? ` (${(v / b).toFixed(2)}x)` : '';
+      const flag = s ? flags(s) : '';
+      parts.push(`<text x="${(x0 + labelW + w + 4).toFixed(1)}" y="${y + 13}" fill="#212529">${esc(fmt(v, m.digits) + flag + ratio)}</text>`);
+    });
+  });
+  footer.forEach((f, i) => {
+    parts.push(`<text x="10" y="${top + rowsOfPanels * panelH + 16 + i * 18}" fill="#495057" font-size="11">${esc(f)}</text>`);
+  });
+  parts.push('</svg>');
+  return parts.join('\n') + '\n';
+}

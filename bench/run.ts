@@ -1,0 +1,593 @@
+// The side-by-side benchmark of issue 6: postern, a bare Node.js terminator and the peers users
+// compare it with (HAProxy, nginx stream, hitch, stunnel), each on one core in front of the same
+// plaintext backend, with the same certificate and TLS 1.3 only. See bench/NOTES.md.
+//
+//   node bench/run.ts [--quick] [--only postern,haproxy] [--runs N] [--postern-dir DIR] [--keep]
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { fileURLToPath } from 'node:url';
+import { CpuMeter, runCapture, sleep, spawnPinned, stopProc, treeRss, waitPort, which, round, type CpuUse, type Proc } from './lib/proc.ts';
+import { TARGETS, type BenchContext, type Target } from './lib/targets.ts';
+import { bulk, closeAll, openIdleSessions, sanityCheck, starttlsLoop, type Endpoint } from './lib/clients.ts';
+import { runWrk, wrkErrorCount, type WrkResult } from './lib/wrk.ts';
+import {
+  METRICS, absoluteTable, checkAgainstNode, checkTargets, checksTable, ratioTable, summarize, svgChart,
+  type Limit, type Measurement, type MetricKey, type RunRecord, type TargetSummary,
+} from './lib/report.ts';
+
+const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+const REPO_DIR = path.dirname(BENCH_DIR);
+const HOST = '127.0.0.1';
+const SNI = 'bench.postern.test';
+const PORTS = { backend: 18400, smtpBackend: 18425, proxy: 18443, smtpProxy: 18587, selfCheck: 18444 };
+const PROXY_CORE = 0;
+const CLIENT_CORE = 1;
+const NOFILE = 100_000;
+
+// ---- options --------------------------------------------------------------------------------
+
+const TESTS = ['memory', 'handshakes', 'keepalive', 'bulk', 'starttls'] as const;
+type Test = (typeof TESTS)[number];
+
+const USAGE = `usage: node bench/run.ts [--quick] [--only NAME,...] [--tests NAME,...] [--runs N] [--postern-dir DIR] [--keep]
+  --quick            every measurement for ~2 s, one run, 500 idle sessions (CI: proves the harness works)
+  --only a,b         measure only these targets: ${TARGETS.map((t) => t.name).join(', ')}
+  --tests a,b        run only these measurements: ${TESTS.join(', ')}
+  --runs N           repetitions (default 3; quick 1); the median is reported
+  --postern-dir DIR  the postern checkout to run (default: this repository; dist/ must be built)
+  --keep             keep the scratch folder (configs, logs) and print its path
+environment: BENCH_LOG=warn runs postern without its per-connection log line (what logging costs)`;
+
+interface Options {
+  quick: boolean; only: string[] | null; tests: Set<Test>; runs: number; posternDir: string; keep: boolean;
+  seconds: number; warmupSeconds: number; idleSessions: number; bulkBytes: number; bulkTransfers: number;
+  wrkConnections: number; smtpClients: number; handshakeParallel: number;
+  quietWindowMs: number; quietMaxWaitMs: number; retries: number;
+}
+
+function parseArgs(argv: string[]): Options {
+  let quick = false, keep = false, only: string[] | null = null, runs: number | null = null;
+  let posternDir = REPO_DIR;
+  let tests = new Set<Test>(TESTS);
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const val = (): string => {
+      const v = argv[++i];
+      if (v === undefined) { console.error(`${a} needs a value\n${USAGE}`); process.exit(2); }
+      return v;
+    };
+    if (a === '--quick') quick = true;
+    else if (a === '--keep') keep = true;
+    else if (a === '--only') only = val().split(',').map((s) => s.trim()).filter(Boolean);
+    else if (a.startsWith('--only=')) only = a.slice(7).split(',').map((s) => s.trim()).filter(Boolean);
+    else if (a === '--tests') {
+      const list = val().split(',').map((x) => x.trim()).filter(Boolean);
+      const bad = list.filter((x) => !(TESTS as readonly string[]).includes(x));
+      if (bad.length) { console.error(`unknown test(s): ${bad.join(', ')}\n${USAGE}`); process.exit(2); }
+      tests = new Set(list as Test[]);
+    }
+    else if (a === '--runs') runs = Number(val());
+    else if (a === '--postern-dir') posternDir = path.resolve(val());
+    else if (a === '--help' || a === '-h') { console.log(USAGE); process.exit(0); }
+    else { console.error(`unknown argument ${a}\n${USAGE}`); process.exit(2); }
+  }
+  if (only) {
+    const unknown = only.filter((n) => !TARGETS.some((t) => t.name === n));
+    if (unknown.length) { console.error(`unknown target(s): ${unknown.join(', ')}\n${USAGE}`); process.exit(2); }
+  }
+  if (runs !== null && !(Number.isInteger(runs) && runs >= 1)) { console.error('--runs needs a whole number >= 1'); process.exit(2); }
+  return {
+    quick, only, keep, posternDir, tests,
+    runs: runs ?? (quick ? 1 : 3),
+    seconds: quick ? 2 : 10,
+    warmupSeconds: quick ? 0 : 2,
+    idleSessions: quick ? 500 : 5000,
+    bulkBytes: 100 * 1e6,
+    bulkTransfers: quick ? 2 : 5,
+    wrkConnections: 50,
+    smtpClients: 32,
+    handshakeParallel: 50,
+    quietWindowMs: quick ? 200 : 500,
+    quietMaxWaitMs: quick ? 1000 : 60_000,
+    retries: quick ? 0 : 2,
+  };
+}
+
+// ---- process bookkeeping --------------------------------------------------------------------
+
+const live = new Set<Proc>();
+let scratch: string | null = null;
+let keepScratch = false;
+
+async function cleanup(): Promise<void> {
+  await Promise.all([...live].map((p) => stopProc(p, 2000)));
+  live.clear();
+  if (scratch && !keepScratch) fs.rmSync(scratch, { recursive: true, force: true });
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(sig, () => {
+    console.error(`\n${sig}: stopping`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+function logTail(file: string, lines = 15): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).map((l) => `    | ${l}`).join('\n');
+  } catch { return '    | (no log)'; }
+}
+
+// ---- environment ----------------------------------------------------------------------------
+
+interface Environment {
+  cpus: number; cpuModel: string; kernel: string; memoryGB: number; loadavgStart: number[];
+  pinned: boolean; nofile: number; tools: Record<string, string | null>; sysctl: Record<string, string>;
+  notes: string[];
+}
+
+async function prepareEnvironment(): Promise<Environment> {
+  const notes: string[] = [];
+  const cpus = os.availableParallelism();
+  let pinned = false;
+  if (cpus >= 2) {
+    // The harness (and so the backend, wrk and the Node clients it starts) on the client core.
+    const r = await runCapture('taskset', ['-a', '-cp', String(CLIENT_CORE), String(process.pid)]);
+    pinned = r.code === 0;
+    if (!pinned) notes.push(`could not pin the harness to core ${CLIENT_CORE}: ${r.stderr.trim()}`);
+  } else {
+    notes.push('only one CPU: the proxy and the load generator share it; figures are not comparable to the baseline');
+  }
+  // Raise the descriptor limit (children inherit it): to NOFILE if allowed, else to the hard limit.
+  const limit = async (which: 'SOFT' | 'HARD'): Promise<number> =>
+    Number((await runCapture('prlimit', ['--pid', String(process.pid), '--nofile', '--noheadings', '--output', which])).stdout.trim()) || 1024;
+  let lim = await runCapture('prlimit', ['--pid', String(process.pid), `--nofile=${NOFILE}:${NOFILE}`]);
+  if (lim.code !== 0) {
+    const hard = await limit('HARD');
+    lim = await runCapture('prlimit', ['--pid', String(process.pid), `--nofile=${hard}:${hard}`]);
+  }
+  const nofile = await limit('SOFT');
+  if (nofile < NOFILE) notes.push(`descriptor limit ${nofile} (could not raise it to ${NOFILE}: no CAP_SYS_RESOURCE?)`);
+  const version = async (cmd: string, args: string[], re: RegExp): Promise<string | null> => {
+    if (!which(cmd)) return null;
+    const r = await runCapture(cmd, args);
+    return re.exec(`${r.stdout}\n${r.stderr}`)?.[1] ?? '?';
+  };
+  const tools = {
+    node: process.version,
+    openssl: await version('openssl', ['version'], /OpenSSL (\S+)/),
+    wrk: await version('wrk', ['-v'], /wrk (\S+)/),
+    cc: await version('cc', ['--version'], /^(.*)$/m),
+  };
+  const sysctl: Record<string, string> = {};
+  for (const k of ['net/ipv4/tcp_tw_reuse', 'net/ipv4/ip_local_port_range', 'net/core/somaxconn']) {
+    try { sysctl[k.replace(/\//g, '.')] = fs.readFileSync(`/proc/sys/${k}`, 'utf8').trim().replace(/\s+/g, ' '); } catch { /* n/a */ }
+  }
+  return {
+    cpus, cpuModel: os.cpus()[0]?.model ?? '?', kernel: os.release(), memoryGB: round(os.totalmem() / 2 ** 30, 1),
+    loadavgStart: os.loadavg().map((x) => round(x, 2)), pinned, nofile, tools, sysctl, notes,
+  };
+}
+
+async function makeCertificate(dir: string): Promise<{ cert: string; key: string; pem: string }> {
+  const cert = path.join(dir, 'cert.pem'), key = path.join(dir, 'key.pem'), pem = path.join(dir, 'bench.pem');
+  const r = await runCapture('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '7',
+    '-keyout', key, '-out', cert, '-subj', `/CN=${SNI}`, '-addext', `subjectAltName=DNS:${SNI}`,
+  ]);
+  if (r.code !== 0) throw new Error(`openssl req failed: ${r.stderr}`);
+  fs.writeFileSync(pem, fs.readFileSync(key, 'utf8') + fs.readFileSync(cert, 'utf8'));
+  return { cert, key, pem };
+}
+
+/**
+ * Builds the wrk shim (full handshakes, SNI) and proves it: wrk against a Node TLS server that
+ * counts resumed sessions and the SNI it receives. Returns the shim path, or null with a reason.
+ */
+async function prepareShim(dir: string, cert: string, key: string): Promise<{ shim: string | null; note: string }> {
+  if (!which('cc')) return { shim: null, note: 'no C compiler (apt-get install gcc libc6-dev): cannot build the wrk shim' };
+  const shim = path.join(dir, 'wrk-shim.so');
+  const cc = await runCapture('cc', ['-O2', '-shared', '-fPIC', '-o', shim, path.join(BENCH_DIR, 'lib', 'wrk-shim.c')]);
+  if (cc.code !== 0) return { shim: null, note: `cannot build the wrk shim: ${cc.stderr.trim().slice(0, 300)}` };
+  let full = 0, resumed = 0;
+  const names = new Set<string>();
+  const server = tls.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key), minVersion: 'TLSv1.3' }, (s) => {
+    if (s.isSessionReused()) resumed++; else full++;
+    names.add(String((s as tls.TLSSocket & { servername?: string | false }).servername));
+    s.on('error', () => {});
+    s.on('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok'));
+  });
+  await new Promise<void>((resolve) => server.listen(PORTS.selfCheck, HOST, resolve));
+  try {
+    await runWrk('wrk', { url: `https://${HOST}:${PORTS.selfCheck}/`, connections: 4, seconds: 1, close: true, shim, sni: SNI });
+  } finally {
+    server.close();
+  }
+  const sni = [...names].join(',');
+  if (resumed > 0 || full === 0 || sni !== SNI) {
+    return { shim: null, note: `the wrk shim does not work here (full ${full}, resumed ${resumed}, SNI ${sni})` };
+  }
+  return { shim, note: `wrk shim checked: ${full} full handshakes, 0 resumed, SNI ${sni}` };
+}
+
+// ---- measurements ---------------------------------------------------------------------------
+
+/** Other processes using more than this many cores make a measurement "disturbed". */
+const FOREIGN_LIMIT = 0.1;
+
+function limitOf(cpu: CpuUse, kind: Target['kind']): Limit {
+  if (kind === 'ceiling') return 'neither'; // the ceiling runs on the client core by design
+  if (cpu.proxyCores !== null && cpu.proxyCores >= 0.9) return 'proxy';
+  if (cpu.core1Busy !== null && cpu.core1Busy >= 0.9) return 'client';
+  return 'neither';
+}
+
+/** Waits (bounded) until processes this harness did not start leave the CPUs alone. */
+async function waitQuiet(o: Options): Promise<{ waitedMs: number; foreignCores: number }> {
+  const t0 = Date.now();
+  for (;;) {
+    const m = new CpuMeter(null);
+    await sleep(o.quietWindowMs);
+    const c = m.stop();
+    const waitedMs = Date.now() - t0;
+    if (c.foreignCores < FOREIGN_LIMIT || waitedMs >= o.quietMaxWaitMs) return { waitedMs, foreignCores: c.foreignCores };
+  }
+}
+
+interface Outcome { value: number; perCore?: { key: MetricKey; amount: number; scale?: number }; detail: Record<string, unknown> }
+
+/**
+ * One measurement: wait for a quiet machine, run it while metering CPU, and repeat it (full mode)
+ * when other processes were busy meanwhile. Returns the measurement and, when asked, the
+ * per-proxy-CPU-second figure derived from the same run.
+ */
+async function measure(o: Options, pid: number | null, kind: Target['kind'], fn: () => Promise<Outcome>): Promise<{ m: Measurement; perCore: [MetricKey, Measurement] | null }> {
+  for (let attempt = 1; ; attempt++) {
+    const quiet = await waitQuiet(o);
+    const meter = new CpuMeter(pid);
+    const r = await fn();
+    const cpu = meter.stop();
+    const disturbed = cpu.foreignCores >= FOREIGN_LIMIT;
+    if (disturbed && attempt <= o.retries) {
+      say(`(busy machine: ${cpu.foreignCores} cores used by others, again) `);
+      continue;
+    }
+    const limitedBy = limitOf(cpu, kind);
+    const m: Measurement = { value: r.value, cpu, limitedBy, disturbed, attempts: attempt, detail: { ...r.detail, quietWaitMs: quiet.waitedMs } };
+    let perCore: [MetricKey, Measurement] | null = null;
+    if (r.perCore && cpu.proxySeconds) {
+      perCore = [r.perCore.key, { value: r.perCore.amount / cpu.proxySeconds, cpu, limitedBy, disturbed, attempts: attempt }];
+    }
+    return { m, perCore };
+  }
+}
+
+function wrkDetail(r: WrkResult): Record<string, unknown> {
+  return { requests: r.requests, seconds: r.seconds, errors: r.errors, p50Ms: r.p50Ms, p99Ms: r.p99Ms };
+}
+
+function say(text: string): void {
+  process.stdout.write(text);
+}
+
+function mark(m: Measurement): string {
+  return (m.limitedBy === 'client' ? '*' : '') + (m.disturbed ? '~' : '');
+}
+
+async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: string | null, run: number, position: number): Promise<RunRecord> {
+  const rec: RunRecord = { run, position, startedAt: new Date().toISOString(), sanity: null, measurements: {}, errors: [] };
+  const logFile = path.join(ctx.dir, 'logs', `${t.name}-run${run}.log`);
+  const isTls = t.kind === 'proxy';
+  const ep: Endpoint = isTls ? { host: HOST, port: PORTS.proxy, sni: SNI } : { host: HOST, port: PORTS.backend, sni: null };
+  const url = isTls ? `https://${HOST}:${PORTS.proxy}/` : `http://${HOST}:${PORTS.backend}/`;
+  say(`  ${t.name.padEnd(10)} `);
+  let proc: Proc | null = null;
+  const fail = (what: string, err: unknown): void => {
+    const msg = `${what}: ${(err as Error).message ?? String(err)}`;
+    rec.errors.push(msg);
+    say(`\n    ERROR ${msg}\n    `);
+  };
+  try {
+    if (isTls && !(await waitPort(HOST, PORTS.proxy, 3000, 'closed'))) throw new Error(`port ${PORTS.proxy} is still in use`);
+    proc = t.start(ctx, logFile);
+    if (proc) {
+      live.add(proc);
+      const up = await waitPort(HOST, PORTS.proxy, 15_000);
+      if (!up) throw new Error(`did not listen on ${HOST}:${PORTS.proxy} within 15 s (exit: ${proc.exitedEarly() ?? 'still running'})\n${logTail(logFile)}`);
+    }
+    rec.sanity = await sanityCheck(ep);
+    if (isTls && rec.sanity.protocol !== 'TLSv1.3') throw new Error(`negotiated ${rec.sanity.protocol}, not TLSv1.3`);
+    if (isTls && rec.sanity.tls12Refused !== true) throw new Error('accepted a TLS 1.2 client: not TLS 1.3 only');
+  } catch (err) {
+    fail('start', err);
+    if (proc) { await stopProc(proc); live.delete(proc); }
+    say('\n');
+    return rec;
+  }
+  const pid = proc?.pid ?? null;
+  const keep = (key: MetricKey, r: { m: Measurement; perCore: [MetricKey, Measurement] | null }): Measurement => {
+    rec.measurements[key] = r.m;
+    if (r.perCore) rec.measurements[r.perCore[0]] = r.perCore[1];
+    return r.m;
+  };
+  const perCoreText = (r: { perCore: [MetricKey, Measurement] | null }, unit: string): string =>
+    r.perCore ? ` [${Math.round(r.perCore[1].value)} ${unit}/core-s]` : '';
+
+  // Memory first, on the fresh process: RSS of the proxy's process tree before and while holding
+  // N idle sessions (each has sent one request, so the backend connection exists too).
+  if (pid !== null && o.tests.has('memory')) {
+    try {
+      const warm = await openIdleSessions(ep, 20, 10, 10_000);
+      await closeAll(warm.sockets);
+      await sleep(o.quick ? 300 : 1000);
+      const rss0 = treeRss(pid);
+      const held = await openIdleSessions(ep, o.idleSessions, o.handshakeParallel, o.quick ? 30_000 : 120_000);
+      try {
+        if (held.failed > 0) throw new Error(`${held.failed} of ${o.idleSessions} sessions failed (${held.lastError})`);
+        await sleep(o.quick ? 300 : 1000);
+        const samples: number[] = [];
+        for (let i = 0; i < 3; i++) { samples.push(treeRss(pid)); await sleep(100); }
+        samples.sort((a, b) => a - b);
+        const rss1 = samples[1]!;
+        const kb = (rss1 - rss0) / 1024 / held.sockets.length;
+        rec.measurements.idleSessionKB = { value: kb, cpu: null, limitedBy: 'neither', disturbed: false,
+          detail: { sessions: held.sockets.length, rssBeforeBytes: rss0, rssHoldingBytes: rss1 } };
+        say(`mem ${kb.toFixed(1)} KB  `);
+      } finally {
+        await closeAll(held.sockets);
+      }
+      await sleep(300);
+    } catch (err) { fail('memory', err); }
+  }
+
+  const wantWrk = o.tests.has('handshakes') || o.tests.has('keepalive');
+  if (o.warmupSeconds > 0 && wantWrk && which('wrk') && (shim || !isTls)) {
+    try { await runWrk('wrk', { url, connections: o.wrkConnections, seconds: o.warmupSeconds, close: true, shim: isTls ? shim : null, sni: SNI }); }
+    catch (err) { fail('warm-up', err); }
+  }
+
+  if (!wantWrk) {
+    // not asked for
+  } else if (!which('wrk')) {
+    rec.errors.push('wrk not installed: no handshake and keep-alive figures');
+  } else if (isTls && !shim) {
+    rec.errors.push('no wrk shim: no handshake and keep-alive figures');
+  } else {
+    if (o.tests.has('handshakes')) try {
+      const r = await measure(o, pid, t.kind, async () => {
+        const w = await runWrk('wrk', { url, connections: o.wrkConnections, seconds: o.seconds, close: true, shim: isTls ? shim : null, sni: SNI });
+        return { value: w.reqPerSec, perCore: { key: 'handshakesPerCoreSec', amount: w.requests }, detail: wrkDetail(w) };
+      });
+      const m = keep('handshakesPerSec', r);
+      const errs = wrkErrorCount(m.detail as unknown as WrkResult);
+      say(`${isTls ? 'handshakes' : 'connections'} ${Math.round(m.value)}/s${mark(m)}${perCoreText(r, '')}${errs ? ` (${errs} errors)` : ''}  `);
+    } catch (err) { fail('handshakes', err); }
+    if (o.tests.has('keepalive')) try {
+      let p50: number | null = null, p99: number | null = null;
+      const r = await measure(o, pid, t.kind, async () => {
+        const w = await runWrk('wrk', { url, connections: o.wrkConnections, seconds: o.seconds, close: false, shim: isTls ? shim : null, sni: SNI });
+        p50 = w.p50Ms; p99 = w.p99Ms;
+        return { value: w.reqPerSec, perCore: { key: 'keepAlivePerCoreSec', amount: w.requests }, detail: wrkDetail(w) };
+      });
+      const m = keep('keepAliveReqPerSec', r);
+      const same = { cpu: m.cpu, limitedBy: m.limitedBy, disturbed: m.disturbed, attempts: m.attempts };
+      if (p50 !== null) rec.measurements.keepAliveP50Ms = { value: p50, ...same };
+      if (p99 !== null) rec.measurements.keepAliveP99Ms = { value: p99, ...same };
+      const errs = wrkErrorCount(m.detail as unknown as WrkResult);
+      say(`keep-alive ${Math.round(m.value)}/s${mark(m)}${perCoreText(r, '')} p50 ${(p50 as number | null)?.toFixed(2)} p99 ${(p99 as number | null)?.toFixed(2)} ms${errs ? ` (${errs} errors)` : ''}  `);
+    } catch (err) { fail('keep-alive', err); }
+  }
+
+  for (const dir of o.tests.has('bulk') ? (['upload', 'download'] as const) : []) {
+    try {
+      const r = await measure(o, pid, t.kind, async () => {
+        // Several transfers of bulkBytes, one connection each, so that the proxy's CPU time
+        // (counted in 10 ms ticks) is long enough to be exact to a few per cent.
+        const rates: number[] = [];
+        let bytes = 0, seconds = 0;
+        for (let i = 0; i < o.bulkTransfers; i++) {
+          const b = await bulk(ep, dir, o.bulkBytes, 120_000);
+          rates.push(round(b.mbPerSec, 1));
+          bytes += b.bytes;
+          seconds += b.seconds;
+        }
+        return { value: bytes / 1e6 / seconds, perCore: { key: dir === 'upload' ? 'uploadMBPerCoreSec' : 'downloadMBPerCoreSec', amount: bytes / 1e6 },
+          detail: { transfers: o.bulkTransfers, bytesEach: o.bulkBytes, seconds: round(seconds, 3), mbPerSecEach: rates } };
+      });
+      const m = keep(dir === 'upload' ? 'uploadMBps' : 'downloadMBps', r);
+      say(`${dir === 'upload' ? 'up' : 'down'} ${Math.round(m.value)} MB/s${mark(m)}${perCoreText(r, 'MB')}  `);
+    } catch (err) { fail(dir, err); }
+  }
+
+  if (t.starttls && o.tests.has('starttls')) {
+    try {
+      let failed = 0, lastError: string | null = null;
+      const r = await measure(o, pid, t.kind, async () => {
+        const l = await starttlsLoop(HOST, PORTS.smtpProxy, SNI, o.smtpClients, o.seconds * 1000);
+        failed = l.errors; lastError = l.lastError;
+        return { value: l.perSec, perCore: { key: 'starttlsPerCoreSec', amount: l.count }, detail: { ...l } };
+      });
+      const m = keep('starttlsPerSec', r);
+      if (failed > 0) rec.errors.push(`starttls: ${failed} failed sessions, last: ${lastError}`);
+      say(`STARTTLS ${Math.round(m.value)}/s${mark(m)}${perCoreText(r, '')}${failed ? ` (${failed} errors: ${lastError})` : ''}  `);
+    } catch (err) { fail('starttls', err); }
+  }
+
+  if (proc) {
+    if (proc.exitedEarly() !== null) rec.errors.push(`exited during the run (${proc.exitedEarly()})\n${logTail(logFile)}`);
+    await stopProc(proc);
+    live.delete(proc);
+  }
+  say('\n');
+  return rec;
+}
+
+// ---- main -----------------------------------------------------------------------------------
+
+async function startBackend(dir: string): Promise<Proc> {
+  const logFile = path.join(dir, 'logs', 'backend.log');
+  for (const port of [PORTS.backend, PORTS.smtpBackend, PORTS.proxy, PORTS.smtpProxy, PORTS.selfCheck]) {
+    if (await waitPort(HOST, port, 200)) throw new Error(`${HOST}:${port} is already in use (another benchmark running?)`);
+  }
+  const p = spawnPinned('backend', CLIENT_CORE, process.execPath, [
+    path.join(BENCH_DIR, 'lib', 'backend.ts'), '--host', HOST, '--http', String(PORTS.backend), '--smtp', String(PORTS.smtpBackend),
+  ], { logFile });
+  live.add(p);
+  if (!(await waitPort(HOST, PORTS.backend, 10_000)) || !(await waitPort(HOST, PORTS.smtpBackend, 2000))) {
+    throw new Error(`the backend did not start\n${logTail(logFile)}`);
+  }
+  return p;
+}
+
+function timestamp(d: Date): string {
+  return d.toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
+}
+
+async function main(): Promise<number> {
+  const o = parseArgs(process.argv.slice(2));
+  keepScratch = o.keep;
+  const t0 = Date.now();
+  const started = new Date();
+  console.log(`postern benchmark (${o.quick ? 'quick' : 'full'} mode): ${o.runs} run(s), ${o.seconds} s per load test, ` +
+    `${o.idleSessions} idle sessions, ${o.bulkTransfers} x ${o.bulkBytes / 1e6} MB each way`);
+  if (!which('openssl')) { console.error('openssl is required (apt-get install openssl)'); return 1; }
+
+  const env = await prepareEnvironment();
+  scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'postern-bench-'));
+  fs.mkdirSync(path.join(scratch, 'logs'));
+  const certs = await makeCertificate(scratch);
+  const ctx: BenchContext = {
+    dir: scratch, host: HOST, sni: SNI, ...certs, ports: PORTS, node: process.execPath,
+    posternDir: o.posternDir, benchDir: BENCH_DIR, proxyCore: env.cpus >= 2 ? PROXY_CORE : 0,
+    // Two descriptors per proxied session, plus some for the process itself.
+    maxConnections: Math.floor((env.nofile - 500) / 2),
+  };
+  if (ctx.maxConnections < o.idleSessions + 100) {
+    console.error(`the descriptor limit (${env.nofile}) is too low for ${o.idleSessions} idle sessions; run as root or raise ulimit -n`);
+    return 1;
+  }
+
+  // Which targets exist here.
+  const chosen = TARGETS.filter((t) => !o.only || o.only.includes(t.name));
+  const available: { t: Target; version: string }[] = [];
+  const missing: { name: string; reason: string }[] = [];
+  for (const t of chosen) {
+    const d = await t.detect(ctx);
+    if (d.ok) available.push({ t, version: d.version });
+    else missing.push({ name: t.name, reason: d.reason });
+  }
+  for (const a of available) console.log(`  found   ${a.t.name.padEnd(10)} ${a.version}`);
+  for (const m of missing) console.log(`  MISSING ${m.name.padEnd(10)} ${m.reason}`);
+  if (!which('wrk')) console.log('  MISSING wrk        no handshake or keep-alive figures (Debian: apt-get install wrk)');
+
+  let shim: string | null = null;
+  if (which('wrk')) {
+    const s = await prepareShim(scratch, certs.cert, certs.key);
+    shim = s.shim;
+    env.notes.push(s.note);
+    console.log(`  ${s.note}`);
+  }
+  if (env.notes.length) for (const n of env.notes.filter((x) => !x.startsWith('wrk shim checked'))) console.log(`  note: ${n}`);
+
+  const backend = await startBackend(scratch);
+  const runs = new Map<string, RunRecord[]>(available.map((a) => [a.t.name, []]));
+  try {
+    for (let r = 0; r < o.runs; r++) {
+      // Interleave: every run measures every target once, starting one further along each time,
+      // so that slow drift of the machine does not favour whoever comes first.
+      const order = available.map((_, i) => available[(i + r) % available.length]!);
+      console.log(`run ${r + 1}/${o.runs} (${Math.round((Date.now() - t0) / 1000)} s)`);
+      for (let i = 0; i < order.length; i++) {
+        const { t } = order[i]!;
+        runs.get(t.name)!.push(await measureTarget(t, ctx, o, shim, r + 1, i + 1));
+      }
+    }
+  } finally {
+    await stopProc(backend);
+    live.delete(backend);
+  }
+
+  // Report.
+  const summaries: TargetSummary[] = available.map((a) => ({ name: a.t.name, summary: summarize(runs.get(a.t.name)!) }));
+  const haproxy = summaries.find((s) => s.name === 'haproxy');
+  const seconds = Math.round((Date.now() - t0) / 1000);
+  const out: string[] = [];
+  out.push('', `Medians of ${o.runs} run(s). * = the load generator core was saturated, not the proxy (a lower bound);`,
+    '~ = other processes on the machine were busy meanwhile. handshakes/s: full TLS 1.3 handshakes, a new connection',
+    'per request (direct: plaintext connections).');
+  out.push('', 'Measured:', '', absoluteTable(summaries, 'measured'));
+  out.push('', 'Per CPU-second used by the proxy process tree (what one saturated core would do):', '', absoluteTable(summaries.filter((x) => x.name !== 'direct'), 'perCore'));
+  if (haproxy) {
+    out.push('', 'Ratios to HAProxy, measured (higher is better for rates, lower for latency and memory):', '', ratioTable(summaries, haproxy, 'measured'));
+    out.push('', 'Ratios to HAProxy, per proxy CPU-second:', '', ratioTable(summaries.filter((x) => x.name !== 'direct'), haproxy, 'perCore'));
+  }
+  const checks: Record<string, unknown> = {};
+  const postern = summaries.find((s) => s.name === 'postern');
+  if (postern) {
+    const c = checkTargets(postern, haproxy);
+    checks.posternVsTargets = c;
+    out.push('', 'postern against the targets of issue 6:', '', checksTable(c));
+  }
+  const node = summaries.find((s) => s.name === 'node');
+  for (const name of ['postern-v2', 'postern']) {
+    const p = summaries.find((s) => s.name === name);
+    if (!p || !node) continue;
+    const c = checkAgainstNode(p, node);
+    checks[`${name}VsNode`] = c;
+    out.push('', `${name} against the bare Node.js terminator (the features must cost < 5%):`, '', checksTable(c));
+    break;
+  }
+  const failures = [...runs.entries()].flatMap(([name, rs]) => rs.flatMap((r) => r.errors.map((e) => `${name} run ${r.run}: ${e}`)));
+  if (missing.length) out.push('', `Not measured (missing): ${missing.map((m) => `${m.name} (${m.reason})`).join('; ')}`);
+  if (failures.length) out.push('', 'Errors:', ...failures.map((f) => `  ${f}`));
+  out.push('', `Took ${seconds} s.`);
+  console.log(out.join('\n'));
+
+  const resultsDir = path.join(BENCH_DIR, 'results');
+  fs.mkdirSync(resultsDir, { recursive: true });
+  const suffix = o.quick ? '-quick' : '';
+  const jsonFile = path.join(resultsDir, `${timestamp(started)}${suffix}.json`);
+  const result = {
+    date: started.toISOString(), mode: o.quick ? 'quick' : 'full', durationSeconds: seconds,
+    settings: {
+      tests: [...o.tests], runs: o.runs, loadSeconds: o.seconds, warmupSeconds: o.warmupSeconds, idleSessions: o.idleSessions,
+      bulkBytes: o.bulkBytes, bulkTransfers: o.bulkTransfers, wrkConnections: o.wrkConnections, smtpClients: o.smtpClients,
+      quietWindowMs: o.quietWindowMs, quietMaxWaitMs: o.quietMaxWaitMs, retriesWhenDisturbed: o.retries, foreignLimitCores: FOREIGN_LIMIT,
+      proxyCore: PROXY_CORE, clientCore: CLIENT_CORE, sni: SNI, certificate: 'ECDSA P-256, self-signed', tls: 'TLSv1.3 only',
+    },
+    environment: { ...env, loadavgEnd: os.loadavg().map((x) => round(x, 2)) },
+    versions: Object.fromEntries(available.map((a) => [a.t.name, a.version])),
+    descriptions: Object.fromEntries(available.map((a) => [a.t.name, a.t.description])),
+    missing,
+    metrics: METRICS,
+    summary: Object.fromEntries(summaries.map((s) => [s.name, s.summary])),
+    checks,
+    runs: Object.fromEntries(runs),
+    errors: failures,
+  };
+  fs.writeFileSync(jsonFile, JSON.stringify(result, null, 1) + '\n');
+  const svgFile = path.join(resultsDir, `latest${suffix}.svg`);
+  const versions = available.filter((a) => a.t.kind === 'proxy').map((a) => `${a.t.name} ${a.version.split(' (')[0]}`).join(', ');
+  fs.writeFileSync(svgFile, svgChart(summaries,
+    `TLS termination, one core each, TLS 1.3, ECDSA P-256 (${o.quick ? 'QUICK MODE, not a baseline' : `median of ${o.runs} runs`})`,
+    [
+      `${started.toISOString().slice(0, 10)}, ${env.cpuModel}, ${env.cpus} CPUs, Linux ${env.kernel}; proxies on core ${PROXY_CORE}, wrk/backend/clients on core ${CLIENT_CORE}.`,
+      versions,
+      `direct = the backend in plaintext without a proxy (the ceiling). Data: ${path.relative(REPO_DIR, jsonFile)}`,
+    ]));
+  console.log(`Wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), svgFile)}`);
+  if (o.keep) console.log(`Scratch folder kept: ${scratch}`);
+  await cleanup();
+  return failures.length ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  async (err: Error) => {
+    console.error(`benchmark failed: ${err.stack ?? err.message}`);
+    await cleanup();
+    process.exit(1);
+  },
+);
