@@ -68,8 +68,11 @@ export function buildOnce(): void {
 }
 
 /** `postern <args>` to completion (startup failures, `check`): exit status, stdout, stderr. */
-export function runCli(args: string[], cwd: string, timeoutMs = 20_000): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', timeout: timeoutMs });
+export function runCli(args: string[], cwd: string, opts: { timeoutMs?: number; wrapper?: string[] } = {}): { status: number | null; stdout: string; stderr: string } {
+  const [cmd, ...pre] = opts.wrapper ?? [];
+  const r = cmd
+    ? spawnSync(cmd, [...pre, process.execPath, BIN, ...args], { cwd, encoding: 'utf8', timeout: opts.timeoutMs ?? 20_000 })
+    : spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', timeout: opts.timeoutMs ?? 20_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
