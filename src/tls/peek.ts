@@ -4,7 +4,7 @@
 // After a "hello" the bytes are back in the socket's read buffer (unshift), so a tls.TLSSocket
 // created over the same socket replays them to OpenSSL unchanged.
 import type { Socket } from 'node:net';
-import { parseClientHello, MAX_HELLO_BYTES, type ClientHello, type MalformedCode } from './clienthello.ts';
+import { HelloScanner, MAX_HELLO_BYTES, type ClientHello, type MalformedCode } from './clienthello.ts';
 
 export type PeekOutcome =
   | { kind: 'hello'; hello: ClientHello }
@@ -20,6 +20,8 @@ export function peekClientHello(socket: Socket, initial: Buffer | null = null, m
     let used = store.length;
     let buf = store.subarray(0, used);
     let error: NodeJS.ErrnoException | null = null;
+    // Resumes at the last complete record on each chunk: linear work over the whole hello.
+    const scanner = new HelloScanner(maxBytes);
     const finish = (outcome: PeekOutcome, giveBack: boolean) => {
       socket.off('data', onData);
       socket.off('end', onEnd);
@@ -30,7 +32,7 @@ export function peekClientHello(socket: Socket, initial: Buffer | null = null, m
       resolve(outcome);
     };
     const evaluate = (): boolean => {
-      const r = parseClientHello(buf, maxBytes);
+      const r = scanner.scan(buf);
       switch (r.kind) {
         case 'need-more':
           return false;
