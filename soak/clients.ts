@@ -219,7 +219,7 @@ export interface Delivery {
   /** For failures: `<reply code or drop>@<step>`. */
   kind: string;
   detail: string;
-  variant: 'normal' | 'slow' | 'slow-backend' | 'reset';
+  variant: 'normal' | 'slow' | 'slow-backend' | 'plaintext' | 'reset';
 }
 
 export interface DeliveryOptions {
@@ -284,43 +284,47 @@ export async function smtpDelivery(ep: Endpoints, opts: DeliveryOptions = {}): P
     await expect(/^220 /);
     step = 'ehlo1';
     await write(raw, 'EHLO client.soak.test\r\n', slow);
-    const ehlo = await expect(/^250 /);
-    void ehlo;
+    await expect(/^250 /);
     if (!/STARTTLS/.test(r.text)) {
       out.result = 'perm';
       out.kind = 'no-starttls@ehlo1';
       throw null;
     }
-    step = 'starttls';
-    await write(raw, 'STARTTLS\r\n', slow);
-    await expect(/^220 /);
-    const leftover = r.detach();
-    if (leftover !== '') throw new StepError('drop', `bytes after the 220: ${JSON.stringify(leftover)}`);
-    step = 'tls';
-    sock = await secure(ep, { socket: raw, ...tlsOptions(ep, sni) }, 15_000);
-    r.attach(sock);
-    step = 'ehlo2';
-    await write(sock, 'EHLO client.soak.test\r\n', slow);
-    await expect(/^250 /);
-    if (/STARTTLS/.test(r.text.slice(-400))) {
-      out.result = 'perm';
-      out.kind = 'starttls-after-tls@ehlo2';
-      throw null;
+    // Port 25 takes plaintext too (requireTls: false): postern hands the session to the backend.
+    const plaintext = variant === 'plaintext';
+    if (!plaintext) {
+      step = 'starttls';
+      await write(raw, 'STARTTLS\r\n', slow);
+      await expect(/^220 /);
+      const leftover = r.detach();
+      if (leftover !== '') throw new StepError('drop', `bytes after the 220: ${JSON.stringify(leftover)}`);
+      step = 'tls';
+      sock = await secure(ep, { socket: raw, ...tlsOptions(ep, sni) }, 15_000);
+      r.attach(sock);
+      step = 'ehlo2';
+      await write(sock, 'EHLO client.soak.test\r\n', slow);
+      await expect(/^250 /);
+      if (/STARTTLS/.test(r.text.slice(-400))) {
+        out.result = 'perm';
+        out.kind = 'starttls-after-tls@ehlo2';
+        throw null;
+      }
     }
+    const conn: net.Socket = sock ?? raw;
     step = 'mail';
-    await write(sock, 'MAIL FROM:<sender@soak.test>\r\n', slow);
+    await write(conn, 'MAIL FROM:<sender@soak.test>\r\n', slow);
     await expect(/^250 /);
     step = 'rcpt';
-    await write(sock, 'RCPT TO:<rcpt@example.org>\r\n', slow);
+    await write(conn, 'RCPT TO:<rcpt@example.org>\r\n', slow);
     await expect(/^250 /);
     step = 'data';
-    await write(sock, 'DATA\r\n', slow);
+    await write(conn, 'DATA\r\n', slow);
     await expect(/^354 /);
     step = 'body';
     if (variant === 'reset') {
       // Hostile: an abrupt reset in the middle of the message text.
       const cut = Math.floor(msg.text.length * (0.1 + Math.random() * 0.8));
-      await write(sock, msg.text.slice(0, cut), false);
+      await write(conn, msg.text.slice(0, cut), false);
       await sleep(Math.random() * 50);
       raw.resetAndDestroy();
       out.result = 'aborted';
@@ -330,15 +334,15 @@ export async function smtpDelivery(ep: Endpoints, opts: DeliveryOptions = {}): P
     // Message text in chunks: a slow client trickles it (4 KiB every 20 ms).
     const chunk = slow ? 4096 : 65536;
     for (let i = 0; i < msg.text.length; i += chunk) {
-      if (sock.destroyed) throw new StepError('drop', 'closed while sending the message');
-      await write(sock, msg.text.slice(i, i + chunk), false);
+      if (conn.destroyed) throw new StepError('drop', 'closed while sending the message');
+      await write(conn, msg.text.slice(i, i + chunk), false);
       if (slow) await sleep(20);
     }
     await expect(/^250 /);
     // Accepted: from here on the outcome is "ok" whatever QUIT does.
     step = 'quit';
     try {
-      await write(sock, 'QUIT\r\n', false);
+      await write(conn, 'QUIT\r\n', false);
       await r.smtp(5000, 'quit');
     } catch {
       // The message is accepted; a lost 221 changes nothing.
