@@ -416,7 +416,8 @@ export async function imapSession(ep: Endpoints, variant: ImapSession['variant']
     }
     if (variant === 'reset') {
       await r.until((rest) => (rest.length > 100_000 ? rest.length : -1), 15_000, 'fetch (partial)');
-      sock.destroy(); // the TLS layer cannot RST; cut the raw socket below it
+      // Closed with the rest of the literal unread: the kernel answers with a reset.
+      sock.destroy();
       out.result = 'aborted';
       out.kind = 'client-reset@fetch';
       return out;

@@ -141,6 +141,11 @@ export class Session {
     this.summary.side = side;
     if (detail !== null) this.summary.detail = detail;
     const s = this.tlsSocket ?? this.socket;
+    // Whatever the client sent after the handshake will never be read (the session ends here):
+    // let it flow away. A TLS socket closed with decrypted data still waiting in it leaks native
+    // memory (~2.7 KB per session in the soak, e.g. an EHLO that arrives while the backend is
+    // down and the 421 goes out); V8's heap does not show it, RSS does.
+    this.tlsSocket?.resume();
     if (lastWords && s.writable) {
       // Flush the last words, then close at once: no waiting for the peer's FIN.
       s.write(lastWords);
