@@ -17,8 +17,8 @@
 // invariant fails.
 //
 //   node soak/run.ts [--seconds N] [--warmup N]      (or SOAK_SECONDS=N; default 60 s + 10 s warmup)
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, closeSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import http from 'node:http';
@@ -27,6 +27,8 @@ import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { stringify } from 'yaml';
 import { createCa, issueCert, type TestCa } from '../src/pki.ts';
+import { buildOnce } from '../test/helpers/build.ts';
+import { memoryAfterGc } from '../test/helpers/inspector.ts';
 import { imapBackend, smtpBackend, type HeldMessage, type RestartableServer } from './backends.ts';
 import { HOSTILE_KINDS, HOSTNAME, hostile, imapSession, realClientHello, smtpDelivery, type Delivery, type Endpoints, type HostileOutcome, type ImapSession } from './clients.ts';
 
@@ -70,23 +72,8 @@ const log = (s: string) => process.stderr.write(`[soak ${new Date().toISOString(
 
 // ---- build ----------------------------------------------------------------------------------
 
-function newest(dir: string): number {
-  let n = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    n = Math.max(n, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
-  }
-  return n;
-}
-
 function buildIfStale(): void {
-  let built = 0;
-  try {
-    built = statSync(join(ROOT, 'dist', 'cli.js')).mtimeMs;
-  } catch {}
-  if (built >= newest(join(ROOT, 'src'))) return;
-  log('dist/ is older than src/: npm run build');
-  execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'inherit' });
+  if (buildOnce({ verbose: true })) log('dist/ was older than src/: built');
 }
 
 // ---- the daemon -----------------------------------------------------------------------------
@@ -138,33 +125,10 @@ function parseMetrics(text: string): Sample[] {
 const sum = (samples: Sample[], name: string, labels: Record<string, string> = {}) =>
   samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
 
-/** A minimal Chrome DevTools Protocol client (postern started with --inspect): forced GC, then process.memoryUsage(). */
+/** postern's process.memoryUsage() after a forced GC, in MB (it runs with --inspect). */
 async function heapAfterGc(inspectPort: number): Promise<Record<string, number> | null> {
   try {
-    const list = JSON.parse((await httpGet(inspectPort, '/json/list')).body) as Array<{ webSocketDebuggerUrl: string }>;
-    const ws = new WebSocket(list[0]!.webSocketDebuggerUrl);
-    await new Promise((resolve, reject) => {
-      ws.onopen = resolve;
-      ws.onerror = reject;
-    });
-    let id = 0;
-    const call = (method: string, params: object = {}) =>
-      new Promise<any>((resolve) => {
-        const my = ++id;
-        const on = (ev: MessageEvent) => {
-          const m = JSON.parse(String(ev.data));
-          if (m.id === my) {
-            ws.removeEventListener('message', on);
-            resolve(m.result);
-          }
-        };
-        ws.addEventListener('message', on);
-        ws.send(JSON.stringify({ id: my, method, params }));
-      });
-    for (let i = 0; i < 3; i++) await call('HeapProfiler.collectGarbage');
-    const r = await call('Runtime.evaluate', { expression: 'JSON.stringify(process.memoryUsage())', returnByValue: true });
-    ws.close();
-    const mu = JSON.parse(r.result.value) as Record<string, number>;
+    const mu = await memoryAfterGc(inspectPort);
     return Object.fromEntries(Object.entries(mu).map(([k, v]) => [k, Math.round(v / 104857.6) / 10]));
   } catch (err) {
     log(`inspector: ${(err as Error).message}`);

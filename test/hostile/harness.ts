@@ -19,8 +19,8 @@
 //   expect(await d.metric('postern_starttls_injections_total', { listener: 'smtp' })).toBe(1);
 //   await goodClient(d, 'smtp', pki);
 //   expect(await d.fdsBackTo(base)).toBeLessThanOrEqual(base);
-import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
-import { readdirSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import http from 'node:http';
 import net from 'node:net';
@@ -43,29 +43,7 @@ export { readStream, startTls, type StreamReader };
 // ---------------------------------------------------------------------------------------------
 // Build
 
-function newestMtime(dir: string): number {
-  let newest = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    newest = Math.max(newest, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
-  }
-  return newest;
-}
-
-/**
- * `npm run build` when dist/ is missing or older than src/ (several test files, and other
- * helpers' test runs, share one dist/: building only when needed keeps them from racing).
- */
-export function buildOnce(): void {
-  let built = 0;
-  try {
-    built = statSync(join(ROOT, 'dist', 'cli.js')).mtimeMs;
-  } catch {
-    built = 0;
-  }
-  if (built >= newestMtime(join(ROOT, 'src'))) return;
-  execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'pipe' });
-}
+export { buildOnce } from '../helpers/build.ts';
 
 /** `postern <args>` to completion (startup failures, `check`): exit status, stdout, stderr. */
 export function runCli(args: string[], cwd: string, opts: { timeoutMs?: number; wrapper?: string[] } = {}): { status: number | null; stdout: string; stderr: string } {

@@ -7,7 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { makePki, type TestPki, type CertFiles } from '../helpers/certs.ts';
 import { scenario } from '../helpers/scenario.ts';
 import { startPostern, type RunningPostern } from '../helpers/postern.ts';
-import { startBackend, type RecordingBackend } from '../helpers/backend.ts';
+import { startBackend } from '../helpers/backend.ts';
 import { freePort } from '../helpers/ports.ts';
 import { tlsOk, tlsTry, readUntil, readToEnd } from '../helpers/clients.ts';
 import { startAdmin, readinessOf, type Readiness } from '../../src/admin.ts';

@@ -20,7 +20,7 @@ let backendPort: number;
 beforeAll(async () => {
   execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT });
   pki = await makePki();
-  const c = await pki.issue('mail', { names: ['mail.example.org'] });
+  await pki.issue('mail', { names: ['mail.example.org'] });
   const backend = await startBackend({ mode: 'smtp-echo' });
   backendPort = backend.port;
   port = await freePort();

@@ -5,7 +5,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { makePki, type TestPki, type CertFiles } from '../helpers/certs.ts';
 import { scenario } from '../helpers/scenario.ts';
-import { tlsOk, readUntil, readToEnd } from '../helpers/clients.ts';
+import { tlsOk, readToEnd } from '../helpers/clients.ts';
 
 let pki: TestPki;
 let certs: CertFiles[];
