@@ -249,7 +249,17 @@ async function main(): Promise<number> {
   const child: ChildProcess = spawn(process.execPath, [...(INSPECT ? [`--inspect=127.0.0.1:${inspectPort}`] : []), BIN, 'run', '-c', configFile], { cwd: work, stdio: ['ignore', logFd, logFd] });
   closeSync(logFd);
   let exited: { code: number | null; signal: string | null } | null = null;
-  child.once('exit', (code, signal) => (exited = { code, signal }));
+  let stopping = false;
+  child.once('exit', (code, signal) => {
+    exited = { code, signal };
+    // postern must never die during the soak: say so at once, with what it printed last (an
+    // uncaught error's stack, a native assertion), so that a CI log alone tells why.
+    if (!stopping) {
+      const tail = readFileSync(logFile, 'utf8').split('\n').slice(-60).join('\n');
+      console.error(`\nSOAK FAILED: postern (pid ${child.pid}) exited during the soak: code ${code}, signal ${signal}\nlast lines of ${logFile}:\n${tail}`);
+      process.exit(1);
+    }
+  });
   const pid = child.pid!;
   const killChild = () => {
     if (!exited) child.kill('SIGKILL');
@@ -499,6 +509,7 @@ async function main(): Promise<number> {
   ];
 
   // Graceful stop: SIGTERM, exit 0.
+  stopping = true;
   child.kill('SIGTERM');
   for (const by = Date.now() + 40_000; !exited && Date.now() < by; ) await sleep(100);
   const stopped = exited as { code: number | null; signal: string | null } | null;

@@ -120,6 +120,19 @@ export class Reloader {
   }
 
   private async attempt(trigger: 'sighup' | 'watch'): Promise<boolean> {
+    try {
+      return await this.tryReload(trigger);
+    } catch (err) {
+      // A reload runs from a signal or a file event, with nobody to hand an error to: anything
+      // unexpected in it must cost the reload, never the process and its sessions.
+      const { log, daemon } = this.opts;
+      log.error({ reason: 'reload_failed', trigger, error: (err as Error).stack ?? String(err) }, 'reload failed unexpectedly; still serving the last good configuration and certificates');
+      daemon.metrics.reloads.inc({ trigger, result: 'failed' });
+      return false;
+    }
+  }
+
+  private async tryReload(trigger: 'sighup' | 'watch'): Promise<boolean> {
     const { daemon, log, file } = this.opts;
     let v: Validated = this.opts.validate(file);
     for (let i = 1; !v.ok && i < this.opts.attempts; i++) {

@@ -18,9 +18,18 @@ export function dialBackend(backend: BackendConfig, timeoutMs: number, header: B
     }, timeoutMs);
     socket.once('connect', () => {
       clearTimeout(timer);
-      socket.off('error', onError);
       if (header) socket.write(header);
-      resolve({ ok: true, socket, connectMs: performance.now() - started });
+      // A backend that resets the connection between its accept and this write (it is stopping,
+      // or was killed with connections in its accept queue) fails the write at once; the socket
+      // then emits 'error' on the next tick, before the session's own handlers are on. onError
+      // stays until then and turns that into a failed dial: the client gets the protocol's
+      // goodbye, and the process does not die of an unhandled 'error' event.
+      process.nextTick(() => {
+        // (onError has resolved first when there was an error; this covers any other close.)
+        if (socket.destroyed) return resolve({ ok: false, reason: 'backend_unreachable', error: 'closed before the session started' });
+        socket.off('error', onError);
+        resolve({ ok: true, socket, connectMs: performance.now() - started });
+      });
     });
     const onError = (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);

@@ -25,8 +25,22 @@ export async function runCommand(file: string): Promise<number> {
   return runDaemon(file, v);
 }
 
+/**
+ * A bug that escapes (an uncaught exception, an unhandled rejection) still ends the process, as
+ * Node does by default: its state can no longer be trusted, and the container's restart policy
+ * (or the supervisor, for a worker) brings a fresh one. Before that, one fatal JSON line with a
+ * stable reason code, flushed, so that log pipelines see why; Node then prints the stack.
+ */
+function logFatalErrors(log: Logger) {
+  process.on('uncaughtExceptionMonitor', (err, origin) => {
+    log.fatal({ reason: 'internal_error', origin, error: err?.stack ?? String(err) }, 'internal error: exiting');
+    log.flush();
+  });
+}
+
 async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Promise<number> {
   const log = createLogger(v.config.log.level);
+  logFatalErrors(log);
   const worker = cluster.isWorker;
   if (!worker) for (const w of v.warnings) log.warn({ file: w.file, path: w.path }, formatConfigError(w));
   let daemon: Daemon;
@@ -124,6 +138,7 @@ function workerStatus(daemon: Daemon, health: BackendHealth): WorkerStatus {
 
 async function runSupervisor(config: PosternConfig): Promise<number> {
   const log = createLogger(config.log.level);
+  logFatalErrors(log);
   const sup = new Supervisor({ workers: config.workers, log, stopTimeoutMs: config.shutdown.drainTimeoutMs + 5000 });
   log.info({ workers: config.workers }, 'starting workers');
   sup.start();

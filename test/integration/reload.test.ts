@@ -150,6 +150,31 @@ describe('certificate reload', () => {
     expect(reloads.values.find((v) => v.labels.result === 'failed')?.value).toBeGreaterThanOrEqual(1);
   });
 
+  it('a reload that throws (not a config error: a bug, an I/O surprise) is logged and counted, and postern keeps serving', async () => {
+    const s = await setup();
+    const oldPem = norm((await handshake(s.port, s.ca.certPem)).pem!);
+    const sink = new Writable({ write(c: Buffer, _e, cb) { for (const l of c.toString().split('\n')) if (l) s.logs.push(JSON.parse(l)); cb(); } });
+    const throwing = new Reloader({
+      file: s.file,
+      daemon: s.daemon,
+      log: createLogger('info', sink),
+      validate: () => {
+        throw new Error('EIO while reading the configuration');
+      },
+    });
+    expect(await throwing.reload('sighup')).toBe(false);
+    const line = s.logs.find((l) => l.reason === 'reload_failed' && String(l.error).includes('EIO while reading'));
+    expect(line?.trigger).toBe('sighup');
+    expect(line?.level).toBe('error');
+    const reloads = await s.daemon.metrics.reloads.get();
+    expect(reloads.values.find((v) => v.labels.result === 'failed' && v.labels.trigger === 'sighup')?.value).toBe(1);
+    const r = await handshake(s.port, s.ca.certPem);
+    expect(r.ok).toBe(true);
+    expect(norm(r.pem!)).toBe(oldPem);
+    // The next reload, with nothing wrong, goes through.
+    expect(await s.reloader.reload('sighup')).toBe(true);
+  });
+
   it('a transfer that spans a reload completes', async () => {
     const s = await setup();
     const c = tls.connect({ port: s.port, host: '127.0.0.1', servername: NAME, ca: s.ca.certPem });
