@@ -288,23 +288,43 @@ async function main(): Promise<number> {
   const phase = async (ms: number) => {
     const until = Date.now() + ms;
     const running = () => Date.now() < until;
-    const loop = async (body: () => Promise<void>, pause: [number, number] = [0, 30]) => {
+    // Every loop is named; a loop still busy a minute after the phase should have ended is a hang
+    // in a client (or in postern): name it and fail, rather than wait for CI's time limit.
+    const busy = new Map<number, string>();
+    let loopId = 0;
+    const loop = async (name: string, body: (note: (what: string) => void) => Promise<void>, pause: [number, number] = [0, 30]) => {
+      const id = ++loopId;
+      busy.set(id, name);
+      const note = (what: string) => busy.set(id, `${name}: ${what}`);
       while (running()) {
-        await body();
+        await body(note);
         await sleep(rand(...pause));
       }
+      busy.delete(id);
     };
+    const track = async (name: string, p: Promise<void>) => {
+      const id = ++loopId;
+      busy.set(id, name);
+      await p;
+      busy.delete(id);
+    };
+    const watchdog = setTimeout(() => {
+      console.error(`\nSOAK FAILED: ${busy.size} client loop(s) still busy 60 s after the phase ended (a client or a session hangs):\n  ${[...busy.values()].join('\n  ')}`);
+      process.exit(1);
+    }, ms + 60_000);
     const loops: Promise<void>[] = [];
-    for (let i = 0; i < 6; i++) loops.push(loop(async () => void tally.deliveries.push(await smtpDelivery(ep))));
-    loops.push(loop(async () => void tally.deliveries.push(await smtpDelivery(ep, { variant: 'slow', size: 2000 + Math.floor(Math.random() * 30_000) }))));
-    loops.push(loop(async () => void tally.deliveries.push(await smtpDelivery(ep, { variant: 'slow-backend' }))));
-    loops.push(loop(async () => void tally.deliveries.push(await smtpDelivery(ep, { variant: 'plaintext' }))));
-    for (let i = 0; i < 3; i++) loops.push(loop(async () => void tally.imap.push(await imapSession(ep))));
-    loops.push(loop(async () => void tally.imap.push(await imapSession(ep, 'slow-reader'))));
+    for (let i = 0; i < 6; i++) loops.push(loop('SMTP delivery', async () => void tally.deliveries.push(await smtpDelivery(ep))));
+    loops.push(loop('SMTP delivery, slow client', async () => void tally.deliveries.push(await smtpDelivery(ep, { variant: 'slow', size: 2000 + Math.floor(Math.random() * 30_000) }))));
+    loops.push(loop('SMTP delivery, slow backend', async () => void tally.deliveries.push(await smtpDelivery(ep, { variant: 'slow-backend' }))));
+    loops.push(loop('SMTP delivery, plaintext', async () => void tally.deliveries.push(await smtpDelivery(ep, { variant: 'plaintext' }))));
+    for (let i = 0; i < 3; i++) loops.push(loop('IMAP session', async () => void tally.imap.push(await imapSession(ep))));
+    loops.push(loop('IMAP session, slow reader', async () => void tally.imap.push(await imapSession(ep, 'slow-reader'))));
     for (let i = 0; i < 3; i++) {
       loops.push(
-        loop(async () => {
-          const h = await hostile(ep, HOSTILE_KINDS[Math.floor(Math.random() * HOSTILE_KINDS.length)]!);
+        loop('hostile client', async (note) => {
+          const kind = HOSTILE_KINDS[Math.floor(Math.random() * HOSTILE_KINDS.length)]!;
+          note(kind);
+          const h = await hostile(ep, kind);
           tally.hostile.push(h);
           if (h.delivery) tally.deliveries.push(h.delivery);
         }),
@@ -312,7 +332,7 @@ async function main(): Promise<number> {
     }
     // Backend restarts: every 3-6 s one backend (or both) is killed and comes back 0.5-2 s later.
     loops.push(
-      (async () => {
+      track('backend restarts', (async () => {
         let turn = 0;
         while (running()) {
           await sleep(rand(3000, 6000));
@@ -330,11 +350,11 @@ async function main(): Promise<number> {
             tally.outages.push({ backend: w, from, to: Date.now() });
           }
         }
-      })(),
+      })()),
     );
     // Certificate reloads: a freshly issued certificate every 3-5 s; every third one also SIGHUP.
     loops.push(
-      (async () => {
+      track('certificate writes', (async () => {
         while (running()) {
           await sleep(rand(3000, 5000));
           if (!running()) break;
@@ -346,9 +366,10 @@ async function main(): Promise<number> {
             tally.sighups++;
           }
         }
-      })(),
+      })()),
     );
     await Promise.all(loops);
+    clearTimeout(watchdog);
   };
 
   /** Every client finished; waits until postern holds no session, then a quiet moment; measures. */
