@@ -60,6 +60,12 @@ const WARMUP = Number(option('warmup') ?? process.env.SOAK_WARMUP ?? 10);
  */
 const INSPECT = !process.argv.includes('--no-inspect') && process.env.SOAK_INSPECT !== '0';
 const HEAP_TOLERANCE_MB = 10;
+/**
+ * SOAK_GC_EVERY=N (seconds, long runs): also force a GC every N s during the soak and log RSS and
+ * V8 heap after it, to tell a steady leak (a straight climb) from allocator high water (a
+ * plateau). Each forced GC pauses postern for a moment.
+ */
+const GC_EVERY_S = Number(process.env.SOAK_GC_EVERY ?? 0);
 if (!(SECONDS > 0) || !(WARMUP >= 0)) {
   console.error('usage: node soak/run.ts [--seconds N] [--warmup N]   (SOAK_SECONDS, SOAK_WARMUP)');
   process.exit(2);
@@ -416,8 +422,20 @@ async function main(): Promise<number> {
     const ok = tally.deliveries.filter((d) => d.result === 'ok').length;
     log(`${Math.round((Date.now() - t1) / 1000)} s: ${tally.deliveries.length} deliveries (${ok} ok), ${tally.imap.length} IMAP, ${tally.hostile.length} hostile, ${tally.restarts.smtp! + tally.restarts.imap!} backend kills, ${tally.certWrites} cert writes; postern RSS ${(procStatus(pid).rssKb / 1024).toFixed(1)} MB, ${procStatus(pid).fds} fds`);
   }, 10_000);
+  const gcTrace: Array<{ s: number; rssMb: number; heapUsedMb: number | undefined }> = [];
+  const gcTimer = INSPECT && GC_EVERY_S > 0
+    ? setInterval(() => {
+      void heapAfterGc(inspectPort).then((heap) => {
+        if (!heap || exited) return;
+        const point = { s: Math.round((Date.now() - t1) / 1000), rssMb: Number(mb(procStatus(pid).rssKb)), heapUsedMb: heap.heapUsed };
+        gcTrace.push(point);
+        log(`${point.s} s: after a forced GC: RSS ${point.rssMb} MB, V8 heap used ${point.heapUsedMb} MB`);
+      });
+    }, GC_EVERY_S * 1000)
+    : null;
   await phase(SECONDS * 1000);
   clearInterval(progress);
+  if (gcTimer) clearInterval(gcTimer);
   const soakMs = Date.now() - t1;
   log('all clients finished; checking');
 
@@ -592,6 +610,7 @@ async function main(): Promise<number> {
       rssMb: { baseline: Number(mb(base.rssKb)), end: Number(mb(end.rssKb)), tolerance: RSS_TOLERANCE_MB },
       rssAfterForcedGcMb: base.rssAfterGcKb !== null && end.rssAfterGcKb !== null ? { baseline: Number(mb(base.rssAfterGcKb)), end: Number(mb(end.rssAfterGcKb)) } : null,
       v8HeapAfterForcedGcMb: base.heap && end.heap ? { baseline: base.heap, end: end.heap } : null,
+      rssAfterForcedGcDuringSoak: gcTrace,
       fds: { baseline: base.fds, end: end.fds, tolerance: FD_TOLERANCE },
       closedByReason: closed,
       reloads,
