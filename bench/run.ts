@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { CpuMeter, runCapture, sleep, spawnPinned, stopProc, treeRss, waitPort, which, round, type CpuUse, type Proc } from './lib/proc.ts';
 import { TARGETS, type BenchContext, type Target } from './lib/targets.ts';
-import { bulk, closeAll, openIdleSessions, sanityCheck, starttlsLoop, type Endpoint } from './lib/clients.ts';
+import { bulk, closeAll, negotiatedGroup, openIdleSessions, sanityCheck, starttlsLoop, type Endpoint } from './lib/clients.ts';
 import { runWrk, wrkErrorCount, type WrkResult } from './lib/wrk.ts';
 import {
   METRICS, absoluteTable, checkAgainstNode, checkTargets, checksTable, ratioTable, summarize, svgChart,
@@ -38,17 +38,20 @@ const USAGE = `usage: node bench/run.ts [--quick] [--only NAME,...] [--tests NAM
   --runs N           repetitions (default 3; quick 1); the median is reported
   --postern-dir DIR  the postern checkout to run (default: this repository; dist/ must be built)
   --keep             keep the scratch folder (configs, logs) and print its path
+  --kex GROUPS       key exchange the idle sessions of the memory test offer (default X25519: what
+                     wrk and every peer on Debian 12's OpenSSL 3.0 negotiate; X25519MLKEM768 is
+                     what a Node 24 or OpenSSL 3.5 client gets from postern, ~15 KB more a session)
 environment: BENCH_LOG=warn runs postern without its per-connection log line (what logging costs)`;
 
 interface Options {
   quick: boolean; only: string[] | null; tests: Set<Test>; runs: number; posternDir: string; keep: boolean;
   seconds: number; warmupSeconds: number; idleSessions: number; bulkBytes: number; bulkTransfers: number;
   wrkConnections: number; smtpClients: number; handshakeParallel: number;
-  quietWindowMs: number; quietMaxWaitMs: number; retries: number;
+  quietWindowMs: number; quietMaxWaitMs: number; retries: number; kex: string;
 }
 
 function parseArgs(argv: string[]): Options {
-  let quick = false, keep = false, only: string[] | null = null, runs: number | null = null;
+  let quick = false, keep = false, only: string[] | null = null, runs: number | null = null, kex = 'X25519';
   let posternDir = REPO_DIR;
   let tests = new Set<Test>(TESTS);
   for (let i = 0; i < argv.length; i++) {
@@ -69,6 +72,7 @@ function parseArgs(argv: string[]): Options {
       tests = new Set(list as Test[]);
     }
     else if (a === '--runs') runs = Number(val());
+    else if (a === '--kex') kex = val();
     else if (a === '--postern-dir') posternDir = path.resolve(val());
     else if (a === '--help' || a === '-h') { console.log(USAGE); process.exit(0); }
     else { console.error(`unknown argument ${a}\n${USAGE}`); process.exit(2); }
@@ -92,6 +96,7 @@ function parseArgs(argv: string[]): Options {
     quietWindowMs: quick ? 200 : 500,
     quietMaxWaitMs: quick ? 1000 : 60_000,
     retries: quick ? 0 : 2,
+    kex,
   };
 }
 
@@ -319,11 +324,15 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
   // N idle sessions (each has sent one request, so the backend connection exists too).
   if (pid !== null && o.tests.has('memory')) {
     try {
-      const warm = await openIdleSessions(ep, 20, 10, 10_000);
+      // The same key exchange for every target: a Node 24 client offers X25519MLKEM768 first, which
+      // postern and bare Node (OpenSSL 3.5) accept and the peers (OpenSSL 3.0) cannot; a hybrid
+      // session holds ~15 KB more (bench/NOTES.md), so defaults would compare unlike things.
+      const kex = { ecdhCurve: o.kex };
+      const warm = await openIdleSessions(ep, 20, 10, 10_000, kex);
       await closeAll(warm.sockets);
       await sleep(o.quick ? 300 : 1000);
       const rss0 = treeRss(pid);
-      const held = await openIdleSessions(ep, o.idleSessions, o.handshakeParallel, o.quick ? 30_000 : 120_000);
+      const held = await openIdleSessions(ep, o.idleSessions, o.handshakeParallel, o.quick ? 30_000 : 120_000, kex);
       try {
         if (held.failed > 0) throw new Error(`${held.failed} of ${o.idleSessions} sessions failed (${held.lastError})`);
         await sleep(o.quick ? 300 : 1000);
@@ -333,8 +342,8 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
         const rss1 = samples[1]!;
         const kb = (rss1 - rss0) / 1024 / held.sockets.length;
         rec.measurements.idleSessionKB = { value: kb, cpu: null, limitedBy: 'neither', disturbed: false,
-          detail: { sessions: held.sockets.length, rssBeforeBytes: rss0, rssHoldingBytes: rss1 } };
-        say(`mem ${kb.toFixed(1)} KB  `);
+          detail: { sessions: held.sockets.length, rssBeforeBytes: rss0, rssHoldingBytes: rss1, kex: negotiatedGroup(held.sockets[0]) } };
+        say(`mem ${kb.toFixed(1)} KB (${negotiatedGroup(held.sockets[0]) ?? 'tcp'})  `);
       } finally {
         await closeAll(held.sockets);
       }

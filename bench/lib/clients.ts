@@ -141,7 +141,7 @@ export async function bulk(ep: Endpoint, direction: 'upload' | 'download', bytes
  * Opens n sessions through the target (at most `parallel` handshakes at a time), each with one
  * request and its answer so that the backend connection exists too, and leaves them idle.
  */
-export async function openIdleSessions(ep: Endpoint, n: number, parallel: number, timeoutMs: number): Promise<{ sockets: net.Socket[]; failed: number; lastError: string | null }> {
+export async function openIdleSessions(ep: Endpoint, n: number, parallel: number, timeoutMs: number, tlsOpts: tls.ConnectionOptions = {}): Promise<{ sockets: net.Socket[]; failed: number; lastError: string | null }> {
   const sockets: net.Socket[] = [];
   let failed = 0;
   let lastError: string | null = null;
@@ -151,7 +151,7 @@ export async function openIdleSessions(ep: Endpoint, n: number, parallel: number
     while (next < n && Date.now() < deadline) {
       next++;
       try {
-        const s = await withTimeout(connect(ep), 10_000, 'connect');
+        const s = await withTimeout(connect(ep, tlsOpts), 10_000, 'connect');
         s.on('error', () => {});
         sockets.push(s);
         s.write(GET);
@@ -164,6 +164,11 @@ export async function openIdleSessions(ep: Endpoint, n: number, parallel: number
   };
   await Promise.all(Array.from({ length: parallel }, worker));
   return { sockets, failed, lastError };
+}
+
+/** The key exchange group a TLS session negotiated ("X25519", "X25519MLKEM768"), null for TCP. */
+export function negotiatedGroup(s: net.Socket | undefined): string | null {
+  return s instanceof tls.TLSSocket ? (s.getEphemeralKeyInfo() as { name?: string } | null)?.name ?? null : null;
 }
 
 export async function closeAll(sockets: net.Socket[]): Promise<void> {
