@@ -1,14 +1,19 @@
 #!/usr/bin/env node
 // The compiled CLI lives in dist/ (built by `npm ci` through the prepare script).
 //
-// V8's allocation-site pretenuring misjudges postern: after the config and certificates are
-// loaded, short-lived stream objects get allocated in the old generation, and a keep-alive load
-// then runs a full mark-compact every ~200 ms (p99 latency 16 ms instead of 4 ms, ~10% fewer
-// requests per second; bench/NOTES.md). The flag cannot be changed once V8 runs, so the process
-// replaces itself (execve: same pid, same descriptors) with the flag set. Set
-// POSTERN_V8_DEFAULTS=1 to keep V8's defaults.
-const FLAG = '--no-allocation-site-pretenuring';
-if (!process.execArgv.includes(FLAG) && !process.env.POSTERN_V8_DEFAULTS && typeof process.execve === 'function') {
-  process.execve(process.execPath, [process.execPath, FLAG, ...process.execArgv, ...process.argv.slice(1)], process.env);
+// Two V8 defaults misjudge a proxy like postern (bench/NOTES.md has the measurements):
+// - allocation-site pretenuring: after the config and certificates are loaded, short-lived
+//   stream objects get allocated in the old generation, and a keep-alive load then runs a full
+//   mark-compact every ~200 ms (p99 latency 16 ms instead of 4 ms, ~10% fewer requests/s);
+// - the young generation's cap, raised from 8 to 32 MB in V8 13.6 (Node 24): V8 scavenges for
+//   young ArrayBuffer memory only after 2 x that cap, later than its 64 MB external-memory
+//   limit, so the Buffers of a TLS stream are freed by full mark-compacts instead of cheap
+//   scavenges (nodejs/node#61967).
+// Flags cannot be changed once V8 runs, so the process replaces itself (execve: same pid, same
+// descriptors) with them set. Set POSTERN_V8_DEFAULTS=1 to keep V8's defaults.
+const FLAGS = ['--no-allocation-site-pretenuring', '--scavenger-max-new-space-capacity-mb=8'];
+const missing = FLAGS.filter((f) => !process.execArgv.includes(f));
+if (missing.length > 0 && !process.env.POSTERN_V8_DEFAULTS && typeof process.execve === 'function') {
+  process.execve(process.execPath, [process.execPath, ...missing, ...process.execArgv, ...process.argv.slice(1)], process.env);
 }
 await import('../dist/cli.js');

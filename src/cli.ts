@@ -1,9 +1,8 @@
 // Command line: parses flags and calls into run / check / demo. Nothing else lives here.
+// Each command's module is loaded when that command runs: the demo's certificate authority
+// (@peculiar/x509 and its dependencies) alone is ~4 MB of V8 heap, which a running daemon would
+// otherwise carry and walk through in every full GC.
 import { Command, Option } from 'commander';
-import { runCommand } from './commands/run.ts';
-import { checkCommand } from './commands/check.ts';
-import { demoCommand } from './commands/demo.ts';
-import { explainCommand } from './commands/explain.ts';
 
 const configOption = () =>
   new Option('-c, --config <file>', 'configuration file').env('POSTERN_CONFIG').default('./postern.yaml');
@@ -18,6 +17,7 @@ program
   .description('run the daemon (SIGTERM/SIGINT stop it, SIGHUP reloads certificates)')
   .addOption(configOption())
   .action(async (opts: { config: string }) => {
+    const { runCommand } = await import('./commands/run.ts');
     process.exitCode = await runCommand(opts.config);
   });
 
@@ -26,7 +26,8 @@ program
   .description('validate the configuration and certificates, and show which certificate serves each listener')
   .addOption(configOption())
   .option('--json', 'print the result as JSON')
-  .action((opts: { config: string; json?: boolean }) => {
+  .action(async (opts: { config: string; json?: boolean }) => {
+    const { checkCommand } = await import('./commands/check.ts');
     process.exitCode = checkCommand(opts.config, { json: opts.json === true });
   });
 
@@ -38,7 +39,8 @@ program
   .option('--sni <name>', 'the SNI the client sends (omit for a ClientHello without SNI)')
   .option('--alpn <list>', 'comma-separated ALPN protocols the client offers')
   .option('--json', 'print the result as JSON')
-  .action((opts: { config: string; listener?: string; sni?: string; alpn?: string; json?: boolean }) => {
+  .action(async (opts: { config: string; listener?: string; sni?: string; alpn?: string; json?: boolean }) => {
+    const { explainCommand } = await import('./commands/explain.ts');
     process.exitCode = explainCommand(opts.config, { listener: opts.listener, sni: opts.sni, alpn: opts.alpn?.split(',').filter(Boolean), json: opts.json === true });
   });
 
@@ -47,6 +49,7 @@ program
   .description('start a self-contained demo: throwaway CA, built-in backends, a strict and a fallback listener')
   .option('--host <address>', 'loopback address to listen on', '127.0.0.1')
   .action(async (opts: { host: string }) => {
+    const { demoCommand } = await import('./commands/demo.ts');
     process.exitCode = await demoCommand(opts);
   });
 

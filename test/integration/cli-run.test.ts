@@ -2,7 +2,7 @@
 // with a good and a bad configuration, plus openssl s_client against the running daemon.
 import { describe, it, expect, beforeAll } from 'vitest';
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import { makePki, type TestPki } from '../helpers/certs.ts';
@@ -101,6 +101,10 @@ describe('postern CLI', () => {
     while (!out.includes('"listening"') && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
     const s = spawnSync('openssl', ['s_client', '-brief', '-connect', `127.0.0.1:${port}`, '-servername', 'mail.example.org', '-CAfile', pki.caFile, '-verify_return_error', '-alpn', 'smtp'], { input: 'QUIT\r\n', encoding: 'utf8', timeout: 10_000 });
     expect(s.stderr + s.stdout).toContain('Verification: OK');
+    // bin/postern.js re-executed itself (same pid) with the V8 flags it needs (bench/NOTES.md).
+    const argv = readFileSync(`/proc/${p.pid}/cmdline`, 'utf8').split('\0');
+    expect(argv).toContain('--no-allocation-site-pretenuring');
+    expect(argv).toContain('--scavenger-max-new-space-capacity-mb=8');
     const refused = spawnSync('openssl', ['s_client', '-brief', '-connect', `127.0.0.1:${port}`, '-servername', 'unknown.example.net', '-CAfile', pki.caFile], { input: '', encoding: 'utf8', timeout: 10_000 });
     expect(refused.stderr + refused.stdout).toMatch(/alert number 112|unrecognized name/);
     p.kill('SIGTERM');
