@@ -13,7 +13,7 @@ import { TARGETS, type BenchContext, type Target } from './lib/targets.ts';
 import { bulk, closeAll, negotiatedGroup, openIdleSessions, sanityCheck, starttlsLoop, type Endpoint } from './lib/clients.ts';
 import { runWrk, wrkErrorCount, type WrkResult } from './lib/wrk.ts';
 import {
-  METRICS, absoluteTable, checkAgainstNode, checkTargets, checksTable, ratioTable, summarize, svgChart,
+  METRICS, absoluteTable, checkAgainstNode, checkTargets, checksTable, ratioTable, summarize, benchChart,
   type Limit, type Measurement, type MetricKey, type RunRecord, type TargetSummary,
 } from './lib/report.ts';
 
@@ -341,9 +341,10 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
         samples.sort((a, b) => a - b);
         const rss1 = samples[1]!;
         const kb = (rss1 - rss0) / 1024 / held.sockets.length;
+        const group = negotiatedGroup(held.sockets[0]);
         rec.measurements.idleSessionKB = { value: kb, cpu: null, limitedBy: 'neither', disturbed: false,
-          detail: { sessions: held.sockets.length, rssBeforeBytes: rss0, rssHoldingBytes: rss1, kex: negotiatedGroup(held.sockets[0]) } };
-        say(`mem ${kb.toFixed(1)} KB (${negotiatedGroup(held.sockets[0]) ?? 'tcp'})  `);
+          detail: { sessions: held.sockets.length, rssBeforeBytes: rss0, rssHoldingBytes: rss1, kex: group } };
+        say(`mem ${kb.toFixed(1)} KB (${group ?? 'tcp'})  `);
       } finally {
         await closeAll(held.sockets);
       }
@@ -578,14 +579,10 @@ async function main(): Promise<number> {
   };
   fs.writeFileSync(jsonFile, JSON.stringify(result, null, 1) + '\n');
   const svgFile = path.join(resultsDir, `latest${suffix}.svg`);
-  const versions = available.filter((a) => a.t.kind === 'proxy').map((a) => `${a.t.name} ${a.version.split(' (')[0]}`).join(', ');
-  fs.writeFileSync(svgFile, svgChart(summaries,
-    `TLS termination, one core each, TLS 1.3, ECDSA P-256 (${o.quick ? 'QUICK MODE, not a baseline' : `median of ${o.runs} runs`})`,
-    [
-      `${started.toISOString().slice(0, 10)}, ${env.cpuModel}, ${env.cpus} CPUs, Linux ${env.kernel}; proxies on core ${PROXY_CORE}, wrk/backend/clients on core ${CLIENT_CORE}.`,
-      versions,
-      `direct = the backend in plaintext without a proxy (the ceiling). Data: ${path.relative(REPO_DIR, jsonFile)}`,
-    ]));
+  fs.writeFileSync(svgFile, benchChart(summaries, {
+    date: result.date, mode: result.mode, runs: o.runs, cpuModel: env.cpuModel, cpus: env.cpus, kernel: env.kernel,
+    proxyCore: PROXY_CORE, clientCore: CLIENT_CORE, versions: result.versions, dataFile: path.relative(REPO_DIR, jsonFile),
+  }));
   console.log(`Wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), svgFile)}`);
   if (o.keep) console.log(`Scratch folder kept: ${scratch}`);
   await cleanup();

@@ -188,10 +188,9 @@ function secure(ep: Endpoints, opts: tls.ConnectionOptions, timeoutMs: number): 
 
 async function write(s: net.Socket, data: string | Buffer, slow: boolean): Promise<void> {
   if (!slow) {
+    // A socket already closed never emits 'drain' nor 'close' again: waiting on it would never end.
     if (s.destroyed) throw new StepError('drop', 'write: closed');
-    // A socket that closes during this write never emits 'drain', and its 'close' may already
-    // have been emitted: without the `closed` check this await would never end.
-    if (!s.write(data) && !s.closed) await new Promise<void>((r) => {
+    if (!s.write(data)) await new Promise<void>((r) => {
       const done = () => {
         s.off('drain', done);
         s.off('close', done);

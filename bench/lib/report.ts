@@ -187,6 +187,34 @@ function color(name: string): string {
   return '#495057';
 }
 
+/** What the chart's title and footer say about a run (also read back from a results file). */
+export interface ChartRun {
+  date: string;
+  mode: string;
+  runs: number;
+  cpuModel: string;
+  cpus: number;
+  kernel: string;
+  proxyCore: number;
+  clientCore: number;
+  /** Version per target name; `direct` (the ceiling) is left out of the footer. */
+  versions: Record<string, string>;
+  /** The results file, relative to the repository. */
+  dataFile: string;
+}
+
+/** The benchmark's chart: the same from `npm run bench` and from `bench/chart.ts`. */
+export function benchChart(targets: TargetSummary[], r: ChartRun): string {
+  const versions = Object.entries(r.versions).filter(([name]) => name !== 'direct').map(([name, v]) => `${name} ${v.split(' (')[0]}`).join(', ');
+  return svgChart(targets,
+    `TLS termination, one core each, TLS 1.3, ECDSA P-256 (${r.mode === 'quick' ? 'QUICK MODE, not a baseline' : `median of ${r.runs} runs`})`,
+    [
+      `${r.date.slice(0, 10)}, ${r.cpuModel}, ${r.cpus} CPUs, Linux ${r.kernel}; proxies on core ${r.proxyCore}, wrk/backend/clients on core ${r.clientCore}.`,
+      versions,
+      `direct = the backend in plaintext without a proxy (the ceiling). Data: ${r.dataFile}`,
+    ]);
+}
+
 /** Small multiples: one horizontal bar panel per figure, absolute medians, ratio to HAProxy. */
 export function svgChart(targets: TargetSummary[], title: string, footer: string[]): string {
   const keys: MetricKey[] = ['handshakesPerSec', 'handshakesPerCoreSec', 'keepAliveReqPerSec', 'keepAlivePerCoreSec',
