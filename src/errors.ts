@@ -53,5 +53,11 @@ export const CloseReason = {
   proxyHeaderInvalid: 'proxy_header_invalid',
   /** postern is shutting down. */
   shutdown: 'shutdown',
+  /** A fault inside postern (an exception) ended this session; logged with its stack. */
+  internalError: 'internal_error',
+  /** The backend did not answer within timeouts.backendReply (greeting, 354, "+", pipelined replies). */
+  backendReplyTimeout: 'backend_reply_timeout',
+  /** More commands in the pre-TLS dialogue than any client needs (lines.ts MAX_COMMANDS). */
+  tooManyCommands: 'too_many_commands',
 } as const;
 export type CloseReason = (typeof CloseReason)[keyof typeof CloseReason];

@@ -1,19 +1,16 @@
-// One net.Server per configured listener. It accepts, starts a Session, and hands the socket to
-// the right entry point: at once into the TLS path for implicit TLS, or to a STARTTLS prelude.
+// One net.Server per configured listener. It accepts, counts, and runs each connection as a
+// session (src/session.ts runSession) with this listener's prelude, limits and protocol words.
 import net from 'node:net';
-import type { SessionEnv } from './session.ts';
-import { Session } from './session.ts';
+import type { SessionEnv, SessionDeps } from './session.ts';
+import { Session, runSession } from './session.ts';
 import { CloseReason } from './errors.ts';
-import { clientKey, inNetworks } from './net/address.ts';
-import { readInboundProxy } from './net/accept-proxy.ts';
+import { clientKey } from './net/address.ts';
+import type { Prelude } from './starttls/prelude.ts';
+import type { ProtocolWords } from './starttls/types.ts';
+import { wordsFor } from './starttls/protocols.ts';
+import type { ListenerConfig } from './config/types.ts';
 
-export interface Prelude {
-  /** Speaks the pre-TLS dialogue, then calls session.secureAndProxy() (or hands over plaintext). */
-  run(session: Session): void;
-  /** Resolves when the prelude is ready to serve (e.g. its first capability probe is done). */
-  ready?(): Promise<void>;
-  stop?(): void;
-}
+export type { Prelude };
 
 export class Listener {
   readonly server: net.Server;
@@ -23,6 +20,8 @@ export class Listener {
   private readonly perClient = new Map<string, number>();
   readonly env: SessionEnv;
   private readonly prelude: Prelude | null;
+  /** The protocol's words for the listener's current settings (a reload may change the hostname). */
+  private words: { config: ListenerConfig; words: ProtocolWords | null } | null = null;
 
   constructor(env: SessionEnv, prelude: Prelude | null) {
     this.env = env;
@@ -57,58 +56,52 @@ export class Listener {
   }
 
   private accept(socket: net.Socket) {
-    const session = new Session(socket, this.env);
+    const { metrics, log } = this.env;
+    const name = this.env.listener.name;
+    const config = this.env.listener;
+    if (this.words?.config !== config) this.words = { config, words: wordsFor(config.protocol, config.hostname) };
+    const session = new Session(socket, this.env, this.words.words);
     this.sessions.add(session);
-    this.env.metrics.accepted.inc({ listener: session.listener.name });
-    this.env.metrics.active.inc({ listener: session.listener.name });
-    session.onFinish = () => {
+    metrics.accepted.inc({ listener: name });
+    metrics.active.inc({ listener: name });
+    let release: (() => void) | null = null;
+    const deps: SessionDeps = {
+      prelude: this.prelude,
+      admit: (s) => {
+        const r = this.admit(s);
+        if (typeof r === 'function') {
+          release = r;
+          return null;
+        }
+        return r;
+      },
+    };
+    const done = () => {
+      release?.();
       this.sessions.delete(session);
-      this.env.metrics.active.dec({ listener: session.listener.name });
+      metrics.active.dec({ listener: name });
       if (this.sessions.size === 0) for (const w of this.idleWaiters.splice(0)) w();
     };
-    void this.admit(session);
+    // runSession never rejects (its own boundary catches); should it ever, the bookkeeping still runs.
+    runSession(session, deps).then(done, (err: unknown) => {
+      log.error({ listener: name, reason: CloseReason.internalError, error: err instanceof Error ? err.stack : String(err) }, 'session runner failed');
+      done();
+    });
   }
 
-  /** The load balancer's PROXY header (when expected), the limits, then the protocol. */
-  private async admit(session: Session) {
-    const l = session.listener;
-    const socket = session.socket;
-    if (l.acceptProxyProtocol && inNetworks(socket.remoteAddress ?? '', l.acceptProxyProtocol.from)) {
-      const r = await readInboundProxy(socket);
-      if (r.kind === 'closed') return session.abort(CloseReason.clientGone, 'client');
-      if (r.kind === 'invalid') {
-        this.env.log.warn({ listener: l.name, peer: socket.remoteAddress, reason: CloseReason.proxyHeaderInvalid, detail: r.reason }, 'PROXY header required from this network');
-        return session.abort(CloseReason.proxyHeaderInvalid, 'client', r.reason);
-      }
-      // LOCAL (a health check) and UNKNOWN keep the load balancer's own address.
-      if (r.header.command === 'PROXY' && r.header.source) session.setClient(r.header.source, r.header.destination);
-    }
-    const refusal = this.overLimit(session);
-    if (refusal) {
-      const words = l.protocol === 'smtp' && l.tls === 'starttls' ? Buffer.from(`421 4.7.0 ${l.hostname} Too many connections, try again later\r\n`) : null;
-      this.env.log.warn({ listener: l.name, client: session.client.address, reason: refusal }, 'connection limit reached');
-      return session.abort(refusal, 'client', null, words);
-    }
-    if (this.prelude) this.prelude.run(session);
-    else void session.secureAndProxy();
-  }
-
-  /** Counts the session against the limits; the reason code when it is one too many. */
-  private overLimit(session: Session): CloseReason | null {
+  /** Counts the session against the limits: its release, or the reason code when it is one too many. */
+  private admit(session: Session): (() => void) | CloseReason {
     const { limits } = session.listener;
     if (this.sessions.size > limits.maxConnections) return CloseReason.tooManyConnections;
     const key = clientKey(session.client.address);
     const n = (this.perClient.get(key) ?? 0) + 1;
     if (n > limits.maxConnectionsPerClient) return CloseReason.tooManyFromClient;
     this.perClient.set(key, n);
-    const done = session.onFinish;
-    session.onFinish = (s) => {
+    return () => {
       const left = (this.perClient.get(key) ?? 1) - 1;
       if (left === 0) this.perClient.delete(key);
       else this.perClient.set(key, left);
-      done?.(s);
     };
-    return null;
   }
 
   /** Stops accepting; open sessions are left to the caller (drain or stop). */

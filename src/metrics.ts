@@ -71,6 +71,12 @@ export class Metrics {
     labelNames: ['file', 'name'] as const,
     registers: [this.registry],
   });
+  readonly internalErrors = new Counter({
+    name: 'postern_internal_errors_total',
+    help: 'Sessions ended by a fault inside postern (an exception, logged with its stack), by listener',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
   readonly starttlsInjections = new Counter({
     name: 'postern_starttls_injections_total',
     help: 'Bytes pipelined after STARTTLS that were discarded (CVE-2011-0411), by listener',

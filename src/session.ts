@@ -1,9 +1,13 @@
-// One client connection from accept to close:
-//   [prelude] -> peek ClientHello -> ALPN + SNI policy -> handshake -> backend -> splice -> summary
-// The implicit-TLS listener enters at secureAndProxy() at once; a STARTTLS prelude enters it
-// after its own dialogue, with the same socket. Only this file and the listener own sockets.
+// One client connection from accept to close. runSession() walks the stages in order, top to
+// bottom, and is the only place that turns their outcomes into the session's end:
+//   [PROXY header from a load balancer] -> limits -> [STARTTLS prelude] -> peek ClientHello
+//   -> ALPN + SNI policy -> handshake -> dial the backend -> splice -> summary
+// Its try/catch is the one boundary that matters: anything thrown by any stage, or by a handler
+// a stage installed, ends this session with reason internal_error (logged with its stack,
+// counted, the protocol's "try later" where it can be said) and never the process. Session holds
+// the connection's state: its sockets, the summary line, the current deadline and how to close.
 import type { Socket } from 'node:net';
-import tls from 'node:tls';
+import type tls from 'node:tls';
 import type { BackendConfig, ListenerConfig } from './config/types.ts';
 import type { CertStore } from './tls/certstore.ts';
 import type { Logger } from './log.ts';
@@ -12,20 +16,15 @@ import { CloseReason, type Side } from './errors.ts';
 import { peekClientHello } from './tls/peek.ts';
 import { decide, type SniClass, type Decision } from './tls/sni-policy.ts';
 import { alertRecord, ALERT_NAMES, ALERT_DECODE_ERROR, ALERT_ILLEGAL_PARAMETER, ALERT_RECORD_OVERFLOW } from './tls/alerts.ts';
+import { startHandshake } from './tls/handshake.ts';
 import { escapeForLog, patternCovers } from './tls/names.ts';
 import { dialBackend } from './backend/connect.ts';
 import { encodeProxyV1, encodeProxyV2 } from './backend/proxy-protocol.ts';
-import { splice } from './splice.ts';
-import type { SessionFilter } from './starttls/types.ts';
-
-export interface SecureOptions {
-  /** Set after STARTTLS: plaintext where the ClientHello belongs is an injection attempt. */
-  afterStarttls: boolean;
-  /** The after-TLS filter of the STARTTLS protocol; null for implicit TLS. */
-  filter: SessionFilter | null;
-}
-
-const IMPLICIT: SecureOptions = { afterStarttls: false, filter: null };
+import { readInboundProxy } from './net/accept-proxy.ts';
+import { inNetworks } from './net/address.ts';
+import { splice, type Splice } from './splice.ts';
+import type { Prelude } from './starttls/prelude.ts';
+import type { ProtocolWords, SessionFilter } from './starttls/types.ts';
 
 /** What a session needs from the daemon; `store()` is read per connection so reloads apply at once. */
 export interface SessionEnv {
@@ -33,6 +32,13 @@ export interface SessionEnv {
   store(): CertStore;
   log: Logger;
   metrics: Metrics;
+}
+
+/** What the listener gives each session: its prelude and its limits. */
+export interface SessionDeps {
+  prelude: Prelude | null;
+  /** Counts the session against the limits (by its real client): a refusal's reason, or null. */
+  admit(s: Session): CloseReason | null;
 }
 
 /** The fields of the one summary line written when the connection closes. */
@@ -57,34 +63,56 @@ export interface Summary {
   detail: string | null;
 }
 
+/** How a stage ended the session: the reason, who caused it, and the last words to the client. */
+export interface Ending {
+  reason: CloseReason;
+  side: Side | null;
+  detail?: string | null;
+  words?: Buffer | string | null;
+}
+
+/**
+ * Where the client is: in plaintext (a STARTTLS listener's dialogue, or a handed-off plaintext
+ * session), in the TLS handshake (nothing can be said), or in the TLS session.
+ */
+type Phase = 'plain' | 'handshake' | 'secure';
+
+/** After the last words, how long a client that does not read them may keep the socket. */
+const LAST_WORDS_MS = 2000;
+
 let nextId = 1;
 
 export class Session {
   readonly summary: Summary;
-  private readonly started = performance.now();
-  private deadline: NodeJS.Timeout | null = null;
-  private finished = false;
-  private tlsSocket: tls.TLSSocket | null = null;
-  private stopSplice: (() => void) | null = null;
-  /** What a STARTTLS prelude says before closing on its deadline (SMTP 421 4.4.2 ...). */
-  lastWords: Buffer | null = null;
-  /** What a STARTTLS prelude says when postern shuts down (SMTP 421 4.3.2 ...). */
-  shutdownWords: Buffer | null = null;
+  /** The client's TCP socket. */
+  readonly socket: Socket;
+  readonly env: SessionEnv;
+  /** The listener's settings as they were at accept: a reload applies to new connections only. */
+  readonly listener: ListenerConfig;
   /**
    * The client as the backend must learn it: the TCP peer, or the original client named by a
    * load balancer's PROXY header (acceptProxyProtocol).
    */
   readonly client: { address: string; port: number; localAddress: string; localPort: number };
-  onFinish: ((s: Session) => void) | null = null;
-  readonly socket: Socket;
-  readonly env: SessionEnv;
-  /** The listener's settings as they were at accept: a reload applies to new connections only. */
-  readonly listener: ListenerConfig;
+  private readonly words: ProtocolWords | null;
+  private readonly started = performance.now();
+  private readonly aborter = new AbortController();
+  private phase: Phase;
+  /** The socket the client reads from: the TCP socket, then the TLS socket once the handshake starts. */
+  private channel: Socket;
+  private tlsSocket: tls.TLSSocket | null = null;
+  private deadline: NodeJS.Timeout | null = null;
+  private splicing: Splice | null = null;
+  private ended = false;
+  private finished = false;
+  private channelClosed: Promise<void>;
 
-  constructor(socket: Socket, env: SessionEnv) {
+  constructor(socket: Socket, env: SessionEnv, words: ProtocolWords | null) {
     this.socket = socket;
+    this.channel = socket;
     this.env = env;
     this.listener = env.listener;
+    this.words = words;
     this.client = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0, localAddress: socket.localAddress ?? '', localPort: socket.localPort ?? 0 };
     this.summary = {
       id: nextId++,
@@ -106,24 +134,47 @@ export class Session {
       side: null,
       detail: null,
     };
-    // A socket must always have an error listener: an unhandled 'error' would end the process.
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      this.summary.detail ??= err.code ?? err.message;
-    });
-    // Until a splice owns the sockets, the client going away ends the session; afterwards the
-    // splice reports (with its byte counts and reason) when both sides are closed.
-    socket.once('close', () => {
-      if (!this.tlsSocket && !this.stopSplice) this.finish();
-    });
+    this.channelClosed = closedPromise(socket);
+    this.recordErrors(socket);
     // Deadlines are absolute (threats.md: slowloris), never reset by incoming bytes: from accept
-    // to the handshake for implicit TLS, from accept to STARTTLS for the pre-TLS dialogue.
-    if (this.listener.tls === 'starttls') this.arm(CloseReason.starttlsTimeout, this.listener.timeouts.starttlsMs);
-    else this.arm(CloseReason.handshakeTimeout, this.listener.timeouts.handshakeMs);
+    // to STARTTLS for the pre-TLS dialogue, from accept to the end of the handshake for implicit TLS.
+    if (this.listener.tls === 'starttls') {
+      this.phase = 'plain';
+      this.arm(CloseReason.starttlsTimeout, this.listener.timeouts.starttlsMs);
+    } else {
+      this.phase = 'handshake';
+      this.arm(CloseReason.handshakeTimeout, this.listener.timeouts.handshakeMs);
+    }
   }
 
-  private arm(reason: CloseReason, ms: number) {
+  /** Aborted once the session has ended (stages waiting on the client stop at once). */
+  get signal(): AbortSignal {
+    return this.aborter.signal;
+  }
+
+  /** A socket must always have an error listener: an unhandled 'error' would end the process. */
+  private recordErrors(s: Socket) {
+    s.on('error', (err: NodeJS.ErrnoException) => {
+      this.summary.detail ??= err.code ?? err.message;
+    });
+  }
+
+  /** Starts the absolute deadline of the current phase (replacing the previous one). */
+  arm(reason: CloseReason, ms: number) {
+    this.disarm();
+    this.deadline = setTimeout(() => this.end({ reason, side: 'client', words: this.say('timeout') }), ms);
+  }
+
+  disarm() {
     if (this.deadline) clearTimeout(this.deadline);
-    this.deadline = setTimeout(() => this.abort(reason, 'client', null, this.lastWords), ms);
+    this.deadline = null;
+  }
+
+  /** The protocol's words for `what`, when the client can hear them now (never mid-handshake). */
+  say(what: keyof ProtocolWords): string | null {
+    if (!this.words || this.phase === 'handshake') return null;
+    if (what === 'timeout' && this.phase !== 'plain') return null;
+    return this.words[what];
   }
 
   /** A load balancer's PROXY header named the real client (and the address it was sent to). */
@@ -134,205 +185,284 @@ export class Session {
     this.summary.clientPort = source.port;
   }
 
-  /** Ends the session before the backend is involved: records why, then closes. */
-  abort(reason: CloseReason, side: Side, detail: string | null = null, lastWords: Buffer | null = null) {
-    if (this.finished) return;
-    this.summary.closeReason = reason;
-    this.summary.side = side;
-    if (detail !== null) this.summary.detail = detail;
-    const s = this.tlsSocket ?? this.socket;
+  /**
+   * The TLS handshake is next (after STARTTLS) or begins on `tlsSocket`: from here the client
+   * cannot be spoken to until it is done.
+   */
+  enterHandshake(tlsSocket: tls.TLSSocket | null) {
+    this.phase = 'handshake';
+    if (!tlsSocket) return;
+    this.tlsSocket = tlsSocket;
+    this.channel = tlsSocket;
+    this.channelClosed = closedPromise(tlsSocket);
+    this.recordErrors(tlsSocket);
+  }
+
+  enterSecure() {
+    this.phase = 'secure';
+    this.disarm();
+  }
+
+  /**
+   * Ends the session, once: records why, says the last words (if any), closes. The first
+   * reason wins; a later call (the stage noticing that its socket closed) changes nothing.
+   */
+  end(e: Ending) {
+    if (this.ended) return;
+    this.ended = true;
+    this.disarm();
+    this.aborter.abort();
+    const s = this.summary;
+    s.closeReason = e.reason;
+    s.side = e.side;
+    if (e.detail != null) s.detail = e.detail;
+    this.close(e.words ?? null);
+  }
+
+  /** A fault inside postern: this session ends (internal_error), logged with the stack and counted. */
+  fault(err: unknown) {
+    const { log, metrics } = this.env;
+    metrics.internalErrors.inc({ listener: this.listener.name });
+    const message = err instanceof Error ? err.message : String(err);
+    log.error({ id: this.summary.id, listener: this.listener.name, client: this.summary.client, reason: CloseReason.internalError, error: err instanceof Error ? err.stack : message }, 'session ended by an internal error');
+    this.end({ reason: CloseReason.internalError, side: 'local', detail: message, words: this.say('internalError') });
+  }
+
+  /** Shutdown: a splice is closed at once; before that, the protocol's goodbye where it can be said. */
+  stop() {
+    if (this.splicing) this.splicing.stop();
+    else this.end({ reason: CloseReason.shutdown, side: 'local', words: this.say('shutdown') });
+  }
+
+  private close(words: Buffer | string | null) {
+    const s = this.channel;
     // Whatever the client sent after the handshake will never be read (the session ends here):
     // let it flow away. A TLS socket closed with decrypted data still waiting in it leaks native
     // memory (~2.7 KB per session in the soak, e.g. an EHLO that arrives while the backend is
     // down and the 421 goes out); V8's heap does not show it, RSS does.
     this.tlsSocket?.resume();
-    if (lastWords && s.writable) {
+    if (words && s.writable) {
       // Flush the last words, then close at once: no waiting for the peer's FIN.
-      s.write(lastWords);
+      s.write(words);
       s.destroySoon();
       // Never wait on a peer that does not read: the write either went out or it did not.
-      setTimeout(() => s.destroy(), 2000).unref();
+      setTimeout(() => s.destroy(), LAST_WORDS_MS).unref();
     } else s.destroy();
     if (s !== this.socket) this.socket.destroy();
   }
 
-  /** Shutdown: close whatever this session holds. */
-  stop() {
-    if (this.stopSplice) this.stopSplice();
-    else this.abort(CloseReason.shutdown, 'local', null, this.shutdownWords);
+  /** The splice owns both sockets from here until it reports. */
+  spliced(sp: Splice) {
+    this.splicing = sp;
   }
 
-  /** Peek, decide, handshake, dial, splice. `initial` holds bytes a prelude already read. */
-  async secureAndProxy(initial: Buffer | null = null, opts: SecureOptions = IMPLICIT): Promise<void> {
-    const { listener } = this;
-    const { metrics } = this.env;
-    this.lastWords = null;
-    this.shutdownWords = null;
-    // RFC 3207 section 4: after STARTTLS the TLS negotiation has its own deadline.
-    if (opts.afterStarttls) this.arm(CloseReason.handshakeTimeout, listener.timeouts.handshakeMs);
-    const peek = await peekClientHello(this.socket, initial);
-    if (this.finished || this.socket.destroyed) return this.finish();
-    switch (peek.kind) {
-      case 'closed':
-        return this.abort(CloseReason.clientGone, 'client', peek.error?.code ?? null);
-      case 'not-tls':
-        if (opts.afterStarttls) {
-          // Commands sent after STARTTLS instead of a ClientHello: never answered, never
-          // forwarded (CVE-2011-0411; RFC 3207 section 4: after 220 the client MUST start TLS).
-          this.countInjection(peek.head.length);
-          return this.abort(CloseReason.starttlsInjection, 'client', peek.reason);
-        }
-        // Plaintext on a TLS port (EHLO, GET /, SSLv2): close at once, forward nothing.
-        this.env.log.debug({ id: this.summary.id, listener: listener.name, head: escapeForLog(peek.head.subarray(0, 32)) }, 'not TLS');
-        return this.abort(CloseReason.notTls, 'client', peek.reason);
-      case 'malformed': {
-        const alert = peek.code === 'too_large' || peek.code === 'record_too_long' ? ALERT_RECORD_OVERFLOW
-          : peek.code === 'duplicate_extension' || peek.code === 'bad_server_name' ? ALERT_ILLEGAL_PARAMETER
-          : ALERT_DECODE_ERROR;
-        this.countAlert(alert);
-        const reason = peek.code === 'too_large' ? CloseReason.helloTooLarge : CloseReason.malformedHello;
-        return this.abort(reason, 'client', peek.code, alertRecord(alert));
-      }
-      case 'hello':
-        break;
-    }
-
-    const store = this.env.store();
-    const result = decide(listener, peek.hello, store);
-    const s = this.summary;
-    s.sniClass = result.sniClass;
-    s.decision = result.decision;
-    s.sni = result.sni ?? (peek.hello.serverName ? escapeForLog(peek.hello.serverName) : null);
-    if (result.action === 'refuse') {
-      // We write the alert ourselves, before any handshake; the backend is never contacted.
-      metrics.sniDecisions.inc({ listener: listener.name, class: result.sniClass ?? 'none', decision: 'refused' });
-      this.countAlert(result.alert);
-      return this.abort(result.reason, 'client', result.detail, alertRecord(result.alert));
-    }
-    metrics.sniDecisions.inc({ listener: listener.name, class: result.sniClass, decision: result.decision });
-    if (result.decision === 'fallback') {
-      this.env.log.debug({ id: s.id, listener: listener.name, requested: s.sni, served: result.servedName, reason: result.reason }, 'sni fallback');
-    }
-    s.servedName = result.servedName;
-    s.alpn = result.alpn;
-
-    const tlsSocket = new tls.TLSSocket(this.socket, {
-      isServer: true,
-      secureContext: result.unit.context(listener.minVersion),
-      ALPNProtocols: result.alpn ? [result.alpn] : undefined,
-    });
-    this.tlsSocket = tlsSocket;
-    // Handlers run synchronously before 'close' (and so before finish()), so the reason is set
-    // in time for the summary line.
-    tlsSocket.on('error', (err: NodeJS.ErrnoException) => {
-      if (s.tlsVersion !== null) return;
-      const code = err.code ?? err.message;
-      s.detail ??= code;
-      if (s.closeReason === CloseReason.clientGone && code.startsWith('ERR_SSL')) s.closeReason = CloseReason.handshakeFailed;
-      s.side ??= 'client';
-    });
-    tlsSocket.once('close', () => {
-      if (!this.stopSplice) this.finish();
-    });
-    // With allowHalfOpen a FIN alone would leave the socket waiting for the deadline; before the
-    // handshake is done there is nothing a half-closed client can still receive.
-    tlsSocket.once('end', () => {
-      if (s.tlsVersion !== null) return;
-      s.side ??= 'client';
-      tlsSocket.destroy();
-    });
-    const secured = await new Promise<boolean>((resolve) => {
-      tlsSocket.once('secure', () => resolve(true));
-      tlsSocket.once('close', () => resolve(false));
-    });
-    if (!secured) {
-      metrics.handshakes.inc({ listener: listener.name, version: 'none', result: 'failed' });
-      return;
-    }
-    if (this.deadline) clearTimeout(this.deadline);
-    this.deadline = null;
-    s.tlsVersion = tlsSocket.getProtocol();
-    const cipher = tlsSocket.getCipher();
-    s.cipher = cipher?.standardName ?? cipher?.name ?? null;
-    metrics.handshakes.inc({ listener: listener.name, version: s.tlsVersion ?? 'unknown', result: 'ok' });
-    await this.proxy(tlsSocket, cipher?.name ?? null, opts.filter);
+  /** Resolves when the client's socket is closed (end() guarantees it will be). */
+  closed(): Promise<void> {
+    return this.channelClosed;
   }
 
-  /** STARTTLS bytes the client pipelined after its STARTTLS command: discarded, logged, counted. */
-  countInjection(bytes: number) {
-    this.env.metrics.starttlsInjections.inc({ listener: this.listener.name });
-    this.env.log.warn({ id: this.summary.id, listener: this.listener.name, client: this.summary.client, bytes }, 'discarded bytes sent after STARTTLS (CVE-2011-0411)');
-  }
-
-  /**
-   * A plaintext session that the prelude hands to the backend (port 25 without STARTTLS): the
-   * filter drops the backend's greeting and the replies to `replay`, then everything flows.
-   */
-  async handoff(pending: Buffer, replay: string, filter: SessionFilter): Promise<void> {
-    if (this.deadline) clearTimeout(this.deadline);
-    this.deadline = null;
-    this.lastWords = null;
-    this.shutdownWords = null;
-    this.summary.decision = null;
-    if (pending.length > 0) this.socket.unshift(pending);
-    await this.proxy(this.socket, null, filter, replay);
-  }
-
-  private async proxy(client: Socket, opensslCipher: string | null, filter: SessionFilter | null, replay = '') {
-    const { listener } = this;
-    const { metrics } = this.env;
-    const s = this.summary;
-    const b = backendFor(listener, s.sniClass === 'invalid' ? null : s.sni);
-    s.backend = `${b.address.host}:${b.address.port}`;
-    const endpoints = { clientAddress: this.client.address, clientPort: this.client.port, localAddress: this.client.localAddress, localPort: this.client.localPort };
-    // AUTHORITY carries the SNI only when the served certificate covers it (exact or wildcard).
-    const authority = s.sniClass === 'exact' || s.sniClass === 'wildcard' ? s.sni : null;
-    const tlsInfo = s.tlsVersion === null ? null : { sni: authority, alpn: s.alpn, version: s.tlsVersion, cipher: opensslCipher };
-    const header = b.proxyProtocol === 'v1' ? encodeProxyV1(endpoints)
-      : b.proxyProtocol === 'v2' ? encodeProxyV2(endpoints, tlsInfo)
-      : null;
-    const dial = await dialBackend(b, listener.timeouts.connectMs, header);
-    if (this.finished || client.destroyed) {
-      if (dial.ok) dial.socket.destroy();
-      return;
-    }
-    if (!dial.ok) {
-      metrics.backendFailures.inc({ listener: listener.name, reason: dial.reason });
-      this.env.log.warn({ id: s.id, listener: listener.name, backend: s.backend, reason: dial.reason, error: dial.error }, 'backend connect failed');
-      return this.abort(dial.reason, 'backend', dial.error, goodbye(listener));
-    }
-    metrics.backendConnect.observe({ listener: listener.name }, dial.connectMs / 1000);
-    const backend = dial.socket;
-    const headerLength = (header?.length ?? 0) + Buffer.byteLength(replay);
-    const raw = this.socket;
-    const spliceOpts = { idleMs: listener.timeouts.idleMs, filter, replay, resetClient: () => (raw.destroyed ? client.destroy() : raw.resetAndDestroy()) };
-    this.stopSplice = splice(client, backend, spliceOpts, (r) => {
-      s.closeReason = r.reason;
-      s.side = r.side;
-      if (r.error) s.detail = r.error;
-      s.bytesIn = Math.max(0, backend.bytesWritten - headerLength);
-      s.bytesOut = backend.bytesRead;
-      this.finish();
-    });
-  }
-
-  private countAlert(alert: number) {
-    this.env.metrics.alerts.inc({ listener: this.listener.name, alert: ALERT_NAMES[alert] ?? String(alert) });
-  }
-
-  private finish() {
+  /** Writes the summary line and the connection metrics, once. */
+  finish() {
     if (this.finished) return;
     this.finished = true;
-    if (this.deadline) clearTimeout(this.deadline);
+    this.disarm();
     const s = this.summary;
     s.durationMs = Math.round(performance.now() - this.started);
-    const { metrics, listener } = this.env;
-    metrics.connections.inc({ listener: listener.name, reason: s.closeReason });
-    if (s.bytesIn) metrics.bytes.inc({ listener: listener.name, direction: 'in' }, s.bytesIn);
-    if (s.bytesOut) metrics.bytes.inc({ listener: listener.name, direction: 'out' }, s.bytesOut);
-    this.env.log.info(s, 'connection closed');
-    this.onFinish?.(this);
+    const { metrics, log } = this.env;
+    const name = this.listener.name;
+    metrics.connections.inc({ listener: name, reason: s.closeReason });
+    if (s.bytesIn) metrics.bytes.inc({ listener: name, direction: 'in' }, s.bytesIn);
+    if (s.bytesOut) metrics.bytes.inc({ listener: name, direction: 'out' }, s.bytesOut);
+    log.info(s, 'connection closed');
   }
+}
+
+function closedPromise(s: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    if (s.closed) resolve();
+    else s.once('close', () => resolve());
+  });
+}
+
+/** Runs one connection to its end. Never rejects: a fault ends this session only. */
+export async function runSession(s: Session, deps: SessionDeps): Promise<void> {
+  try {
+    s.end(await stages(s, deps));
+  } catch (err) {
+    s.fault(err);
+  }
+  await s.closed();
+  s.finish();
+}
+
+/** The stages, in order; each returns how the session ended or hands on to the next. */
+async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
+  const l = s.listener;
+  const { log, metrics } = s.env;
+
+  // [PROXY header] An L4 load balancer (acceptProxyProtocol) names the real client first.
+  if (l.acceptProxyProtocol && inNetworks(s.client.address, l.acceptProxyProtocol.from)) {
+    const r = await readInboundProxy(s.socket);
+    if (r.kind === 'closed') return { reason: CloseReason.clientGone, side: 'client' };
+    if (r.kind === 'invalid') {
+      log.warn({ listener: l.name, peer: s.socket.remoteAddress, reason: CloseReason.proxyHeaderInvalid, detail: r.reason }, 'PROXY header required from this network');
+      return { reason: CloseReason.proxyHeaderInvalid, side: 'client', detail: r.reason };
+    }
+    // LOCAL (a health check) and UNKNOWN keep the load balancer's own address.
+    if (r.header.command === 'PROXY' && r.header.source) s.setClient(r.header.source, r.header.destination);
+  }
+
+  // Limits, counted by the real client. On a STARTTLS listener the refusal is the greeting.
+  const refusal = deps.admit(s);
+  if (refusal) {
+    log.warn({ listener: l.name, client: s.client.address, reason: refusal }, 'connection limit reached');
+    return { reason: refusal, side: 'client', words: l.tls === 'starttls' ? s.say('tooMany') : null };
+  }
+
+  // [STARTTLS prelude] postern speaks the pre-TLS dialogue itself.
+  let filter: SessionFilter | null = null;
+  if (deps.prelude) {
+    const p = await deps.prelude.run({ socket: s.socket, signal: s.signal, listener: l, tlsAvailable: s.env.store().lookup(l.hostname) !== null });
+    switch (p.kind) {
+      case 'gone':
+        return { reason: CloseReason.clientGone, side: 'client' };
+      case 'close':
+        return { reason: p.reason, side: 'client', detail: p.detail, words: p.words };
+      case 'handoff':
+        // Plaintext session (port 25 without STARTTLS): the backend gets it from this line on.
+        s.disarm();
+        if (p.pending.length > 0) s.socket.unshift(p.pending);
+        return proxy(s, s.socket, p.filter, p.replay, null);
+      case 'starttls':
+        if (p.discarded > 0) countInjection(s, p.discarded);
+        filter = p.filter;
+        // RFC 3207 section 4: after STARTTLS the TLS negotiation has its own deadline.
+        s.enterHandshake(null);
+        s.arm(CloseReason.handshakeTimeout, l.timeouts.handshakeMs);
+        break;
+    }
+  }
+
+  // Peek the ClientHello (the bytes stay in the socket for the handshake).
+  const afterStarttls = filter !== null;
+  const peek = await peekClientHello(s.socket, null);
+  switch (peek.kind) {
+    case 'closed':
+      return { reason: CloseReason.clientGone, side: 'client', detail: peek.error?.code ?? null };
+    case 'not-tls':
+      if (afterStarttls) {
+        // Commands sent after STARTTLS instead of a ClientHello: never answered, never
+        // forwarded (CVE-2011-0411; RFC 3207 section 4: after 220 the client MUST start TLS).
+        countInjection(s, peek.head.length);
+        return { reason: CloseReason.starttlsInjection, side: 'client', detail: peek.reason };
+      }
+      // Plaintext on a TLS port (EHLO, GET /, SSLv2): close at once, forward nothing.
+      log.debug({ id: s.summary.id, listener: l.name, head: escapeForLog(peek.head.subarray(0, 32)) }, 'not TLS');
+      return { reason: CloseReason.notTls, side: 'client', detail: peek.reason };
+    case 'malformed': {
+      const alert = peek.code === 'too_large' || peek.code === 'record_too_long' ? ALERT_RECORD_OVERFLOW
+        : peek.code === 'duplicate_extension' || peek.code === 'bad_server_name' ? ALERT_ILLEGAL_PARAMETER
+        : ALERT_DECODE_ERROR;
+      countAlert(s, alert);
+      return { reason: peek.code === 'too_large' ? CloseReason.helloTooLarge : CloseReason.malformedHello, side: 'client', detail: peek.code, words: alertRecord(alert) };
+    }
+    case 'hello':
+      break;
+  }
+
+  // ALPN + SNI policy, decided from postern's own parse before OpenSSL sees a byte.
+  const result = decide(l, peek.hello, s.env.store());
+  const sum = s.summary;
+  sum.sniClass = result.sniClass;
+  sum.decision = result.decision;
+  sum.sni = result.sni ?? (peek.hello.serverName ? escapeForLog(peek.hello.serverName) : null);
+  if (result.action === 'refuse') {
+    // We write the alert ourselves, before any handshake; the backend is never contacted.
+    metrics.sniDecisions.inc({ listener: l.name, class: result.sniClass ?? 'none', decision: 'refused' });
+    countAlert(s, result.alert);
+    return { reason: result.reason, side: 'client', detail: result.detail, words: alertRecord(result.alert) };
+  }
+  metrics.sniDecisions.inc({ listener: l.name, class: result.sniClass, decision: result.decision });
+  if (result.decision === 'fallback') log.debug({ id: sum.id, listener: l.name, requested: sum.sni, served: result.servedName, reason: result.reason }, 'sni fallback');
+  sum.servedName = result.servedName;
+  sum.alpn = result.alpn;
+
+  // Handshake, under the same absolute deadline.
+  const hs = startHandshake(s.socket, { context: result.unit.context(l.minVersion), alpn: result.alpn });
+  s.enterHandshake(hs.socket);
+  const shaken = await hs.done;
+  if (!shaken.ok) {
+    metrics.handshakes.inc({ listener: l.name, version: 'none', result: 'failed' });
+    return { reason: shaken.reason, side: 'client', detail: shaken.detail };
+  }
+  s.enterSecure();
+  sum.tlsVersion = shaken.version;
+  sum.cipher = shaken.cipher;
+  metrics.handshakes.inc({ listener: l.name, version: shaken.version ?? 'unknown', result: 'ok' });
+
+  return proxy(s, hs.socket, filter, '', shaken.opensslCipher);
+}
+
+/** Dial the backend (PROXY header first), then splice until both sides are closed. */
+async function proxy(s: Session, client: Socket, filter: SessionFilter | null, replay: string, opensslCipher: string | null): Promise<Ending> {
+  const l = s.listener;
+  const { log, metrics } = s.env;
+  const sum = s.summary;
+  const b = backendFor(l, sum.sniClass === 'invalid' ? null : sum.sni);
+  sum.backend = `${b.address.host}:${b.address.port}`;
+  const endpoints = { clientAddress: s.client.address, clientPort: s.client.port, localAddress: s.client.localAddress, localPort: s.client.localPort };
+  // AUTHORITY carries the SNI only when the served certificate covers it (exact or wildcard).
+  const authority = sum.sniClass === 'exact' || sum.sniClass === 'wildcard' ? sum.sni : null;
+  const tlsInfo = sum.tlsVersion === null ? null : { sni: authority, alpn: sum.alpn, version: sum.tlsVersion, cipher: opensslCipher };
+  const header = b.proxyProtocol === 'v1' ? encodeProxyV1(endpoints)
+    : b.proxyProtocol === 'v2' ? encodeProxyV2(endpoints, tlsInfo)
+    : null;
+  const dial = await dialBackend(b, l.timeouts.connectMs, header);
+  if (s.signal.aborted || client.destroyed) {
+    if (dial.ok) dial.socket.destroy();
+    return { reason: CloseReason.clientGone, side: 'client' };
+  }
+  if (!dial.ok) {
+    metrics.backendFailures.inc({ listener: l.name, reason: dial.reason });
+    log.warn({ id: sum.id, listener: l.name, backend: sum.backend, reason: dial.reason, error: dial.error }, 'backend connect failed');
+    return { reason: dial.reason, side: 'backend', detail: dial.error, words: s.say('backendDown') };
+  }
+  metrics.backendConnect.observe({ listener: l.name }, dial.connectMs / 1000);
+  const backend = dial.socket;
+  const headerLength = (header?.length ?? 0) + Buffer.byteLength(replay);
+  const raw = s.socket;
+  const silent = s.say('backendSilent');
+  const sp = splice(client, backend, {
+    idleMs: l.timeouts.idleMs,
+    backendReplyMs: l.timeouts.backendReplyMs,
+    filter,
+    replay,
+    silentBackendWords: silent === null ? null : Buffer.from(silent),
+    resetClient: () => (raw.destroyed ? client.destroy() : raw.resetAndDestroy()),
+  });
+  s.spliced(sp);
+  const counted = () => {
+    sum.bytesIn = Math.max(0, backend.bytesWritten - headerLength);
+    sum.bytesOut = backend.bytesRead;
+  };
+  try {
+    const r = await sp.done;
+    counted();
+    return { reason: r.reason, side: r.side, detail: r.error };
+  } catch (err) {
+    counted();
+    throw err;
+  }
+}
+
+/** STARTTLS bytes the client pipelined after its STARTTLS command: discarded, logged, counted. */
+function countInjection(s: Session, bytes: number) {
+  s.env.metrics.starttlsInjections.inc({ listener: s.listener.name });
+  s.env.log.warn({ id: s.summary.id, listener: s.listener.name, client: s.summary.client, bytes }, 'discarded bytes sent after STARTTLS (CVE-2011-0411)');
+}
+
+function countAlert(s: Session, alert: number) {
+  s.env.metrics.alerts.inc({ listener: s.listener.name, alert: ALERT_NAMES[alert] ?? String(alert) });
 }
 
 /**
@@ -343,22 +473,4 @@ export function backendFor(listener: ListenerConfig, sni: string | null): Backen
   if (sni === null || listener.routes.length === 0) return listener.backend;
   const route = listener.routes.find((r) => r.serverNames.some((p) => patternCovers(p, sni)));
   return route?.backend ?? listener.backend;
-}
-
-/** The protocol's own way to say "try later" when the backend cannot be reached. */
-export function goodbye(listener: ListenerConfig): Buffer | null {
-  switch (listener.protocol) {
-    // RFC 5321 section 3.8 / 4.2.3: 421 closes the channel; 4.3.2 "system not accepting
-    // network messages" (RFC 3463) tells the sender to retry later.
-    case 'smtp':
-      return Buffer.from(`421 4.3.2 ${listener.hostname} Service not available\r\n`);
-    // RFC 9051 section 7.1.5: BYE is sent when the server is about to close the connection.
-    case 'imap':
-      return Buffer.from(`* BYE [UNAVAILABLE] ${listener.hostname} backend not available\r\n`);
-    // RFC 1939 section 4: the greeting may be -ERR; the client will retry.
-    case 'pop3':
-      return Buffer.from(`-ERR [SYS/TEMP] ${listener.hostname} backend not available\r\n`);
-    case 'tls':
-      return null;
-  }
 }

@@ -1,10 +1,12 @@
-// Pipes the decrypted client stream and the backend socket both ways: backpressure through
-// stream.pipe (pause when write() returns false, resume on drain), half-close (a FIN from one
-// side becomes a FIN to the other while the reverse direction keeps flowing), resets passed on as
-// resets, and an idle timeout over both directions.
+// Pipes the decrypted client stream and the backend socket both ways: backpressure (pause when
+// write() returns false, resume on drain), half-close (a FIN from one side becomes a FIN to the
+// other while the reverse direction keeps flowing), resets passed on as resets, an idle timeout
+// over both directions, and, with a filter, a deadline on every wait for the backend. Resolves
+// once both sockets are closed; rejects (after closing both) if a handler threw.
 import type { Socket } from 'node:net';
 import { CloseReason, type Side } from './errors.ts';
 import type { SessionFilter } from './starttls/types.ts';
+import { pumpFiltered, type FilteredPipe } from './filtered-pipe.ts';
 
 export interface SpliceResult {
   reason: CloseReason;
@@ -12,16 +14,16 @@ export interface SpliceResult {
   error: string | null;
 }
 
-/**
- * `filter` (STARTTLS sessions) sees every byte both ways and may answer the client itself; without
- * one the sockets are piped directly.
- */
 export interface SpliceOptions {
   idleMs: number;
+  /** With a filter: the longest it may wait for a backend reply (timeouts.backendReply). */
+  backendReplyMs: number;
   /** STARTTLS sessions: sees every byte both ways and may answer the client itself. */
   filter: SessionFilter | null;
   /** Commands to send the backend once its greeting is complete (plaintext handoff). */
   replay: string;
+  /** What the client is told when the backend does not answer in time (the protocol's "try later"). */
+  silentBackendWords: Buffer | null;
   /**
    * Resets the client's TCP connection. A TLSSocket's own handle is the TLS layer, which cannot
    * send a RST (ERR_INVALID_HANDLE_TYPE); the raw socket beneath it can.
@@ -29,10 +31,42 @@ export interface SpliceOptions {
   resetClient: () => void;
 }
 
-export function splice(client: Socket, backend: Socket, opts: SpliceOptions, onDone: (r: SpliceResult) => void): () => void {
-  const { idleMs, filter, replay } = opts;
+export interface Splice {
+  /** Both sockets closed: how it ended. Rejects with the error when a handler threw. */
+  done: Promise<SpliceResult>;
+  /** Shutdown: close both sides now. */
+  stop(): void;
+}
+
+/** After the last words, how long a client that does not read them may keep the socket. */
+const LAST_WORDS_MS = 2000;
+
+export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Splice {
+  const { idleMs, filter } = opts;
   let result: SpliceResult | null = null;
+  let fault: unknown = null;
   let closed = 0;
+  let waitTimer: NodeJS.Timeout | null = null;
+  let resolveDone!: (r: SpliceResult) => void;
+  let rejectDone!: (e: unknown) => void;
+  const done = new Promise<SpliceResult>((resolve, reject) => {
+    resolveDone = resolve;
+    rejectDone = reject;
+  });
+
+  const destroyBoth = () => {
+    client.destroy();
+    backend.destroy();
+  };
+  /** One session's fault stays in it: both sides close, and `done` rejects with the error. */
+  const guard = <A extends unknown[]>(fn: (...args: A) => void) => (...args: A) => {
+    try {
+      fn(...args);
+    } catch (err) {
+      fault ??= err;
+      destroyBoth();
+    }
+  };
   const fail = (reason: CloseReason, side: Side, error: string | null, peer: Socket, reset: boolean) => {
     result ??= { reason, side, error };
     if (peer.destroyed) return;
@@ -42,7 +76,10 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions, onD
     else peer.resetAndDestroy();
   };
   const onClose = () => {
-    if (++closed === 2) onDone(result ?? { reason: CloseReason.done, side: null, error: null });
+    if (++closed < 2) return;
+    if (waitTimer) clearTimeout(waitTimer);
+    if (fault !== null) rejectDone(fault);
+    else resolveDone(result ?? { reason: CloseReason.done, side: null, error: null });
   };
 
   client.on('error', (err: NodeJS.ErrnoException) => {
@@ -76,12 +113,38 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions, onD
   // sees both directions, because every byte either way is read from or written to it.
   client.setTimeout(idleMs, () => {
     result ??= { reason: CloseReason.idleTimeout, side: 'local', error: null };
-    client.destroy();
-    backend.destroy();
+    destroyBoth();
   });
 
-  if (filter) pumpFiltered(client, backend, filter, replay);
-  else {
+  if (filter) {
+    let pump: FilteredPipe | null = null;
+    const onBackendSilent = () => {
+      waitTimer = null;
+      result ??= { reason: CloseReason.backendReplyTimeout, side: 'backend', error: `no backend reply within ${opts.backendReplyMs} ms` };
+      pump?.detach();
+      backend.destroy();
+      if (opts.silentBackendWords && client.writable) {
+        client.end(opts.silentBackendWords);
+        setTimeout(() => client.destroy(), LAST_WORDS_MS).unref();
+      } else client.destroy();
+    };
+    try {
+      pump = pumpFiltered(client, backend, filter, {
+        replay: opts.replay,
+        guard,
+        // Waits for the backend have their own deadline: the client's bytes (which reset the idle
+        // timer) never extend it (threats.md: "Client bytes never extend a deadline that waits on
+        // the backend").
+        waiting: (on) => {
+          if (waitTimer) clearTimeout(waitTimer);
+          waitTimer = on ? setTimeout(guard(onBackendSilent), opts.backendReplyMs) : null;
+        },
+      });
+    } catch (err) {
+      fault ??= err;
+      destroyBoth();
+    }
+  } else {
     client.pipe(backend);
     backend.pipe(client);
   }
@@ -89,60 +152,11 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions, onD
   // behind us and would never reach the listeners above.
   if (client.readableEnded) onEnd();
 
-  return () => {
-    result ??= { reason: CloseReason.shutdown, side: 'local', error: null };
-    client.destroy();
-    backend.destroy();
+  return {
+    done,
+    stop() {
+      result ??= { reason: CloseReason.shutdown, side: 'local', error: null };
+      destroyBoth();
+    },
   };
-}
-
-/**
- * The same as two pipes, with the filter in between. Backpressure: a side whose peer's write()
- * returned false is paused until the peer drains. Client bytes wait while the filter is not
- * ready (the backend's greeting and the replies to replayed commands have not all arrived), so
- * the backend never sees a command before its banner (postscreen's pregreet test would flag it).
- */
-function pumpFiltered(client: Socket, backend: Socket, filter: SessionFilter, replay: string) {
-  let held: Buffer[] = [];
-  // Commands replayed for a plaintext handoff (the client's EHLO) go out once the greeting is
-  // complete: a multi-line "220-" greeting may be postscreen waiting to catch early talkers.
-  let pendingReplay = replay;
-  let clientEnded = false;
-  const toBackend = (chunk: Buffer) => {
-    const r = filter.fromClient(chunk);
-    if (r.toClient && client.writable) client.write(r.toClient);
-    if (r.toBackend && r.toBackend.length > 0 && !backend.write(r.toBackend)) client.pause();
-  };
-  client.on('data', (chunk: Buffer) => {
-    if (filter.ready && !filter.ready()) held.push(chunk);
-    else toBackend(chunk);
-  });
-  backend.on('data', (chunk: Buffer) => {
-    const out = filter.fromBackend(chunk);
-    if (out && out.length > 0 && !client.write(out)) backend.pause();
-    if (pendingReplay && (!filter.greeted || filter.greeted())) {
-      backend.write(pendingReplay);
-      pendingReplay = '';
-    }
-    if (held.length > 0 && (!filter.ready || filter.ready())) {
-      const pending = held;
-      held = [];
-      for (const c of pending) toBackend(c);
-      if (clientEnded) backend.end();
-    }
-  });
-  backend.on('drain', () => client.resume());
-  client.on('drain', () => backend.resume());
-  client.on('end', () => {
-    clientEnded = true;
-    if (held.length === 0) backend.end();
-  });
-  backend.on('end', () => client.end());
-  if (client.readableEnded) {
-    clientEnded = true;
-    if (held.length === 0) backend.end();
-  }
-  // A prelude may have paused the client socket explicitly; 'data' listeners alone do not
-  // resume an explicitly paused stream.
-  client.resume();
 }

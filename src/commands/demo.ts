@@ -10,7 +10,7 @@ import { createCa, issueCert } from '../pki.ts';
 import { createLogger } from '../log.ts';
 import { Daemon } from '../daemon.ts';
 import { startDemoBackend } from '../demo/backend.ts';
-import { preludeFor } from '../starttls/preludes.ts';
+import { preludeFor } from '../starttls/protocols.ts';
 
 export interface DemoOptions {
   host: string;

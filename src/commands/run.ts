@@ -5,7 +5,7 @@ import { AggregatorRegistry } from 'prom-client';
 import { validateFile, printProblems, type Validated } from './load.ts';
 import { createLogger } from '../log.ts';
 import { Daemon } from '../daemon.ts';
-import { preludeFor } from '../starttls/preludes.ts';
+import { preludeFor } from '../starttls/protocols.ts';
 import { formatConfigError } from '../config/load.ts';
 import { Reloader, logCertificates } from '../reload.ts';
 import { Supervisor, type WorkerStatus } from '../cluster.ts';

@@ -298,7 +298,7 @@ function compileListener(l: RawListener, i: number, limits: ListenerConfig['limi
     alpn: l.alpn === false ? null : (l.alpn ?? defaultAlpn(l.protocol)),
     minVersion: l.minVersion,
     backend: { address: l.backend.address, proxyProtocol: l.backend.proxyProtocol },
-    timeouts: { handshakeMs: l.timeouts.handshake, connectMs: l.timeouts.connect, idleMs: l.timeouts.idle, starttlsMs: l.timeouts.starttls },
+    timeouts: { handshakeMs: l.timeouts.handshake, connectMs: l.timeouts.connect, idleMs: l.timeouts.idle, starttlsMs: l.timeouts.starttls, backendReplyMs: l.timeouts.backendReply },
     limits: { maxConnections: l.limits.maxConnections ?? limits.maxConnections, maxConnectionsPerClient: l.limits.maxConnectionsPerClient ?? limits.maxConnectionsPerClient },
     routes: (l.routes ?? []).map((r, j) => ({ serverNames: r.serverNames, backend: { address: r.backend.address, proxyProtocol: r.backend.proxyProtocol }, path: `listeners[${i}].routes[${j}]` })),
     acceptProxyProtocol: l.acceptProxyProtocol ? { from: l.acceptProxyProtocol.from } : null,

@@ -21,7 +21,7 @@ import type { Cidr, HostPort, Protocol, SniPolicyName, TlsMode } from './types.t
 export const DEFAULTS = {
   logLevel: 'info',
   minVersion: 'TLSv1.2',
-  timeouts: { handshake: '10s', connect: '5s', idle: '10m', starttls: '1m' },
+  timeouts: { handshake: '10s', connect: '5s', idle: '10m', starttls: '1m', backendReply: '2m' },
   probeInterval: '5m',
   drainTimeout: '30s',
   /** Per listener. Postfix's own per-client default (smtpd_client_connection_count_limit) is 50. */
@@ -328,6 +328,10 @@ const timeoutsSchema = z
     connect: duration.prefault(DEFAULTS.timeouts.connect).meta({ description: 'Backend TCP connect (default 5s)' }),
     idle: duration.prefault(DEFAULTS.timeouts.idle).meta({ description: 'No bytes either way for this long closes the connection (default 10m)' }),
     starttls: duration.prefault(DEFAULTS.timeouts.starttls).meta({ description: 'STARTTLS listeners: from accept to the STARTTLS command, absolute (default 1m)' }),
+    backendReply: duration.prefault(DEFAULTS.timeouts.backendReply).meta({
+      description:
+        "STARTTLS and handoff sessions: the longest postern waits for a backend reply it holds the client's bytes for (the greeting, SMTP 354, IMAP \"+\", replies to pipelined commands); client bytes never extend it (default 2m)",
+    }),
   })
   .prefault({});
 

@@ -78,6 +78,12 @@ export interface TimeoutsConfig {
   idleMs: number;
   /** STARTTLS listeners: absolute deadline from accept to the STARTTLS command (or handoff). */
   starttlsMs: number;
+  /**
+   * STARTTLS and handoff sessions: the longest the after-TLS filter waits for a backend reply
+   * while it holds the client's bytes (greeting, 354, "+", pipelined replies). RFC 5321 section
+   * 4.5.3.2.2 gives a client 2 minutes for the reply to DATA.
+   */
+  backendReplyMs: number;
 }
 
 export interface StarttlsConfig {

@@ -1,8 +1,8 @@
 // The pre-TLS IMAP server side (RFC 9051 / RFC 3501, RFC 2595): postern greets with the backend's
 // probed capabilities plus STARTTLS, answers CAPABILITY/NOOP/LOGOUT/STARTTLS itself, and either
 // starts TLS or, on a plaintext session, hands the client to the backend. No sockets.
-import type { Dialogue, DialogueAction, DialogueOptions } from './types.ts';
-import { hasBadBytes, MAX_ERRORS } from './lines.ts';
+import type { Dialogue, DialogueAction, DialogueOptions, ProtocolWords } from './types.ts';
+import { hasBadBytes, MAX_COMMANDS, MAX_ERRORS } from './lines.ts';
 
 /**
  * RFC 9051 section 9: tag = 1*<any ASTRING-CHAR except "+">, i.e. printable ASCII without
@@ -22,6 +22,21 @@ const KNOWN = new Set([
 /** A non-synchronizing literal `{n+}` at the end of a line (RFC 7888 section 3; LITERAL- uses the same syntax). */
 const NONSYNC_LITERAL = /\{(\d{1,19})\+\}$/;
 
+/**
+ * RFC 9051 section 7.1.5: BYE before the server closes; the response codes UNAVAILABLE (try
+ * later) and SERVERBUG are RFC 5530 section 3's.
+ */
+export function imapWords(hostname: string): ProtocolWords {
+  return {
+    timeout: `* BYE ${hostname} Autologout; idle for too long\r\n`,
+    backendDown: `* BYE [UNAVAILABLE] ${hostname} backend not available\r\n`,
+    backendSilent: `* BYE [UNAVAILABLE] ${hostname} backend not responding, try again later\r\n`,
+    tooMany: `* BYE [UNAVAILABLE] ${hostname} too many connections, try again later\r\n`,
+    shutdown: `* BYE ${hostname} shutting down\r\n`,
+    internalError: `* BYE [SERVERBUG] ${hostname} internal error, try again later\r\n`,
+  };
+}
+
 export function imapDialogue(opts: DialogueOptions): Dialogue {
   const { hostname } = opts;
   const caps = ['IMAP4rev1'];
@@ -38,6 +53,7 @@ export function imapDialogue(opts: DialogueOptions): Dialogue {
   const capList = caps.join(' ');
 
   let errors = 0;
+  let commands = 0;
   // Octets of a non-synchronizing literal of a refused command still to ignore; after them the
   // refused command goes on (to its CRLF). -1: none.
   let skip = -1;
@@ -59,7 +75,7 @@ export function imapDialogue(opts: DialogueOptions): Dialogue {
     maxLine: 8192,
     greeting: () => `* OK [CAPABILITY ${capList}] ${opts.greeting}\r\n`,
     // RFC 9051 section 7.1.5: BYE before an autologout.
-    onTimeout: () => `* BYE ${hostname} Autologout; idle for too long\r\n`,
+    onTimeout: () => imapWords(hostname).timeout,
     onOverlong: () => ({ kind: 'close', text: '* BAD Line too long\r\n', reason: 'line_too_long' }),
 
     onLine(buf: Buffer): DialogueAction {
@@ -75,6 +91,8 @@ export function imapDialogue(opts: DialogueOptions): Dialogue {
         skip = lit ? Number(lit[1]) : -1;
         return reply('');
       }
+      // MAX_COMMANDS: a client looping on commands postern answers itself is closed.
+      if (++commands > MAX_COMMANDS) return { kind: 'close', text: '* BYE Too many commands\r\n', reason: 'too_many_commands' };
       if (hasBadBytes(line)) return error('* BAD Invalid characters\r\n');
       const text = line.toString('utf8');
       const sp = text.indexOf(' ');

@@ -1,9 +1,13 @@
 // The IMAP session after STARTTLS (or after a plaintext handoff): drops the backend's greeting,
 // removes STARTTLS and LOGINDISABLED from capability lists, answers a second STARTTLS itself, and
 // passes literals (APPEND data from the client, FETCH data from the server) through as raw bytes
-// that are never parsed.
-import type { FilterOptions, SessionFilter } from './types.ts';
-import { LF, LineTail, Output, PartialLine, contentLength, neverThrow, splitEol } from './lines.ts';
+// that are never parsed. Once the client is authenticated (a tagged OK to LOGIN or AUTHENTICATE,
+// or a PREAUTH greeting) nothing is left to rewrite: STARTTLS is only valid in the
+// not-authenticated state (RFC 9051 section 6.2.1), so the filter steps aside and the session is
+// piped raw, which is also what a compression layer needs (RFC 4978 COMPRESS=DEFLATE, valid only
+// once authenticated, changes every byte after its tagged OK).
+import { LOCAL_REPLY_BUDGET, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
+import { LF, LineTail, Output, PartialLine, contentLength, leadingWord, splitEol } from './lines.ts';
 
 /** Lines longer than this are forwarded as they come; only their last bytes are kept, to see a literal. */
 const MAX_LINE = 65536;
@@ -11,16 +15,22 @@ const MAX_LINE = 65536;
 const CLIENT_LITERAL = /\{(\d{1,19})(\+?)\}$/;
 const SERVER_LITERAL = /\{(\d{1,19})\}$/;
 const HIDDEN = new Set(['STARTTLS', 'LOGINDISABLED']);
+/** Commands whose tagged OK ends the filtering: the session is authenticated (or compressed) from then on. */
+const SWITCHING = new Set(['LOGIN', 'AUTHENTICATE', 'COMPRESS']);
+/** Tags of such commands remembered at once; a client pipelining more is simply filtered longer. */
+const MAX_SWITCH_TAGS = 16;
 
 export function imapFilter(opts: FilterOptions): SessionFilter {
-  return neverThrow(new ImapFilter(opts.swallow));
+  return new ImapFilter(opts);
 }
 
-class ImapFilter {
+class ImapFilter implements SessionFilter {
   private greetingDone = false;
   private swallow: number; // tagged completions still to drop (with the untagged lines before them)
+  private readonly tls: boolean;
+  private raw = false; // authenticated or compressed: nothing more to rewrite
   // client -> backend
-  private clientMode: 'line' | 'long' | 'literal' | 'literal-wait' = 'line';
+  private clientMode: 'line' | 'long' | 'literal' | 'discard' = 'line';
   private readonly clientLine = new PartialLine();
   private readonly clientTail = new LineTail();
   private clientLiteral = 0;
@@ -28,6 +38,7 @@ class ImapFilter {
   private tag = ''; // tag of the command being sent
   private waitTag: string | null = null; // command whose synchronizing literal waits for "+"
   private waitSize = 0;
+  private readonly switchTags = new Set<string>();
   // backend -> client
   private backendMode: 'line' | 'long' | 'literal' = 'line';
   private readonly backendLine = new PartialLine();
@@ -35,8 +46,9 @@ class ImapFilter {
   private backendLiteral = 0;
   private responseStart = true;
 
-  constructor(swallow: number) {
-    this.swallow = swallow;
+  constructor(opts: FilterOptions) {
+    this.swallow = opts.swallow;
+    this.tls = opts.tls;
   }
 
   greeted(): boolean {
@@ -45,25 +57,24 @@ class ImapFilter {
 
   /**
    * Also false while a synchronizing literal waits for the backend's "+" (RFC 9051 section 4.3:
-   * the client sends the octets only after it): early octets are held until the backend has
-   * decided whether they are a literal or the next command.
+   * the client sends the octets only after it): whether the next bytes are a literal or the next
+   * command is the backend's decision, so postern reads them only once it knows.
    */
   ready(): boolean {
-    return this.greetingDone && this.swallow === 0 && this.clientMode !== 'literal-wait';
+    return this.raw || (this.greetingDone && this.swallow === 0 && this.waitTag === null);
   }
 
-  fromClient(chunk: Buffer): { toBackend: Buffer | null; toClient: Buffer | null } {
+  passthrough(): boolean {
+    return this.raw;
+  }
+
+  fromClient(chunk: Buffer): FilterStep {
+    // A line begun before the switch is still in the store: it goes first.
+    if (this.raw) return { toBackend: this.clientLine.take(chunk), toClient: null, rest: null };
     const out = new Output();
     const local = new Output();
     let i = 0;
     while (i < chunk.length) {
-      if (this.clientMode === 'literal-wait') {
-        // The client did not wait for "+": count the octets as the literal, as a server that
-        // accepts it will.
-        this.waitTag = null;
-        this.startClientLiteral(this.waitSize);
-        continue;
-      }
       if (this.clientMode === 'literal') {
         const n = Math.min(this.clientLiteral, chunk.length - i);
         out.push(chunk.subarray(i, i + n));
@@ -73,47 +84,70 @@ class ImapFilter {
         continue;
       }
       const lf = chunk.indexOf(LF, i);
-      if (this.clientMode === 'long') {
+      if (this.clientMode === 'long' || this.clientMode === 'discard') {
         const part = chunk.subarray(i, lf < 0 ? chunk.length : lf + 1);
-        out.push(part);
-        this.clientTail.add(part);
+        if (this.clientMode === 'long') {
+          out.push(part);
+          this.clientTail.add(part);
+        }
         if (lf < 0) break;
         i = lf + 1;
+        if (this.clientMode === 'long') this.afterClientLine(this.clientTail.take().replace(/\r?\n$/, ''));
+        else this.commandStart = true;
         this.clientMode = 'line';
-        this.afterClientLine(this.clientTail.take().replace(/\r?\n$/, ''));
         continue;
+      }
+      if (this.clientLine.length === 0 && (this.waitTag !== null || local.length >= LOCAL_REPLY_BUDGET)) {
+        return { toBackend: out.result(), toClient: local.result(), rest: chunk.subarray(i) };
       }
       if (lf < 0) {
         this.clientLine.add(chunk.subarray(i));
-        if (this.clientLine.length > MAX_LINE) {
-          const part = this.clientLine.take();
-          out.push(part);
-          this.clientTail.add(part);
-          this.clientMode = 'long';
-          this.commandStart = false;
-        }
+        if (this.clientLine.length > MAX_LINE) this.overlong(out, local);
         break;
       }
       this.clientCommandLine(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
       i = lf + 1;
     }
-    return { toBackend: out.result(), toClient: local.result() };
+    return { toBackend: out.result(), toClient: local.result(), rest: null };
+  }
+
+  /** A line over MAX_LINE whose end has not arrived: decided on its first bytes, forwarded as it comes. */
+  private overlong(out: Output, local: Output): void {
+    const head = this.clientLine.take();
+    if (this.commandStart && this.refused(head, local)) {
+      this.clientMode = 'discard';
+      return;
+    }
+    out.push(head);
+    this.clientTail.add(head);
+    this.clientMode = 'long';
+    this.commandStart = false;
+  }
+
+  /**
+   * The start of a command: its tag, and whether postern answers it itself (STARTTLS: TLS is
+   * already active, RFC 2595 section 3.1 / RFC 9051 section 6.2.1; never forwarded, Dovecot would
+   * start a second TLS layer). The verb is read conservatively (leadingWord), so padding or odd
+   * separators do not hide it.
+   */
+  private refused(line: Buffer, local: Output): boolean {
+    const sp = line.indexOf(0x20);
+    const tagEnd = sp < 0 ? contentLength(line) : sp;
+    this.tag = line.toString('latin1', 0, tagEnd);
+    if (sp < 0) return false;
+    const verb = leadingWord(line.subarray(sp + 1));
+    if (verb === 'STARTTLS') {
+      local.push(this.tls ? `${this.tag} BAD TLS already active\r\n` : `${this.tag} NO STARTTLS not available now\r\n`);
+      return true;
+    }
+    if (SWITCHING.has(verb) && this.switchTags.size < MAX_SWITCH_TAGS && this.tag !== '') this.switchTags.add(this.tag);
+    return false;
   }
 
   private clientCommandLine(line: Buffer, out: Output, local: Output): void {
-    const text = line.toString('latin1', 0, contentLength(line));
-    if (this.commandStart) {
-      const sp = text.indexOf(' ');
-      this.tag = sp < 0 ? text : text.slice(0, sp);
-      // RFC 2595 section 3.1 / RFC 9051 section 6.2.1: TLS is already active; answered here,
-      // never forwarded (Dovecot would start a second TLS layer).
-      if (sp > 0 && /^STARTTLS(?: |$)/i.test(text.slice(sp + 1))) {
-        local.push(`${this.tag} BAD TLS already active\r\n`);
-        return;
-      }
-    }
+    if (this.commandStart && this.refused(line, local)) return;
     out.push(line);
-    this.afterClientLine(text);
+    this.afterClientLine(line.toString('latin1', 0, contentLength(line)));
   }
 
   /** Whether the command goes on after this line: a literal follows (RFC 9051 section 4.3, RFC 7888 section 3). */
@@ -124,7 +158,6 @@ class ImapFilter {
     const size = Number(lit[1]);
     if (lit[2] === '+') this.startClientLiteral(size);
     else {
-      this.clientMode = 'literal-wait';
       this.waitTag = this.tag;
       this.waitSize = size;
     }
@@ -136,9 +169,15 @@ class ImapFilter {
   }
 
   fromBackend(chunk: Buffer): Buffer | null {
+    if (this.raw) return this.backendLine.take(chunk);
     const out = new Output();
     let i = 0;
     while (i < chunk.length) {
+      if (this.raw) {
+        // The login (or COMPRESS) succeeded on the line just read: the rest is the new session.
+        out.push(chunk.subarray(i));
+        break;
+      }
       if (this.backendMode === 'literal') {
         const n = Math.min(this.backendLiteral, chunk.length - i);
         if (this.greetingDone && this.swallow === 0) out.push(chunk.subarray(i, i + n));
@@ -187,8 +226,9 @@ class ImapFilter {
     if (!this.greetingDone) {
       this.greetingDone = true;
       // RFC 9051 section 7.1.5 / 7.1.1: a BYE (or anything but OK / PREAUTH) greeting means the
-      // backend refused; the client must see it.
+      // backend refused; the client must see it. PREAUTH: authenticated from the start.
       if (!/^\* (OK|PREAUTH)\b/i.test(text)) out.push(line);
+      else if (/^\* PREAUTH\b/i.test(text) && this.swallow === 0) this.raw = true;
       this.afterBackendLine(text);
       return;
     }
@@ -198,13 +238,15 @@ class ImapFilter {
       this.afterBackendLine(text);
       return;
     }
-    if (this.clientMode === 'literal-wait' && this.waitTag !== null) {
-      // RFC 9051 section 7.5: "+" asks for the literal; a tagged completion instead refuses it
-      // and the client will not send it.
+    if (this.waitTag !== null) {
+      // RFC 9051 section 7.5: "+" asks for the literal. A tagged completion of that command
+      // refuses it, and so does an untagged BAD (section 7.1.3: the server could not tell which
+      // command was wrong; Dovecot answers a literal on an untagged line this way): the client
+      // will not send the octets, and its next bytes are a new command.
       if (text.startsWith('+')) {
         this.waitTag = null;
         this.startClientLiteral(this.waitSize);
-      } else if (text.startsWith(`${this.waitTag} `)) {
+      } else if (text.startsWith(`${this.waitTag} `) || /^\* BAD\b/i.test(text)) {
         this.waitTag = null;
         this.clientMode = 'line';
         this.commandStart = true;
@@ -213,6 +255,11 @@ class ImapFilter {
     const rewritten = withoutHiddenCapabilities(text);
     out.push(rewritten === text ? line : Buffer.from(rewritten + eol, 'latin1'));
     this.afterBackendLine(text);
+    if (tagged && this.switchTags.size > 0) {
+      const sp = text.indexOf(' ');
+      const tag = sp < 0 ? text : text.slice(0, sp);
+      if (this.switchTags.delete(tag) && /^OK\b/i.test(text.slice(sp + 1)) && this.responseStart) this.raw = true;
+    }
   }
 
   private afterBackendLine(text: string): void {

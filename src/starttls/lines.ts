@@ -1,8 +1,7 @@
 // Small byte-level helpers shared by the STARTTLS dialogues and the after-TLS filters: a partial
 // line store, an output collector that keeps untouched bytes zero-copy, the end-of-data scanner
-// for SMTP DATA / POP3 multi-line responses, and a wrapper that keeps a filter from throwing.
+// for SMTP DATA / POP3 multi-line responses, and the limits every dialogue shares.
 import { isUtf8 } from 'node:buffer';
-import type { SessionFilter } from './types.ts';
 
 export const LF = 0x0a;
 export const CR = 0x0d;
@@ -33,10 +32,13 @@ export class PartialLine {
 /** Collects output; adjacent slices of the same chunk are merged back into one view, so a chunk that passes untouched is returned without a copy. */
 export class Output {
   private parts: Buffer[] = [];
+  /** Bytes collected so far. */
+  length = 0;
 
   push(b: Buffer | string): void {
     const buf = typeof b === 'string' ? Buffer.from(b, 'latin1') : b;
     if (buf.length === 0) return;
+    this.length += buf.length;
     const last = this.parts[this.parts.length - 1];
     if (last && last.buffer === buf.buffer && last.byteOffset + last.length === buf.byteOffset) {
       this.parts[this.parts.length - 1] = Buffer.from(buf.buffer, last.byteOffset, last.length + buf.length);
@@ -47,6 +49,7 @@ export class Output {
     if (this.parts.length === 0) return null;
     const out = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts);
     this.parts = [];
+    this.length = 0;
     return out;
   }
 }
@@ -80,10 +83,37 @@ export function hasBadBytes(line: Buffer): boolean {
   return high && !isUtf8(line);
 }
 
-/** Splits a command line into its upper-cased first word and the rest (leading/trailing blanks removed). */
+const isBlank = (c: number) => c === 0x20 || c === 0x09;
+
+/**
+ * Splits a command line into its upper-cased first word and the rest (leading/trailing blanks
+ * removed). A plain scan, not a regex: it is total over any text (U+2028, NEL, lone surrogates)
+ * and linear in the line's length, whatever the client sends (threats.md: "Attacker-controlled
+ * text never meets a backtracking regex").
+ */
 export function splitCommand(text: string): { verb: string; args: string } {
-  const m = /^([^ \t]*)[ \t]*(.*?)[ \t]*$/.exec(text)!;
-  return { verb: m[1]!.toUpperCase(), args: m[2]! };
+  let i = 0;
+  while (i < text.length && !isBlank(text.charCodeAt(i))) i++;
+  let s = i;
+  while (s < text.length && isBlank(text.charCodeAt(s))) s++;
+  let e = text.length;
+  while (e > s && isBlank(text.charCodeAt(e - 1))) e--;
+  return { verb: text.slice(0, i).toUpperCase(), args: text.slice(s, e) };
+}
+
+/**
+ * The command word a backend would run for this line, read conservatively: leading white space
+ * of any kind skipped, then the run of ASCII letters, upper-cased ("  xclient\x0bNAME=a" ->
+ * "XCLIENT"). Used to refuse commands after TLS, so a padded or oddly separated command is
+ * still caught. Reads at most the first `max` bytes: enough to decide on a line too long to hold.
+ */
+export function leadingWord(line: Buffer, max = 64): string {
+  let i = 0;
+  const n = Math.min(line.length, max);
+  while (i < n && (line[i] === 0x20 || (line[i]! >= 0x09 && line[i]! <= 0x0d))) i++;
+  const start = i;
+  while (i < n && ((line[i]! | 0x20) >= 0x61 && (line[i]! | 0x20) <= 0x7a)) i++;
+  return line.toString('latin1', start, i).toUpperCase();
 }
 
 /**
@@ -109,7 +139,20 @@ export class DotTerminator {
   /** Index just after the terminator in `buf` (searching from `from`), or -1 when the body goes on. */
   scan(buf: Buffer, from: number): number {
     let s = this.state;
-    for (let i = from; i < buf.length; i++) {
+    let i = from;
+    while (i < buf.length) {
+      if (s === 0) {
+        // Mid-line: only the next line end matters; find it natively instead of byte by byte
+        // (message bodies are the bulk of a session).
+        const lf = buf.indexOf(LF, i);
+        if (lf < 0) {
+          s = buf[buf.length - 1] === CR ? 1 : 0;
+          break;
+        }
+        s = this.bareLf || (lf > i && buf[lf - 1] === CR) ? 2 : 0;
+        i = lf + 1;
+        continue;
+      }
       const b = buf[i];
       if (b === CR) s = s === 3 ? 4 : 1;
       else if (b === LF) {
@@ -120,6 +163,7 @@ export class DotTerminator {
         s = s === 1 || this.bareLf ? 2 : 0;
       } else if (b === 0x2e) s = s === 2 ? 3 : 0;
       else s = 0;
+      i++;
     }
     this.state = s;
     return -1;
@@ -141,37 +185,12 @@ export class LineTail {
   }
 }
 
-/**
- * A filter that must never throw (it sits in the data path): an unexpected error turns it into a
- * plain pipe for the rest of the session, so no byte is lost.
- */
-export function neverThrow(inner: Required<SessionFilter>): SessionFilter {
-  let broken = false;
-  return {
-    fromClient(chunk) {
-      if (!broken) {
-        try {
-          return inner.fromClient(chunk);
-        } catch {
-          broken = true;
-        }
-      }
-      return { toBackend: chunk, toClient: null };
-    },
-    fromBackend(chunk) {
-      if (!broken) {
-        try {
-          return inner.fromBackend(chunk);
-        } catch {
-          broken = true;
-        }
-      }
-      return chunk;
-    },
-    ready: () => broken || inner.ready(),
-    greeted: () => broken || inner.greeted(),
-  };
-}
-
 /** Counts error replies of a pre-TLS dialogue; the one that reaches the limit closes the connection instead. */
 export const MAX_ERRORS = 10;
+
+/**
+ * Commands a pre-TLS dialogue answers before it gives up on the client: a real client needs a
+ * handful (greeting, EHLO, STARTTLS). Postfix has the same idea for NOOP/RSET/VRFY/ETRN
+ * (smtpd_junk_command_limit, default 100): a client looping on cheap commands is closed.
+ */
+export const MAX_COMMANDS = 100;

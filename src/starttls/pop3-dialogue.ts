@@ -1,13 +1,25 @@
 // The pre-TLS POP3 server side (RFC 1939, RFC 2449, RFC 2595): postern greets, answers CAPA with
 // the backend's probed capabilities plus STLS, and either starts TLS or, on a plaintext session,
 // hands the client to the backend. No sockets.
-import type { Dialogue, DialogueAction, DialogueOptions } from './types.ts';
-import { hasBadBytes, MAX_ERRORS, splitCommand } from './lines.ts';
+import type { Dialogue, DialogueAction, DialogueOptions, ProtocolWords } from './types.ts';
+import { hasBadBytes, MAX_COMMANDS, MAX_ERRORS, splitCommand } from './lines.ts';
 
 /** Authentication commands (RFC 1939 section 7, RFC 5034). */
 const AUTH = new Set(['USER', 'PASS', 'APOP', 'AUTH']);
 /** Other AUTHORIZATION-state commands that only the backend can answer (RFC 6856 sections 2 and 3). */
 const OTHER = new Set(['UTF8', 'LANG']);
+
+/** RFC 1939 section 4 allows -ERR as the greeting; [SYS/TEMP] (RFC 3206 section 4) says "try later". */
+export function pop3Words(hostname: string): ProtocolWords {
+  return {
+    timeout: '-ERR Timeout\r\n',
+    backendDown: `-ERR [SYS/TEMP] ${hostname} backend not available\r\n`,
+    backendSilent: `-ERR [SYS/TEMP] ${hostname} backend not responding, try again later\r\n`,
+    tooMany: `-ERR [SYS/TEMP] ${hostname} too many connections, try again later\r\n`,
+    shutdown: `-ERR [SYS/TEMP] ${hostname} shutting down\r\n`,
+    internalError: `-ERR [SYS/TEMP] ${hostname} internal error, try again later\r\n`,
+  };
+}
 
 export function pop3Dialogue(opts: DialogueOptions): Dialogue {
   const lines = opts.capabilities.filter((c) => {
@@ -22,6 +34,7 @@ export function pop3Dialogue(opts: DialogueOptions): Dialogue {
   const capa = `+OK Capability list follows\r\n${lines.map((l) => `${l}\r\n`).join('')}.\r\n`;
 
   let errors = 0;
+  let commands = 0;
   const reply = (text: string): DialogueAction => ({ kind: 'reply', text: `${text}\r\n` });
   const error = (text: string): DialogueAction => {
     if (++errors >= MAX_ERRORS) return { kind: 'close', text: '-ERR Too many errors\r\n', reason: 'too_many_errors' };
@@ -32,10 +45,12 @@ export function pop3Dialogue(opts: DialogueOptions): Dialogue {
     // RFC 2449 section 4: a command line is at most 255 octets, CRLF included.
     maxLine: 255,
     greeting: () => `+OK ${opts.greeting}\r\n`,
-    onTimeout: () => '-ERR Timeout\r\n',
+    onTimeout: () => pop3Words(opts.hostname).timeout,
     onOverlong: () => error('-ERR Line too long'),
 
     onLine(line: Buffer): DialogueAction {
+      // MAX_COMMANDS: a client looping on commands postern answers itself is closed.
+      if (++commands > MAX_COMMANDS) return { kind: 'close', text: '-ERR Too many commands\r\n', reason: 'too_many_commands' };
       if (hasBadBytes(line)) return error('-ERR Invalid characters');
       const { verb, args } = splitCommand(line.toString('utf8'));
       switch (verb) {

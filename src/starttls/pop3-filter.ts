@@ -1,8 +1,10 @@
 // The POP3 session after STLS (or after a plaintext handoff): drops the backend's greeting, removes
 // STLS from CAPA responses, answers a second STLS itself, and passes message content (RETR, TOP)
-// through as raw bytes that are never parsed.
-import type { FilterOptions, SessionFilter } from './types.ts';
-import { DotTerminator, LF, Output, PartialLine, contentLength, neverThrow, splitCommand, splitEol } from './lines.ts';
+// through as raw bytes that are never parsed. Once the client has logged in (+OK to PASS, APOP or
+// AUTH) the session is in the TRANSACTION state, where STLS is not valid (RFC 2595 section 4):
+// the filter steps aside and the rest is piped raw.
+import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
+import { DotTerminator, LF, Output, PartialLine, contentLength, leadingWord, splitCommand, splitEol } from './lines.ts';
 
 /** Lines longer than this are forwarded as they come (RFC 2449 section 4 allows 255 / 512 octets). */
 const MAX_LINE = 4096;
@@ -10,20 +12,23 @@ const MAX_LINE = 4096;
 /**
  * What each command forwarded to the backend waits for, in order (RFC 2449 section 6.6: with
  * PIPELINING, responses come in command order): one status line, a multi-line response when the
- * status is +OK (RFC 1939 section 3), or an AUTH exchange (RFC 5034 section 4) that ends at +OK / -ERR.
+ * status is +OK (RFC 1939 section 3), an AUTH exchange (RFC 5034 section 4) that ends at +OK /
+ * -ERR, or the answer to PASS / APOP, whose +OK ends the AUTHORIZATION state.
  */
-type Expect = { kind: 'single' | 'multi' | 'capa' | 'auth' } | { kind: 'local'; text: string };
+type Expect = { kind: 'single' | 'multi' | 'capa' | 'auth' | 'login' } | { kind: 'local'; text: string };
 
 export function pop3Filter(opts: FilterOptions): SessionFilter {
-  return neverThrow(new Pop3Filter(opts.swallow));
+  return new Pop3Filter(opts);
 }
 
-class Pop3Filter {
+class Pop3Filter implements SessionFilter {
   private greetingDone = false;
   private swallow: number; // status lines still to drop
+  private readonly stlsAnswer: string;
+  private raw = false; // logged in: nothing more to rewrite
   private readonly expect: Expect[] = [];
   // client -> backend
-  private clientMode: 'line' | 'long' | 'sasl' = 'line';
+  private clientMode: 'line' | 'long' | 'sasl' | 'sasl-long' | 'discard' = 'line';
   private readonly clientLine = new PartialLine();
   // backend -> client
   private backendMode: 'line' | 'long' | 'body' | 'capa' = 'line';
@@ -31,8 +36,11 @@ class Pop3Filter {
   private readonly backendLine = new PartialLine();
   private readonly dot = new DotTerminator(true);
 
-  constructor(swallow: number) {
-    this.swallow = swallow;
+  constructor(opts: FilterOptions) {
+    this.swallow = opts.swallow;
+    // RFC 2595 section 4: STLS after TLS is refused; on a plaintext session handed to the backend
+    // TLS can no longer start.
+    this.stlsAnswer = opts.tls ? '-ERR TLS already active\r\n' : '-ERR [SYS/TEMP] STLS not available now\r\n';
   }
 
   greeted(): boolean {
@@ -40,35 +48,63 @@ class Pop3Filter {
   }
 
   ready(): boolean {
-    return this.greetingDone && this.swallow === 0;
+    return this.raw || (this.greetingDone && this.swallow === 0 && this.expect.length < MAX_OUTSTANDING);
   }
 
-  fromClient(chunk: Buffer): { toBackend: Buffer | null; toClient: Buffer | null } {
+  passthrough(): boolean {
+    return this.raw;
+  }
+
+  fromClient(chunk: Buffer): FilterStep {
+    if (this.raw) return { toBackend: this.clientLine.take(chunk), toClient: null, rest: null };
     const out = new Output();
     const local = new Output();
     let i = 0;
     while (i < chunk.length) {
       const lf = chunk.indexOf(LF, i);
-      if (this.clientMode === 'long') {
-        out.push(chunk.subarray(i, lf < 0 ? chunk.length : lf + 1));
+      if (this.clientMode === 'long' || this.clientMode === 'sasl-long' || this.clientMode === 'discard') {
+        if (this.clientMode !== 'discard') out.push(chunk.subarray(i, lf < 0 ? chunk.length : lf + 1));
         if (lf < 0) break;
         i = lf + 1;
-        this.clientMode = 'line';
-        this.expect.push({ kind: 'single' });
+        if (this.clientMode === 'long') this.expect.push({ kind: 'single' });
+        this.clientMode = this.clientMode === 'sasl-long' ? 'sasl' : 'line';
         continue;
+      }
+      if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET)) {
+        return { toBackend: out.result(), toClient: local.result(), rest: chunk.subarray(i) };
       }
       if (lf < 0) {
         this.clientLine.add(chunk.subarray(i));
-        if (this.clientLine.length > MAX_LINE) {
-          out.push(this.clientLine.take());
-          if (this.clientMode === 'line') this.clientMode = 'long';
-        }
+        if (this.clientLine.length > MAX_LINE) this.overlong(out, local);
         break;
       }
       this.clientCommand(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
       i = lf + 1;
     }
-    return { toBackend: out.result(), toClient: local.result() };
+    return { toBackend: out.result(), toClient: local.result(), rest: null };
+  }
+
+  /** postern's own answer, in its place among the responses to pipelined commands. */
+  private answer(text: string, local: Output): void {
+    if (this.expect.length === 0) local.push(text);
+    else this.expect.push({ kind: 'local', text });
+  }
+
+  /** A line over MAX_LINE whose end has not arrived: decided on its first bytes. */
+  private overlong(out: Output, local: Output): void {
+    const head = this.clientLine.take();
+    if (this.clientMode === 'sasl') {
+      out.push(head);
+      this.clientMode = 'sasl-long';
+      return;
+    }
+    if (leadingWord(head) === 'STLS') {
+      this.answer(this.stlsAnswer, local);
+      this.clientMode = 'discard';
+      return;
+    }
+    out.push(head);
+    this.clientMode = 'long';
   }
 
   private clientCommand(line: Buffer, out: Output, local: Output): void {
@@ -77,24 +113,26 @@ class Pop3Filter {
       out.push(line);
       return;
     }
-    const { verb, args } = splitCommand(line.toString('latin1', 0, contentLength(line)));
-    if (verb === 'STLS') {
-      // RFC 2595 section 4: TLS is already active. The answer keeps its place among the
-      // responses to pipelined commands.
-      const text = '-ERR TLS already active\r\n';
-      if (this.expect.length === 0) local.push(text);
-      else this.expect.push({ kind: 'local', text });
-      return;
+    if (leadingWord(line) === 'STLS') {
+      // RFC 2595 section 4. The answer keeps its place among the responses to pipelined commands.
+      return this.answer(this.stlsAnswer, local);
     }
+    const { verb, args } = splitCommand(line.toString('latin1', 0, contentLength(line)));
     out.push(line);
     this.expect.push({ kind: expectFor(verb, args) });
     if (verb === 'AUTH' && args !== '') this.clientMode = 'sasl';
   }
 
   fromBackend(chunk: Buffer): Buffer | null {
+    if (this.raw) return this.backendLine.take(chunk);
     const out = new Output();
     let i = 0;
     while (i < chunk.length) {
+      if (this.raw) {
+        // The login succeeded on the line just read: the rest belongs to the TRANSACTION state.
+        out.push(chunk.subarray(i));
+        break;
+      }
       if (this.backendMode === 'body') {
         // RFC 1939 section 3: the response ends at a line holding only "."; byte-stuffed lines
         // (and any STLS inside a message) pass as they are.
@@ -139,7 +177,7 @@ class Pop3Filter {
       out.push(line);
       this.backendMode = 'line';
       this.drainLocal(out);
-    } else if ((text.trim().split(' ')[0] ?? '').toUpperCase() !== 'STLS') out.push(line);
+    } else if (leadingWord(line) !== 'STLS') out.push(line);
   }
 
   private statusLine(line: Buffer, out: Output): void {
@@ -165,7 +203,11 @@ class Pop3Filter {
       this.backendMode = 'body';
       this.dot.reset();
     } else if (ok && head.kind === 'capa') this.backendMode = 'capa';
-    else this.drainLocal(out);
+    else {
+      this.drainLocal(out);
+      // Logged in, and no answer of postern's own is still waiting for its place: step aside.
+      if (ok && (head.kind === 'login' || head.kind === 'auth') && !this.expect.some((e) => e.kind === 'local')) this.raw = true;
+    }
   }
 
   private drainLocal(out: Output): void {
@@ -174,7 +216,7 @@ class Pop3Filter {
 }
 
 /** Which commands get a multi-line response after +OK (RFC 1939 sections 5 and 7, RFC 2449 section 5). */
-function expectFor(verb: string, args: string): 'single' | 'multi' | 'capa' | 'auth' {
+function expectFor(verb: string, args: string): 'single' | 'multi' | 'capa' | 'auth' | 'login' {
   switch (verb) {
     case 'CAPA':
       return 'capa';
@@ -187,6 +229,9 @@ function expectFor(verb: string, args: string): 'single' | 'multi' | 'capa' | 'a
     case 'AUTH':
       // Without a mechanism, many servers (Dovecot among them) list the mechanisms, "."-ended.
       return args === '' ? 'multi' : 'auth';
+    case 'PASS':
+    case 'APOP':
+      return 'login';
     default:
       return 'single';
   }

@@ -1,11 +1,27 @@
 // The pre-TLS SMTP server side (RFC 5321, RFC 3207): postern greets, answers EHLO with the
 // backend's probed extensions plus STARTTLS, and either starts TLS or, on a plaintext session,
 // hands the client to the backend by replaying its EHLO/HELO. A pure line machine: no sockets.
-import type { Dialogue, DialogueAction, DialogueOptions } from './types.ts';
-import { hasBadBytes, MAX_ERRORS, splitCommand } from './lines.ts';
+import type { Dialogue, DialogueAction, DialogueOptions, ProtocolWords } from './types.ts';
+import { hasBadBytes, MAX_COMMANDS, MAX_ERRORS, splitCommand } from './lines.ts';
 
 /** Commands that only the backend can answer (RFC 5321 section 4.1.1, RFC 3030, RFC 4954, RFC 1985). */
 const BACKEND = new Set(['MAIL', 'RCPT', 'DATA', 'BDAT', 'AUTH', 'VRFY', 'EXPN', 'ETRN', 'HELP']);
+
+/**
+ * RFC 5321 section 3.8: 421 closes the channel and tells the sender to retry later; the enhanced
+ * codes are RFC 3463's (4.3.2 system not accepting network messages, 4.4.1 no answer from host,
+ * 4.7.0 security/policy, 4.3.0 other mail system status).
+ */
+export function smtpWords(hostname: string): ProtocolWords {
+  return {
+    timeout: `421 4.4.2 ${hostname} Timeout, closing connection\r\n`,
+    backendDown: `421 4.3.2 ${hostname} Service not available\r\n`,
+    backendSilent: `421 4.4.1 ${hostname} Backend not responding, try again later\r\n`,
+    tooMany: `421 4.7.0 ${hostname} Too many connections, try again later\r\n`,
+    shutdown: `421 4.3.2 ${hostname} Service shutting down\r\n`,
+    internalError: `421 4.3.0 ${hostname} Internal error, try again later\r\n`,
+  };
+}
 
 export function smtpDialogue(opts: DialogueOptions): Dialogue {
   const { hostname } = opts;
@@ -22,6 +38,7 @@ export function smtpDialogue(opts: DialogueOptions): Dialogue {
 
   let hello: string | null = null; // the client's last accepted EHLO/HELO line, as sent
   let errors = 0;
+  let commands = 0;
 
   const reply = (text: string): DialogueAction => ({ kind: 'reply', text: `${text}\r\n` });
   const error = (text: string): DialogueAction => {
@@ -33,11 +50,13 @@ export function smtpDialogue(opts: DialogueOptions): Dialogue {
     // RFC 5321 section 4.5.3.1.4: a command line is at most 512 octets, CRLF included.
     maxLine: 512,
     greeting: () => `220 ${opts.greeting}\r\n`,
-    onTimeout: () => `421 4.4.2 ${hostname} Timeout, closing connection\r\n`,
+    onTimeout: () => smtpWords(hostname).timeout,
     // RFC 5321 section 4.5.3.1.4 / 4.2.2: 500 with enhanced code 5.5.6 (RFC 3463 "syntax error... too long").
     onOverlong: () => error('500 5.5.6 Line too long'),
 
     onLine(line: Buffer): DialogueAction {
+      // MAX_COMMANDS: a client looping on commands postern answers itself is closed.
+      if (++commands > MAX_COMMANDS) return { kind: 'close', text: `421 4.7.0 ${hostname} Too many commands\r\n`, reason: 'too_many_commands' };
       // Never echo what the client sent: the replies below are fixed strings.
       if (hasBadBytes(line)) return error('500 5.5.2 Syntax error, binary data');
       const text = line.toString('utf8');

@@ -1,10 +1,16 @@
 // The SMTP session after STARTTLS (or after a plaintext handoff): drops the backend's greeting and
 // the replies to replayed commands, removes STARTTLS from EHLO replies, answers a second STARTTLS
-// itself, and lets message content (DATA, BDAT) through as raw bytes that are never parsed.
-import type { FilterOptions, SessionFilter } from './types.ts';
-import { DotTerminator, LF, Output, PartialLine, neverThrow, splitEol, contentLength } from './lines.ts';
+// and XCLIENT/XFORWARD itself, and lets message content (DATA, BDAT) through as raw bytes that
+// are never parsed. SMTP stays filtered for the whole session: any later command line may be one
+// that postern refuses.
+import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
+import { DotTerminator, LF, Output, PartialLine, leadingWord, splitEol, contentLength } from './lines.ts';
 
-/** A command line longer than this is forwarded as it is (the backend rejects it). */
+/**
+ * A command line longer than this is not held. RFC 5321 section 4.5.3.1.4 allows 512 octets;
+ * only AUTH may legitimately be longer (RFC 4954 section 4: an initial response, up to 12288), so
+ * an overlong AUTH line or SASL response is forwarded as it comes and any other is refused here.
+ */
 const MAX_COMMAND = 4096;
 /** A backend reply larger than this is passed through unmodified instead of being held. */
 const MAX_REPLY = 65536;
@@ -12,13 +18,17 @@ const MAX_REPLY = 65536;
 /** What each command forwarded to the backend is waiting for, in order (RFC 2920: replies come in command order). */
 type Expect = { kind: 'reply' } | { kind: 'data' } | { kind: 'local'; text: string };
 
+const REFUSED_XCLIENT = '550 5.7.0 Command not permitted through postern\r\n';
+const OVERLONG = '500 5.5.6 Line too long\r\n';
+
 export function smtpFilter(opts: FilterOptions): SessionFilter {
-  return neverThrow(new SmtpFilter(opts.swallow));
+  return new SmtpFilter(opts);
 }
 
-class SmtpFilter {
+class SmtpFilter implements SessionFilter {
   private greetingDone = false;
   private swallow: number;
+  private readonly starttlsAnswer: string;
   private readonly expect: Expect[] = [];
   // backend -> client
   private readonly backendLine = new PartialLine();
@@ -26,14 +36,18 @@ class SmtpFilter {
   private replyBytes = 0;
   private backendRaw = false; // inside an oversized line or reply: passed as it comes
   // client -> backend
-  private mode: 'cmd' | 'data-wait' | 'data' | 'bdat' | 'long' = 'cmd';
+  private mode: 'cmd' | 'data' | 'bdat' | 'long' | 'discard' = 'cmd';
   private readonly clientLine = new PartialLine();
   private readonly dot = new DotTerminator();
   private bdatLeft = 0;
   private saslResponse = false; // the last reply was 334: the next client line is an AUTH response
+  private waitingData = false; // DATA forwarded, its reply not seen yet
 
-  constructor(swallow: number) {
-    this.swallow = swallow;
+  constructor(opts: FilterOptions) {
+    this.swallow = opts.swallow;
+    // RFC 3207 section 4.2: after TLS, STARTTLS is a bad sequence; on a plaintext session that
+    // postern handed to the backend, TLS cannot start any more: 454, "temporary reason".
+    this.starttlsAnswer = opts.tls ? '503 5.5.1 TLS already active\r\n' : '454 4.7.0 TLS not available due to temporary reason\r\n';
   }
 
   greeted(): boolean {
@@ -42,24 +56,22 @@ class SmtpFilter {
 
   /**
    * Also false between DATA and the backend's answer to it: the client must wait for 354
-   * (RFC 5321 section 4.1.1.4, RFC 2920 section 3.1), and holding early bytes keeps postern's view
-   * of "command or message text" the same as the backend's.
+   * (RFC 5321 section 4.1.1.4, RFC 2920 section 3.1), and whether the bytes after DATA are message
+   * text or commands is the backend's decision, so postern reads them only once it knows.
    */
   ready(): boolean {
-    return this.greetingDone && this.swallow === 0 && this.mode !== 'data-wait';
+    return this.greetingDone && this.swallow === 0 && !this.waitingData && this.expect.length < MAX_OUTSTANDING;
   }
 
-  fromClient(chunk: Buffer): { toBackend: Buffer | null; toClient: Buffer | null } {
+  passthrough(): boolean {
+    return false;
+  }
+
+  fromClient(chunk: Buffer): FilterStep {
     const out = new Output();
     const local = new Output();
     let i = 0;
     while (i < chunk.length) {
-      if (this.mode === 'data-wait') {
-        // Message text before the 354 (the client did not wait): treat it as the message, as the
-        // backend will if it accepts the DATA.
-        this.mode = 'data';
-        this.dot.reset();
-      }
       if (this.mode === 'data') {
         // RFC 5321 section 4.1.1.4: the message ends at CRLF "." CRLF; dot-stuffed lines pass as sent.
         const end = this.dot.scan(chunk, i);
@@ -74,28 +86,58 @@ class SmtpFilter {
         i += n;
         this.bdatLeft -= n;
         if (this.bdatLeft === 0) this.mode = 'cmd';
-      } else if (this.mode === 'long') {
+      } else if (this.mode === 'long' || this.mode === 'discard') {
         const lf = chunk.indexOf(LF, i);
-        out.push(chunk.subarray(i, lf < 0 ? chunk.length : lf + 1));
+        if (this.mode === 'long') out.push(chunk.subarray(i, lf < 0 ? chunk.length : lf + 1));
         if (lf < 0) break;
         i = lf + 1;
         this.mode = 'cmd';
-        this.expect.push({ kind: 'reply' });
       } else {
+        // At a command boundary: stop where the backend must answer first, or where postern has
+        // said enough for the client to read before it hears more.
+        if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET)) {
+          return { toBackend: out.result(), toClient: local.result(), rest: chunk.subarray(i) };
+        }
         const lf = chunk.indexOf(LF, i);
         if (lf < 0) {
           this.clientLine.add(chunk.subarray(i));
-          if (this.clientLine.length > MAX_COMMAND) {
-            out.push(this.clientLine.take());
-            this.mode = 'long';
-          }
+          if (this.clientLine.length > MAX_COMMAND) this.overlong(out, local, 'long');
           break;
         }
-        this.command(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
+        // A line over the limit is treated the same whether its end came with it or not, so
+        // that how the client's bytes were split never changes what postern does.
+        if (this.clientLine.length + lf + 1 - i > MAX_COMMAND) {
+          this.clientLine.add(chunk.subarray(i, lf + 1));
+          this.overlong(out, local, 'cmd');
+        } else this.command(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
         i = lf + 1;
       }
     }
-    return { toBackend: out.result(), toClient: local.result() };
+    return { toBackend: out.result(), toClient: local.result(), rest: null };
+  }
+
+  /** postern's own answer, in its place among the replies to pipelined commands. */
+  private answer(text: string, local: Output): void {
+    if (this.expect.length === 0) local.push(text);
+    else this.expect.push({ kind: 'local', text });
+  }
+
+  /**
+   * A command line over MAX_COMMAND, decided on its first bytes: an AUTH line or a SASL response
+   * is forwarded, anything else answered 500 and dropped. `then`: 'long' while its end has not
+   * arrived (the rest follows the same way), 'cmd' when it came whole.
+   */
+  private overlong(out: Output, local: Output, then: 'long' | 'cmd'): void {
+    const head = this.clientLine.take();
+    if (this.saslResponse || leadingWord(head) === 'AUTH') {
+      this.saslResponse = false;
+      out.push(head);
+      this.expect.push({ kind: 'reply' });
+      this.mode = then;
+      return;
+    }
+    this.answer(OVERLONG, local);
+    this.mode = then === 'long' ? 'discard' : 'cmd';
   }
 
   private command(line: Buffer, out: Output, local: Output): void {
@@ -106,36 +148,33 @@ class SmtpFilter {
       this.expect.push({ kind: 'reply' });
       return;
     }
-    const text = line.toString('latin1', 0, contentLength(line));
-    const verb = (/^[^ \t]*/.exec(text)![0]).toUpperCase();
+    const verb = leadingWord(line);
     if (verb === 'STARTTLS') {
-      // RFC 3207 section 4.2: TLS is already active (STARTTLS is never advertised after it);
-      // the answer keeps its place among the replies to pipelined commands.
-      const text503 = '503 5.5.1 TLS already active\r\n';
-      if (this.expect.length === 0) local.push(text503);
-      else this.expect.push({ kind: 'local', text: text503 });
-      return;
+      // STARTTLS is never advertised after TLS (or after the handoff); the answer keeps its
+      // place among the replies to pipelined commands.
+      return this.answer(this.starttlsAnswer, local);
     }
     if (verb === 'XCLIENT' || verb === 'XFORWARD') {
       // Postfix trusts these from smtpd_authorized_xclient_hosts; the backend sees postern's own
       // address, so a client could otherwise claim any identity. The client's real address
       // travels in the PROXY header instead.
-      const text550 = '550 5.7.0 Command not permitted through postern\r\n';
-      if (this.expect.length === 0) local.push(text550);
-      else this.expect.push({ kind: 'local', text: text550 });
-      return;
+      return this.answer(REFUSED_XCLIENT, local);
     }
     out.push(line);
     if (verb === 'DATA') {
       this.expect.push({ kind: 'data' });
-      this.mode = 'data-wait';
+      this.waitingData = true;
       return;
     }
     this.expect.push({ kind: 'reply' });
-    const bdat = verb === 'BDAT' ? /^BDAT[ \t]+(\d{1,15})(?:[ \t]+LAST)?[ \t]*$/i.exec(text) : null;
-    if (bdat) {
-      this.bdatLeft = Number(bdat[1]);
-      if (this.bdatLeft > 0) this.mode = 'bdat';
+    if (verb === 'BDAT') {
+      // Only an exact BDAT line counts: if postern took chunk octets for commands it would at
+      // worst refuse too much; the reverse would let unchecked lines reach the backend.
+      const bdat = /^BDAT[ \t]+(\d{1,15})(?:[ \t]+LAST)?[ \t]*$/i.exec(line.toString('latin1', 0, contentLength(line)));
+      if (bdat) {
+        this.bdatLeft = Number(bdat[1]);
+        if (this.bdatLeft > 0) this.mode = 'bdat';
+      }
     }
   }
 
@@ -212,17 +251,15 @@ class SmtpFilter {
       return;
     }
     const head = this.expect[0];
-    if (head?.kind === 'data' && code === 354) {
-      // The message follows; the reply after its end answers this same DATA.
-      this.expect[0] = { kind: 'reply' };
-      if (this.mode === 'data-wait') {
+    if (head?.kind === 'data') {
+      this.waitingData = false;
+      if (code === 354) {
+        // The message follows; the reply after its end answers this same DATA.
+        this.expect[0] = { kind: 'reply' };
         this.mode = 'data';
         this.dot.reset();
-      }
-    } else if (head) {
-      this.expect.shift();
-      if (head.kind === 'data' && this.mode === 'data-wait') this.mode = 'cmd';
-    }
+      } else this.expect.shift();
+    } else if (head) this.expect.shift();
     this.saslResponse = code === 334 && this.expect.length === 0;
     for (const l of code === 250 ? withoutStarttls(lines) : lines) out.push(l);
     while (this.expect[0]?.kind === 'local') out.push((this.expect.shift() as { text: string }).text);

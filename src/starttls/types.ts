@@ -42,26 +42,79 @@ export interface Dialogue {
 }
 
 /**
+ * What postern says in the protocol's own words outside the dialogue proper (complete lines with
+ * CRLF). Sent in plaintext before TLS, or inside the TLS session after the handshake.
+ */
+export interface ProtocolWords {
+  /** The pre-TLS dialogue passed its deadline (timeouts.starttls). */
+  timeout: string;
+  /** The backend could not be reached: try later. */
+  backendDown: string;
+  /** The backend did not answer within timeouts.backendReply. */
+  backendSilent: string;
+  /** One connection too many (the listener's or the client's limit), sent instead of the greeting. */
+  tooMany: string;
+  /** postern is stopping. */
+  shutdown: string;
+  /** A fault inside postern ended this session: try later. */
+  internalError: string;
+}
+
+/** What a filter made of some client bytes. */
+export interface FilterStep {
+  /** Goes on to the backend. */
+  toBackend: Buffer | null;
+  /** postern's own answers (a second STARTTLS refused, XCLIENT refused). */
+  toClient: Buffer | null;
+  /**
+   * Bytes the filter did not read, because from them on it must wait for the backend (the
+   * reply to DATA, the "+" for a synchronizing literal, too many commands outstanding) or
+   * because it has answered enough for one call. The driver holds them and offers them again
+   * when ready() is true and the client can take more answers.
+   */
+  rest: Buffer | null;
+}
+
+/**
  * Rewrites one session after STARTTLS (or a plaintext handoff) as bytes flow through postern:
  * drops the backend's greeting and the replies to replayed commands, strips STARTTLS/STLS from
  * capability lists, refuses a second STARTTLS locally, and passes message bodies / literals
- * through untouched (so text inside a message is never mistaken for a command).
+ * through untouched (so text inside a message is never mistaken for a command). A filter may
+ * throw only on a bug; the driver then ends the session (internal_error), never the process.
  */
 export interface SessionFilter {
-  /** Bytes from the client. Returns what goes on to the backend and what postern answers itself. */
-  fromClient(chunk: Buffer): { toBackend: Buffer | null; toClient: Buffer | null };
+  /** Bytes from the client. Returns what goes on to the backend, what postern answers itself, and what it did not read yet. */
+  fromClient(chunk: Buffer): FilterStep;
   /** Bytes from the backend. Returns what goes on to the client. */
   fromBackend(chunk: Buffer): Buffer | null;
   /**
-   * False while the backend's greeting and the swallowed replies are still outstanding; the
-   * driver holds client bytes until then (RFC 2920 section 3.1: EHLO ends a pipelined group).
+   * False while the filter waits for the backend: its greeting or the swallowed replies (RFC
+   * 2920 section 3.1: EHLO ends a pipelined group), a reply that decides how the next client
+   * bytes are read (354, "+"), or replies to too many outstanding commands. The driver holds
+   * client bytes (up to a cap, then stops reading) and runs the backend-reply deadline meanwhile.
    */
-  ready?(): boolean;
+  ready(): boolean;
   /** True once the backend's complete greeting has been seen (the driver then sends the replay). */
-  greeted?(): boolean;
+  greeted(): boolean;
+  /**
+   * True once nothing more needs rewriting either way (IMAP and POP3 after a successful login,
+   * IMAP COMPRESS=DEFLATE started): the driver then pipes the rest raw.
+   */
+  passthrough(): boolean;
 }
 
 export interface FilterOptions {
   /** Backend replies to drop after the greeting (the replies to replayed commands). */
   swallow: number;
+  /**
+   * False for a plaintext session handed to the backend: a STARTTLS then gets "not available"
+   * rather than "already active" (RFC 3207 section 4: 454 4.7.0).
+   */
+  tls: boolean;
 }
+
+/** Outstanding pipelined commands a filter tracks before it waits for replies (RFC 2920 sets no limit; Postfix's smtpd_recipient_limit is 1000). */
+export const MAX_OUTSTANDING = 1024;
+
+/** Bytes of its own answers a filter produces in one fromClient() call before it returns the rest. */
+export const LOCAL_REPLY_BUDGET = 4096;

@@ -1,15 +1,12 @@
-// Drives the real STARTTLS prelude (src/starttls/prelude.ts: line splitting, overlong lines,
-// the 0x16 check) with the real SMTP/IMAP/POP3 dialogues over a fake socket and session, so a
-// byte stream cut into chunks can be replayed without sockets. Shared by
-// test/unit/fuzz-starttls-lines.test.ts and the coverage-guided fuzzer (fuzz/).
-import { EventEmitter } from 'node:events';
-import { StarttlsPrelude, type ProtocolMachines } from '../../src/starttls/prelude.ts';
+// Drives the real STARTTLS prelude core (src/starttls/prelude.ts DialogueReader: line splitting,
+// overlong lines, the 0x16 check, answering only while the client reads) with the real
+// SMTP/IMAP/POP3 dialogues, so a byte stream cut into chunks can be replayed without sockets.
+// Shared by test/unit/fuzz-starttls-lines.test.ts and the coverage-guided fuzzer (fuzz/).
+import { DialogueReader, type ProtocolMachines } from '../../src/starttls/prelude.ts';
 import { smtpDialogue } from '../../src/starttls/smtp-dialogue.ts';
 import { imapDialogue } from '../../src/starttls/imap-dialogue.ts';
 import { pop3Dialogue } from '../../src/starttls/pop3-dialogue.ts';
-import type { Dialogue, DialogueOptions, SessionFilter } from '../../src/starttls/types.ts';
-import type { Session, SessionEnv } from '../../src/session.ts';
-import type { CapabilityProbe } from '../../src/starttls/probe.ts';
+import type { Dialogue, DialogueOptions, SessionFilter, ProtocolWords } from '../../src/starttls/types.ts';
 
 export type Proto = 'smtp' | 'imap' | 'pop3';
 export const PROTOS: Proto[] = ['smtp', 'imap', 'pop3'];
@@ -45,28 +42,13 @@ export interface Transcript {
   end: End;
 }
 
-class FakeSocket extends EventEmitter {
-  written: string[] = [];
-  paused = false;
-  write(s: string | Buffer): boolean {
-    this.written.push(typeof s === 'string' ? s : s.toString('latin1'));
-    return true;
-  }
-  resume() {
-    this.paused = false;
-    return this;
-  }
-  pause() {
-    this.paused = true;
-    return this;
-  }
-}
-
 /**
  * Runs one client byte stream, cut at `cuts`, through the prelude. Never throws on its own: an
- * exception out of the prelude or a dialogue is rethrown wrapped in InvariantError.
+ * exception out of the prelude or a dialogue is rethrown wrapped in InvariantError. With
+ * `stallEvery` N, every Nth time the reader asks whether the client reads, the answer is no (the
+ * client's window is full) until the next "drain": the transcript must not change.
  */
-export function runPrelude(setup: Setup, input: Buffer, cuts: number[]): Transcript {
+export function runPrelude(setup: Setup, input: Buffer, cuts: number[], stallEvery = 0): Transcript {
   const maxLine = MAX_LINE[setup.proto];
   const events: Event[] = [];
   const wrap = (opts: DialogueOptions): Dialogue => {
@@ -90,76 +72,49 @@ export function runPrelude(setup: Setup, input: Buffer, cuts: number[]): Transcr
     };
   };
   const noFilter = {} as SessionFilter;
-  const machines: ProtocolMachines = { dialogue: wrap, filter: () => noFilter };
-  const socket = new FakeSocket();
-  let end: End = { kind: 'open' };
-  let injected = 0;
-  let pending: Buffer | null = null;
-  let replay = '';
-  const listener = {
-    name: 'fuzz',
-    hostname: 'mail.example.org',
-    protocol: setup.proto,
-    tls: 'starttls',
-    starttls: { greeting: 'mail.example.org ready', requireTls: setup.requireTls, probeIntervalMs: 60_000, fallbackCapabilities: [] },
-  };
-  const session = {
-    listener,
-    socket,
-    lastWords: null as Buffer | null,
-    shutdownWords: null as Buffer | null,
-    abort(reason: string, _side: string, detail: string | null = null, lastWords: Buffer | null = null) {
-      if (end.kind !== 'open') fail(`abort after ${end.kind}`);
-      end = { kind: 'abort', reason, detail, lastWords: lastWords ? lastWords.toString('latin1') : null };
-    },
-    countInjection(n: number) {
-      injected += n;
-    },
-    secureAndProxy() {
-      if (end.kind !== 'open') fail(`starttls after ${end.kind}`);
-      end = { kind: 'starttls', after: 0 };
-      return Promise.resolve();
-    },
-    handoff(p: Buffer, r: string) {
-      if (end.kind !== 'open') fail(`handoff after ${end.kind}`);
-      pending = p;
-      replay = r;
-      end = { kind: 'handoff', replay: r, stream: '' };
-      return Promise.resolve();
+  const machines: ProtocolMachines = { dialogue: wrap, filter: () => noFilter, words: () => ({}) as ProtocolWords };
+  const written: string[] = [];
+  let asks = 0;
+  let stalled = false;
+  const io = {
+    write: (t: string) => void written.push(t),
+    canWrite: () => {
+      if (stallEvery > 0 && ++asks % stallEvery === 0) stalled = true;
+      return !stalled;
     },
   };
-  const env = { listener, store: () => ({ lookup: () => (setup.tlsAvailable ? {} : null) }) } as unknown as SessionEnv;
-  const probe = { capabilities: () => setup.capabilities, first: Promise.resolve(), stop() {} } as unknown as CapabilityProbe;
-  const prelude = new StarttlsPrelude(env, machines, probe);
-  try {
-    prelude.run(session as unknown as Session);
-  } catch (err) {
-    fail(`prelude.run threw: ${(err as Error)?.stack ?? String(err)}`);
-  }
+  const dialogue = wrap({ hostname: 'mail.example.org', greeting: 'mail.example.org ready', requireTls: setup.requireTls, capabilities: setup.capabilities, tlsAvailable: setup.tlsAvailable });
+  const reader = new DialogueReader(dialogue, machines, io);
+  written.push(dialogue.greeting());
   const ends = [...new Set(cuts.filter((c) => c > 0 && c < input.length))].sort((a, b) => a - b);
   ends.push(input.length);
   let at = 0;
-  for (const e of ends) {
-    if (at >= input.length) break;
-    // After the dialogue is over the prelude has stopped listening; the rest stays in the socket.
-    if (end.kind !== 'open' || socket.listenerCount('data') === 0) break;
-    const chunk = input.subarray(at, e);
-    at = e;
-    try {
-      socket.emit('data', chunk);
-    } catch (err) {
-      fail(`prelude threw on a chunk: ${(err as Error)?.stack ?? String(err)}`);
+  try {
+    for (const e of ends) {
+      if (at >= input.length || reader.outcome) break;
+      const chunk = input.subarray(at, e);
+      at = e;
+      reader.feed(chunk);
+      // The client reads what it was sent: 'drain', and the reader goes on.
+      while (reader.blocked && !reader.outcome) {
+        stalled = false;
+        reader.pump();
+      }
     }
+  } catch (err) {
+    fail(`prelude threw: ${(err as Error)?.stack ?? String(err)}`);
   }
   const rest = input.subarray(at);
-  const finalEnd = end as End;
-  if (finalEnd.kind === 'starttls') end = { kind: 'starttls', after: injected + rest.length };
-  else if (finalEnd.kind === 'handoff') end = { kind: 'handoff', replay, stream: Buffer.concat([pending ?? Buffer.alloc(0), rest]).toString('latin1') };
-  const written = socket.written.join('');
+  const o = reader.outcome;
+  let end: End = { kind: 'open' };
+  if (o?.kind === 'close') end = { kind: 'abort', reason: o.reason, detail: o.detail, lastWords: o.words ? o.words.toString('latin1') : null };
+  else if (o?.kind === 'starttls') end = { kind: 'starttls', after: o.discarded + rest.length };
+  else if (o?.kind === 'handoff') end = { kind: 'handoff', replay: o.replay, stream: Buffer.concat([o.pending, rest]).toString('latin1') };
+  const all = written.join('');
   // Replies are fixed texts (plus a validated IMAP tag): printable ASCII in CRLF-ended lines; the
   // client's bytes are never echoed.
-  if (!/^(?:[\x20-\x7e]*\r\n)*$/.test(written)) fail(`reply with bytes outside printable ASCII or without CRLF: ${JSON.stringify(written.slice(0, 200))}`);
-  return { written, events, end };
+  if (!/^(?:[\x20-\x7e]*\r\n)*$/.test(all)) fail(`reply with bytes outside printable ASCII or without CRLF: ${JSON.stringify(all.slice(0, 200))}`);
+  return { written: all, events, end };
 }
 
 /**

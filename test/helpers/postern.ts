@@ -7,7 +7,7 @@ import { loadConfigText, formatConfigError } from '../../src/config/load.ts';
 import { checkCertificates } from '../../src/config/certificates.ts';
 import { createLogger } from '../../src/log.ts';
 import { Daemon } from '../../src/daemon.ts';
-import { preludeFor } from '../../src/starttls/preludes.ts';
+import { preludeFor } from '../../src/starttls/protocols.ts';
 
 export interface LogLine {
   level: string;

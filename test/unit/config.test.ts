@@ -284,7 +284,7 @@ describe('config errors', () => {
     });
 
     it('units', () => {
-      expect(listenerOf({ timeouts: '{ handshake: 250ms, connect: 2m, idle: 1d }' }).timeouts).toEqual({ handshakeMs: 250, connectMs: 120_000, idleMs: 86_400_000, starttlsMs: 60_000 });
+      expect(listenerOf({ timeouts: '{ handshake: 250ms, connect: 2m, idle: 1d }' }).timeouts).toEqual({ handshakeMs: 250, connectMs: 120_000, idleMs: 86_400_000, starttlsMs: 60_000, backendReplyMs: 120_000 });
       expect(listenerOf({ timeouts: '{ idle: 1h }' }).timeouts.idleMs).toBe(3_600_000);
     });
   });
@@ -458,8 +458,8 @@ describe('config defaults', () => {
   });
 
   it('timeouts: handshake 10s, connect 5s, idle 10m; each on its own', () => {
-    expect(listenerOf({}).timeouts).toEqual({ handshakeMs: 10_000, connectMs: 5_000, idleMs: 600_000, starttlsMs: 60_000 });
-    expect(listenerOf({ timeouts: '{ connect: 1s }' }).timeouts).toEqual({ handshakeMs: 10_000, connectMs: 1_000, idleMs: 600_000, starttlsMs: 60_000 });
+    expect(listenerOf({}).timeouts).toEqual({ handshakeMs: 10_000, connectMs: 5_000, idleMs: 600_000, starttlsMs: 60_000, backendReplyMs: 120_000 });
+    expect(listenerOf({ timeouts: '{ connect: 1s }' }).timeouts).toEqual({ handshakeMs: 10_000, connectMs: 1_000, idleMs: 600_000, starttlsMs: 60_000, backendReplyMs: 120_000 });
   });
 
   it('log level info, minVersion TLSv1.2, serverNames any', () => {
@@ -515,7 +515,7 @@ listeners:
           alpn: ['smtp'],
           minVersion: 'TLSv1.3',
           backend: { address: { host: 'postfix', port: 10025 }, proxyProtocol: 'v1' },
-          timeouts: { handshakeMs: 20_000, connectMs: 3_000, idleMs: 300_000, starttlsMs: 60_000 },
+          timeouts: { handshakeMs: 20_000, connectMs: 3_000, idleMs: 300_000, starttlsMs: 60_000, backendReplyMs: 120_000 },
           limits: { maxConnections: 10_000, maxConnectionsPerClient: 50 },
           routes: [],
           acceptProxyProtocol: null,
@@ -583,7 +583,7 @@ listeners:
         alpn: ['smtp'],
         minVersion: 'TLSv1.2',
         backend: { address: { host: '127.0.0.1', port: 10465 }, proxyProtocol: 'v2' },
-        timeouts: { handshakeMs: 10_000, connectMs: 5_000, idleMs: 600_000, starttlsMs: 60_000 },
+        timeouts: { handshakeMs: 10_000, connectMs: 5_000, idleMs: 600_000, starttlsMs: 60_000, backendReplyMs: 120_000 },
         limits: { maxConnections: 10_000, maxConnectionsPerClient: 50 },
         routes: [],
         acceptProxyProtocol: null,

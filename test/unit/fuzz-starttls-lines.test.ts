@@ -11,6 +11,7 @@ export const RUNS = {
   randomBytes: 4000,
   commandLines: 4000,
   longLines: 600,
+  unicodeLines: 3000,
 } as const;
 
 const setup: fc.Arbitrary<Setup> = fc.record({
@@ -52,6 +53,8 @@ function sameUnderChunking(s: Setup, input: Buffer, cuts: number[]) {
   expect(split).toEqual(whole);
   const bytewise = runPrelude(s, input, Array.from({ length: input.length }, (_, i) => i + 1));
   expect(bytewise).toEqual(whole);
+  // A client that keeps its window full: answering pauses and resumes, the transcript is the same.
+  expect(runPrelude(s, input, cuts, 2)).toEqual(whole);
 }
 
 describe('STARTTLS prelude line handling (SMTP, IMAP, POP3)', () => {
@@ -71,6 +74,19 @@ describe('STARTTLS prelude line handling (SMTP, IMAP, POP3)', () => {
     fc.assert(
       fc.property(setup, script.chain((b) => fc.tuple(fc.constant(b), cutsFor(b.length))), (s, [b, cuts]) => sameUnderChunking(s, b, cuts)),
       { numRuns: RUNS.commandLines },
+    );
+  });
+
+  it(`command lines with any Unicode text and raw bytes (U+2028, U+2029, NEL, BOM, lone and overlong UTF-8) in random chunks (${RUNS.unicodeLines} runs)`, () => {
+    // Full Unicode in the verb and the arguments, and the byte sequences that break naive parsers.
+    const odd = fc.constantFrom('\u2028', '\u2029', '\u0085', '\ufeff', '\u00a0', '\u200b', '\ud800', '\udfff', '\u{1f600}', 'ß', 'ﬀ', 'İ');
+    const text = fc.array(fc.oneof(fc.string({ unit: 'binary', maxLength: 12 }), odd, fc.constantFrom(' ', '\t', 'NOOP', 'EHLO', 'a NOOP', 'CAPA', 'STLS', 'STARTTLS', 'USER')), { maxLength: 8 }).map((parts) => Buffer.from(parts.join(''), 'utf8'));
+    const rawBytes = fc.constantFrom(Buffer.from([0x80]), Buffer.from([0xc0, 0xaf]), Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from([0xc2, 0x85]), Buffer.from([0xff, 0xfe]), Buffer.from([0xed, 0xa0, 0x80]));
+    const lineBytes = fc.tuple(fc.oneof(text, rawBytes), fc.oneof(text, rawBytes, fc.constant(Buffer.alloc(0))), fc.constantFrom('\r\n', '\n', '\u2028\r\n')).map(([a, b, e]) => Buffer.concat([a, b, Buffer.from(e, 'utf8')]));
+    const stream = fc.array(lineBytes, { maxLength: 20 }).map((ls) => Buffer.concat(ls));
+    fc.assert(
+      fc.property(setup, stream.chain((b) => fc.tuple(fc.constant(b), cutsFor(b.length))), (s, [b, cuts]) => sameUnderChunking(s, b, cuts)),
+      { numRuns: RUNS.unicodeLines },
     );
   });
 

@@ -16,7 +16,7 @@ const line = (s: string) => Buffer.from(s, 'latin1');
 const reply = (text: string) => ({ kind: 'reply', text });
 
 function session(steps: Step[], swallow = 0) {
-  return sessionOf(() => imapFilter({ swallow }), steps);
+  return sessionOf(() => imapFilter({ swallow, tls: swallow === 0 }), steps);
 }
 const GREETING: Step = ['b', '* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] Dovecot ready.\r\n'];
 
@@ -140,12 +140,12 @@ describe('imap filter', () => {
     expect(r).toEqual({ toBackend: 'a APPEND INBOX {99999999}\r\n', toClient: 'a NO [TOOBIG] too big\r\nb BAD TLS already active\r\n' });
   });
   it('holds client bytes while a synchronizing literal waits for "+"', () => {
-    const f = imapFilter({ swallow: 0 });
+    const f = imapFilter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('* OK hi\r\n'));
     f.fromClient(Buffer.from('a APPEND INBOX {3}\r\n'));
-    expect(f.ready!()).toBe(false);
+    expect(f.ready()).toBe(false);
     f.fromBackend(Buffer.from('+ go\r\n'));
-    expect(f.ready!()).toBe(true);
+    expect(f.ready()).toBe(true);
   });
   it('passes a FETCH literal from the server containing a CAPABILITY line untouched', () => {
     const body = '* CAPABILITY IMAP4rev1 STARTTLS\r\n* OK [CAPABILITY STARTTLS] x\r\n';
@@ -157,8 +157,61 @@ describe('imap filter', () => {
     const r = session([GREETING, ['c', 'a AUTHENTICATE PLAIN\r\n'], ['b', '+ \r\n'], ['c', 'AHUAcA==\r\n'], ['b', 'a OK done\r\n'], ['c', 'b IDLE\r\n'], ['b', '+ idling\r\n'], ['c', 'DONE\r\n'], ['b', 'b OK IDLE done\r\n']]);
     expect(r).toEqual({ toBackend: 'a AUTHENTICATE PLAIN\r\nAHUAcA==\r\nb IDLE\r\nDONE\r\n', toClient: '+ \r\na OK done\r\n+ idling\r\nb OK IDLE done\r\n' });
   });
+  it('an untagged BAD ends the wait for "+" (Dovecot answers a literal on a line without a valid tag so): the next bytes are commands again', () => {
+    const r = session([GREETING, ['c', '{5}\r\nb NOOP\r\nc STARTTLS\r\n'], ['b', '* BAD Error in IMAP command received by server.\r\n'], ['b', 'b OK NOOP done\r\n']]);
+    expect(r).toEqual({ toBackend: '{5}\r\nb NOOP\r\n', toClient: '* BAD Error in IMAP command received by server.\r\nc BAD TLS already active\r\nb OK NOOP done\r\n' });
+  });
+  it('reads the bytes after a synchronizing literal only once the backend has decided: "+" makes them the literal', () => {
+    const accepted = session([GREETING, ['c', 'a APPEND INBOX {12}\r\nb STARTTLS\r\n\r\n'], ['b', '+ go\r\n']]);
+    expect(accepted.toBackend).toBe('a APPEND INBOX {12}\r\nb STARTTLS\r\n\r\n');
+    const refused = session([GREETING, ['c', 'a APPEND INBOX {12}\r\nb STARTTLS\r\n'], ['b', 'a NO [TOOBIG] no\r\n']]);
+    expect(refused).toEqual({ toBackend: 'a APPEND INBOX {12}\r\n', toClient: 'a NO [TOOBIG] no\r\nb BAD TLS already active\r\n' });
+  });
+  it('steps aside after a successful LOGIN (STARTTLS is only valid before authentication): the rest is raw both ways', () => {
+    const f = imapFilter({ swallow: 0, tls: true });
+    f.fromBackend(Buffer.from('* OK hi\r\n'));
+    f.fromClient(Buffer.from('a LOGIN u p\r\n'));
+    expect(f.passthrough()).toBe(false);
+    expect(f.fromBackend(Buffer.from('a OK [CAPABILITY IMAP4rev1 STARTTLS] in\r\n* 1 EXISTS\r\n'))!.toString()).toBe('a OK [CAPABILITY IMAP4rev1] in\r\n* 1 EXISTS\r\n');
+    expect(f.passthrough()).toBe(true);
+    expect(f.fromClient(Buffer.from('b STARTTLS\r\n')).toBackend!.toString()).toBe('b STARTTLS\r\n');
+    expect(f.fromBackend(Buffer.from('* CAPABILITY STARTTLS\r\n'))!.toString()).toBe('* CAPABILITY STARTTLS\r\n');
+  });
+  it('stays filtering after a failed LOGIN', () => {
+    const r = session([GREETING, ['c', 'a LOGIN u p\r\n'], ['b', 'a NO [AUTHENTICATIONFAILED] no\r\n'], ['c', 'b STARTTLS\r\n']]);
+    expect(r).toEqual({ toBackend: 'a LOGIN u p\r\n', toClient: 'a NO [AUTHENTICATIONFAILED] no\r\nb BAD TLS already active\r\n' });
+  });
+  it('COMPRESS DEFLATE (RFC 4978): after its tagged OK every byte either way passes unchanged', () => {
+    const f = imapFilter({ swallow: 0, tls: true });
+    f.fromBackend(Buffer.from('* PREAUTH hi\r\n'));
+    expect(f.passthrough()).toBe(true);
+    const g = imapFilter({ swallow: 0, tls: true });
+    g.fromBackend(Buffer.from('* OK hi\r\n'));
+    g.fromClient(Buffer.from('c COMPRESS DEFLATE\r\n'));
+    const deflated = Buffer.from([0x2a, 0x4a, 0x0a, 0x7b, 0x00, 0xff, 0x0d]);
+    expect(g.fromBackend(Buffer.concat([Buffer.from('c OK Begin compression\r\n'), deflated]))!.equals(Buffer.concat([Buffer.from('c OK Begin compression\r\n'), deflated]))).toBe(true);
+    expect(g.passthrough()).toBe(true);
+    expect(g.fromClient(deflated).toBackend!.equals(deflated)).toBe(true);
+  });
+  it('STARTTLS padded past the line limit is refused from its first bytes and never forwarded', () => {
+    const r = session([GREETING, ['c', `a STARTTLS${' '.repeat(70_000)}\r\nb NOOP\r\n`]]);
+    expect(r).toEqual({ toBackend: 'b NOOP\r\n', toClient: 'a BAD TLS already active\r\n' });
+  });
+  it('on a plaintext session handed to the backend, STARTTLS gets NO (TLS cannot start any more)', () => {
+    expect(session([GREETING, ['c', 'a STARTTLS\r\n']], 1).toClient).toBe('');
+    const f = imapFilter({ swallow: 0, tls: false });
+    f.fromBackend(Buffer.from('* OK hi\r\n'));
+    expect(f.fromClient(Buffer.from('a STARTTLS\r\n')).toClient!.toString()).toBe('a NO STARTTLS not available now\r\n');
+  });
+  it('answers a flood of STARTTLS in pieces of at most a few KB, handing back the rest', () => {
+    const f = imapFilter({ swallow: 0, tls: true });
+    f.fromBackend(Buffer.from('* OK hi\r\n'));
+    const r = f.fromClient(Buffer.from('a STARTTLS\r\n'.repeat(10_000)));
+    expect(r.toClient!.length).toBeLessThanOrEqual(4096 + 64);
+    expect(r.rest!.length).toBeGreaterThan(100_000);
+  });
   it('returns a large server literal without copying it', () => {
-    const f = imapFilter({ swallow: 0 });
+    const f = imapFilter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('* OK hi\r\n* 1 FETCH (BODY[] {1048576}\r\n'));
     const big = Buffer.alloc(1 << 20, 0x61);
     const out = f.fromBackend(big)!;

@@ -16,7 +16,7 @@ const line = (s: string) => Buffer.from(s, 'latin1');
 const reply = (text: string) => ({ kind: 'reply', text });
 
 function session(steps: Step[], swallow = 0) {
-  return sessionOf(() => pop3Filter({ swallow }), steps);
+  return sessionOf(() => pop3Filter({ swallow, tls: swallow === 0 }), steps);
 }
 const GREETING: Step = ['b', '+OK Dovecot ready.\r\n'];
 
@@ -118,8 +118,43 @@ describe('pop3 filter', () => {
     const r = session([GREETING, ['c', 'AUTH\r\nCAPA\r\n'], ['b', '+OK\r\nPLAIN\r\n.\r\n+OK\r\nSTLS\r\n.\r\n']]);
     expect(r.toClient).toBe('+OK\r\nPLAIN\r\n.\r\n+OK\r\n.\r\n');
   });
+  it('steps aside after PASS is accepted (TRANSACTION state: STLS is no longer valid): the rest is raw', () => {
+    const f = pop3Filter({ swallow: 0, tls: true });
+    f.fromBackend(Buffer.from('+OK hi\r\n'));
+    f.fromClient(Buffer.from('USER u\r\nPASS p\r\n'));
+    f.fromBackend(Buffer.from('+OK\r\n'));
+    expect(f.passthrough()).toBe(false);
+    expect(f.fromBackend(Buffer.from('+OK logged in\r\n+OK 2 messages\r\n'))!.toString()).toBe('+OK logged in\r\n+OK 2 messages\r\n');
+    expect(f.passthrough()).toBe(true);
+    expect(f.fromClient(Buffer.from('STLS\r\n')).toBackend!.toString()).toBe('STLS\r\n');
+  });
+  it('steps aside after a successful AUTH exchange, stays after a failed one', () => {
+    const ok = pop3Filter({ swallow: 0, tls: true });
+    ok.fromBackend(Buffer.from('+OK hi\r\n'));
+    ok.fromClient(Buffer.from('AUTH PLAIN\r\n'));
+    ok.fromBackend(Buffer.from('+ \r\n'));
+    ok.fromClient(Buffer.from('AHUAcA==\r\n'));
+    ok.fromBackend(Buffer.from('+OK logged in\r\n'));
+    expect(ok.passthrough()).toBe(true);
+    const r = session([GREETING, ['c', 'PASS p\r\n'], ['b', '-ERR [AUTH] no\r\n'], ['c', 'STLS\r\n']]);
+    expect(r).toEqual({ toBackend: 'PASS p\r\n', toClient: '-ERR [AUTH] no\r\n-ERR TLS already active\r\n' });
+  });
+  it('a command with U+2028 and NEL goes to the backend, and STLS after it is still refused (the filter does not degrade)', () => {
+    const line = Buffer.from('NOOP x\u2028y\u0085z\r\n', 'utf8').toString('latin1');
+    const r = session([GREETING, ['c', line], ['b', '+OK\r\n'], ['c', 'STLS\r\n']]);
+    expect(r).toEqual({ toBackend: line, toClient: '+OK\r\n-ERR TLS already active\r\n' });
+  });
+  it('STLS padded past the line limit is refused from its first bytes and never forwarded', () => {
+    const r = session([GREETING, ['c', `STLS${' '.repeat(5000)}\r\nNOOP\r\n`], ['b', '+OK\r\n']]);
+    expect(r).toEqual({ toBackend: 'NOOP\r\n', toClient: '-ERR TLS already active\r\n+OK\r\n' });
+  });
+  it('on a plaintext session handed to the backend, STLS gets -ERR [SYS/TEMP]', () => {
+    const f = pop3Filter({ swallow: 0, tls: false });
+    f.fromBackend(Buffer.from('+OK hi\r\n'));
+    expect(f.fromClient(Buffer.from('STLS\r\n')).toClient!.toString()).toBe('-ERR [SYS/TEMP] STLS not available now\r\n');
+  });
   it('returns a large message chunk without copying it', () => {
-    const f = pop3Filter({ swallow: 0 });
+    const f = pop3Filter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('+OK hi\r\n'));
     f.fromClient(Buffer.from('RETR 1\r\n'));
     f.fromBackend(Buffer.from('+OK\r\n'));

@@ -15,7 +15,7 @@ const dialogue = (over: Partial<DialogueOptions> = {}) => smtpDialogue({ ...base
 const line = (s: string) => Buffer.from(s, 'latin1');
 
 function session(steps: Step[], swallow = 0) {
-  return sessionOf(() => smtpFilter({ swallow }), steps);
+  return sessionOf(() => smtpFilter({ swallow, tls: swallow === 0 }), steps);
 }
 const GREETING: Step = ['b', '220 backend.local ESMTP Postfix\r\n'];
 
@@ -139,21 +139,21 @@ describe('smtp filter', () => {
     expect(r).toEqual({ toClient: '250 2.0.0 Ok\r\n', toBackend: 'NOOP\r\n' });
   });
   it('is greeted and ready only once the whole greeting arrived', () => {
-    const f = smtpFilter({ swallow: 0 });
+    const f = smtpFilter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('220-backend.local\r\n'));
-    expect([f.greeted!(), f.ready!()]).toEqual([false, false]);
+    expect([f.greeted(), f.ready()]).toEqual([false, false]);
     f.fromBackend(Buffer.from('220 go\r\n'));
-    expect([f.greeted!(), f.ready!()]).toEqual([true, true]);
+    expect([f.greeted(), f.ready()]).toEqual([true, true]);
   });
   it('passes a refusing greeting to the client', () => {
     expect(session([['b', '554-backend.local\r\n554 5.7.1 go away\r\n']]).toClient).toBe('554-backend.local\r\n554 5.7.1 go away\r\n');
   });
   it('is ready only after the reply to the replayed EHLO', () => {
-    const f = smtpFilter({ swallow: 1 });
+    const f = smtpFilter({ swallow: 1, tls: false });
     expect(f.fromBackend(Buffer.from('220 backend.local\r\n'))).toBeNull();
-    expect([f.greeted!(), f.ready!()]).toEqual([true, false]);
+    expect([f.greeted(), f.ready()]).toEqual([true, false]);
     expect(f.fromBackend(Buffer.from('250-backend.local\r\n250-PIPELINING\r\n250 STARTTLS\r\n'))).toBeNull();
-    expect(f.ready!()).toBe(true);
+    expect(f.ready()).toBe(true);
   });
   it('swallows the reply to the replayed EHLO', () => {
     const r = session([GREETING, ['b', '250-backend.local\r\n250 SIZE 1\r\n'], ['c', 'MAIL FROM:<a@b>\r\n'], ['b', '250 2.1.0 Ok\r\n']], 1);
@@ -201,12 +201,12 @@ describe('smtp filter', () => {
     expect(r).toEqual({ toClient: '554 5.5.1 no valid recipients\r\n503 5.5.1 TLS already active\r\n', toBackend: 'DATA\r\n' });
   });
   it('holds client bytes between DATA and the answer to it', () => {
-    const f = smtpFilter({ swallow: 0 });
+    const f = smtpFilter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('220 hi\r\n'));
     f.fromClient(Buffer.from('DATA\r\n'));
-    expect(f.ready!()).toBe(false);
+    expect(f.ready()).toBe(false);
     f.fromBackend(Buffer.from('354 go\r\n'));
-    expect(f.ready!()).toBe(true);
+    expect(f.ready()).toBe(true);
   });
   it('passes BDAT chunks as raw octets, pipelined', () => {
     const chunk1 = 'STARTTLS\r\n.\r\n';
@@ -219,16 +219,63 @@ describe('smtp filter', () => {
     const r = session([GREETING, ['c', 'AUTH LOGIN\r\n'], ['b', '334 VXNlcm5hbWU6\r\n'], ['c', 'STARTTLS\r\n'], ['b', '334 UGFzc3dvcmQ6\r\n'], ['c', 'cGFzcw==\r\n'], ['b', '235 2.7.0 ok\r\n']]);
     expect(r).toEqual({ toClient: '334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0 ok\r\n', toBackend: 'AUTH LOGIN\r\nSTARTTLS\r\ncGFzcw==\r\n' });
   });
-  it('forwards an overlong command line as it is', () => {
+  it('refuses an overlong command line itself (500 5.5.6) and never forwards any of it', () => {
     const long = `NOOP ${'x'.repeat(5000)}\r\n`;
-    const r = session([GREETING, ['c', long], ['c', 'STARTTLS\r\n'], ['b', '500 5.5.0 line too long\r\n']]);
-    expect(r).toEqual({ toClient: '500 5.5.0 line too long\r\n503 5.5.1 TLS already active\r\n', toBackend: long });
+    const r = session([GREETING, ['c', long], ['c', 'NOOP\r\n'], ['b', '250 2.0.0 Ok\r\n']]);
+    expect(r).toEqual({ toClient: '500 5.5.6 Line too long\r\n250 2.0.0 Ok\r\n', toBackend: 'NOOP\r\n' });
+  });
+  it('forwards an overlong AUTH line (RFC 4954 initial response) as it comes', () => {
+    const long = `AUTH XOAUTH2 ${'A'.repeat(6000)}\r\n`;
+    const r = session([GREETING, ['c', long], ['b', '235 2.7.0 ok\r\n'], ['c', 'STARTTLS\r\n']]);
+    expect(r).toEqual({ toClient: '235 2.7.0 ok\r\n503 5.5.1 TLS already active\r\n', toBackend: long });
+  });
+  for (const [what, line, reply] of [
+    ['XCLIENT padded past the line limit', `XCLIENT ADDR=192.0.2.1${' '.repeat(5000)}\r\n`, '500 5.5.6'],
+    ['XFORWARD padded past the line limit', `XFORWARD NAME=x${'x'.repeat(5000)}\r\n`, '500 5.5.6'],
+    ['STARTTLS padded past the line limit', `STARTTLS${' '.repeat(5000)}\r\n`, '500 5.5.6'],
+    ['XCLIENT after leading blanks', ' \tXCLIENT ADDR=192.0.2.1\r\n', '550 5.7.0'],
+    ['XCLIENT with a vertical tab as separator', 'xclient\x0bADDR=192.0.2.1\r\n', '550 5.7.0'],
+  ] as const) {
+    it(`${what}: refused, not one byte of it forwarded (whole and one byte at a time)`, () => {
+      const r = session([GREETING, ['c', line], ['c', 'NOOP\r\n'], ['b', '250 2.0.0 Ok\r\n']]);
+      expect(r.toBackend).toBe('NOOP\r\n');
+      expect(r.toClient.startsWith(reply)).toBe(true);
+      expect(r.toClient.endsWith('250 2.0.0 Ok\r\n')).toBe(true);
+    });
+  }
+  it('on a plaintext session handed to the backend, STARTTLS gets 454 4.7.0 (RFC 3207 section 4), not "already active"', () => {
+    const r = session([GREETING, ['b', '250 backend.local\r\n'], ['c', 'STARTTLS\r\n']], 1);
+    expect(r).toEqual({ toClient: '454 4.7.0 TLS not available due to temporary reason\r\n', toBackend: '' });
+  });
+  it('stops reading at DATA until the backend answers: the bytes after it are read as the backend decides', () => {
+    const refused = session([GREETING, ['c', 'DATA\r\nXCLIENT ADDR=1.2.3.4\r\n'], ['b', '554 5.5.1 no valid recipients\r\n']]);
+    expect(refused).toEqual({ toClient: '554 5.5.1 no valid recipients\r\n550 5.7.0 Command not permitted through postern\r\n', toBackend: 'DATA\r\n' });
+    const accepted = session([GREETING, ['c', 'DATA\r\nXCLIENT ADDR=1.2.3.4\r\n.\r\n'], ['b', '354 go\r\n']]);
+    expect(accepted.toBackend).toBe('DATA\r\nXCLIENT ADDR=1.2.3.4\r\n.\r\n');
+  });
+  it('answers a flood of STARTTLS in pieces of at most a few KB, handing back the rest', () => {
+    const f = smtpFilter({ swallow: 0, tls: true });
+    f.fromBackend(Buffer.from('220 hi\r\n'));
+    const r = f.fromClient(Buffer.from('STARTTLS\r\n'.repeat(10_000)));
+    expect(r.toClient!.length).toBeLessThanOrEqual(4096 + 64);
+    expect(r.rest!.length).toBeGreaterThan(90_000);
+    expect(r.toBackend).toBeNull();
+  });
+  it('waits for replies once 1024 commands are outstanding (pipelining without limit would queue without limit)', () => {
+    const f = smtpFilter({ swallow: 0, tls: true });
+    f.fromBackend(Buffer.from('220 hi\r\n'));
+    const r = f.fromClient(Buffer.from('NOOP\r\n'.repeat(2000)));
+    expect(r.toBackend!.length).toBe(1024 * 6);
+    expect(r.rest!.length).toBe(976 * 6);
+    expect(f.ready()).toBe(false);
+    f.fromBackend(Buffer.from('250 ok\r\n'));
+    expect(f.ready()).toBe(true);
   });
   it('passes a backend line that is not SMTP through unchanged', () => {
     expect(session([['b', 'HTTP/1.1 400 Bad Request\r\n']]).toClient).toBe('HTTP/1.1 400 Bad Request\r\n');
   });
   it('returns a large message chunk without copying it', () => {
-    const f = smtpFilter({ swallow: 0 });
+    const f = smtpFilter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('220 hi\r\n'));
     f.fromClient(Buffer.from('DATA\r\n'));
     f.fromBackend(Buffer.from('354 go\r\n'));
@@ -240,7 +287,7 @@ describe('smtp filter', () => {
 
 describe('smtp filter refuses identity-forwarding commands', () => {
   it('XCLIENT and XFORWARD are answered locally with 550 and never forwarded', () => {
-    const f = smtpFilter({ swallow: 0 });
+    const f = smtpFilter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('220 backend ESMTP\r\n'));
     for (const cmd of ['XCLIENT ADDR=192.0.2.1\r\n', 'xforward NAME=spoof.example\r\n']) {
       const r = f.fromClient(Buffer.from(cmd));
