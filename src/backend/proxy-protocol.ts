@@ -1,7 +1,7 @@
 // Pure PROXY protocol header encoders (haproxy's doc/proxy-protocol.txt, versions 1 and 2).
 // Bytes out, nothing else: no sockets, no clocks. The caller writes the result as the very first
 // bytes on the backend connection, in one write (section 2 of the spec).
-import net from 'node:net';
+import { formatAddress, parseAddress } from '../net/address.ts';
 
 export interface ProxyEndpoints {
   /** Addresses as Node reports them: '127.0.0.1', '::1', '::ffff:1.2.3.4'. */
@@ -49,61 +49,10 @@ export const PP2_VERIFY_NO_CLIENT_CERT = 1;
 type Endpoint = { family: 4 | 6; bytes: Buffer; text: string };
 
 /** Parses an address as Node reports it; IPv4-mapped IPv6 becomes IPv4. Null if unusable. */
-function parseAddress(address: string): Endpoint | null {
+function parseEndpoint(address: string): Endpoint | null {
   const bare = address.split('%')[0] ?? ''; // drop an IPv6 zone id ('fe80::1%eth0')
-  if (net.isIPv4(bare)) return { family: 4, bytes: ipv4Bytes(bare), text: bare };
-  if (!net.isIPv6(bare)) return null;
-  const bytes = ipv6Bytes(bare);
-  const mapped = bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
-  if (mapped) {
-    const v4 = bytes.subarray(12, 16);
-    return { family: 4, bytes: Buffer.from(v4), text: Array.from(v4).join('.') };
-  }
-  return { family: 6, bytes, text: formatIpv6(bytes) };
-}
-
-/** RFC 5952 text: lowercase hex groups, the longest run (2+) of zero groups as '::'. */
-function formatIpv6(bytes: Buffer): string {
-  const groups = Array.from({ length: 8 }, (_, i) => bytes.readUInt16BE(i * 2));
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) [best, bestLen] = [i, j - i];
-    i = j === i ? i + 1 : j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (best < 0) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
-}
-
-function ipv4Bytes(text: string): Buffer {
-  return Buffer.from(text.split('.').map(Number));
-}
-
-/** 16 bytes of a valid IPv6 literal (net.isIPv6 already said yes), '::' and a dotted tail allowed. */
-function ipv6Bytes(text: string): Buffer {
-  const out = Buffer.alloc(16);
-  const groups = (part: string): number[] => {
-    if (part === '') return [];
-    const result: number[] = [];
-    for (const g of part.split(':')) {
-      if (g.includes('.')) {
-        const [a = 0, b = 0, c = 0, d = 0] = g.split('.').map(Number);
-        result.push((a << 8) | b, (c << 8) | d);
-      } else {
-        result.push(parseInt(g, 16));
-      }
-    }
-    return result;
-  };
-  const [head = '', tail] = text.split('::');
-  const left = groups(head);
-  const right = tail === undefined ? [] : groups(tail);
-  const all = [...left, ...new Array<number>(8 - left.length - right.length).fill(0), ...right];
-  all.forEach((g, i) => out.writeUInt16BE(g, i * 2));
-  return out;
+  const a = parseAddress(bare);
+  return a ? { family: a.family, bytes: a.bytes, text: formatAddress(a) } : null;
 }
 
 function validPort(port: number): boolean {
@@ -112,8 +61,8 @@ function validPort(port: number): boolean {
 
 /** Both ends in one family, or null (mixed families, unparsable address, bad port). */
 function resolveEndpoints(ep: ProxyEndpoints): { src: Endpoint; dst: Endpoint } | null {
-  const src = parseAddress(ep.clientAddress);
-  const dst = parseAddress(ep.localAddress);
+  const src = parseEndpoint(ep.clientAddress);
+  const dst = parseEndpoint(ep.localAddress);
   if (!src || !dst || src.family !== dst.family) return null;
   if (!validPort(ep.clientPort) || !validPort(ep.localPort)) return null;
   return { src, dst };

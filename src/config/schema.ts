@@ -14,6 +14,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
 import { checkHostName } from '../tls/names.ts';
 import type { Cidr, HostPort, Protocol, SniPolicyName, TlsMode } from './types.ts';
+import { parseIPv4, parseIPv6 } from '../net/address.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Defaults
@@ -94,42 +95,29 @@ export const BACKEND_EXAMPLE = 'expected host:port, e.g. "127.0.0.1:10465", "[::
 const HOST_LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/i;
 
 /**
- * "IPv4:port" or "[IPv6]:port"; with `allowHostName` (backends) also "name:port", so that docker
- * compose service names work. The host comes back without brackets.
+ * "10.0.0.0/8", "2001:db8::/32", or a single address (a /32 or /128). Addresses are read by the
+ * one IP module (src/net/address.ts): strict dotted quads, RFC 4291 IPv6, no zone ids. A network
+ * written in IPv4-mapped form (::ffff:10.0.0.0/104) stays IPv6 here; inNetworks treats it as the
+ * IPv4 network it names.
  */
-/** "10.0.0.0/8", "2001:db8::/32", or a single address (a /32 or /128). */
 export function parseCidr(text: string): Parsed<Cidr> {
   const [addr = '', len, ...rest] = text.split('/');
-  const family = isIPv4(addr) ? 4 : isIPv6(addr) ? 6 : 0;
-  if (family === 0 || rest.length > 0) return bad(`"${text}" is not a network: expected an address with an optional /prefix, e.g. "10.0.0.0/8"`);
+  if (addr.includes('%')) return bad(`"${text}" is not a network: a zone id (%...) names an interface, not a network`);
+  const v4 = parseIPv4(addr);
+  const v6 = v4 ? null : parseIPv6(addr);
+  const bytes = v4 ?? v6;
+  if (!bytes || rest.length > 0) return bad(`"${text}" is not a network: expected an address with an optional /prefix, e.g. "10.0.0.0/8"`);
+  const family = v4 ? 4 : 6;
   const max = family === 4 ? 32 : 128;
   const prefix = len === undefined ? max : /^\d{1,3}$/.test(len) ? Number(len) : NaN;
   if (!(prefix >= 0 && prefix <= max)) return bad(`"${text}": the prefix must be 0-${max}`);
-  return ok({ text, family, bytes: addressBytes(addr, family), prefix });
+  return ok({ text, family, bytes, prefix });
 }
 
-/** Network-order bytes of an IPv4 (4) or IPv6 (16) address; IPv4-mapped IPv6 stays 16 bytes. */
-export function addressBytes(addr: string, family: 4 | 6): Buffer {
-  if (family === 4) return Buffer.from(addr.split('.').map(Number));
-  const [head = '', tail = ''] = addr.split('::');
-  const groups = (part: string) => {
-    const out: number[] = [];
-    for (const g of part.split(':').filter(Boolean)) {
-      if (g.includes('.')) {
-        const v4 = g.split('.').map(Number);
-        out.push((v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!);
-      } else out.push(parseInt(g, 16));
-    }
-    return out;
-  };
-  const h = groups(head);
-  const t = addr.includes('::') ? groups(tail) : [];
-  const all = [...h, ...new Array(8 - h.length - t.length).fill(0), ...t];
-  const b = Buffer.alloc(16);
-  all.forEach((g, i) => b.writeUInt16BE(g, i * 2));
-  return b;
-}
-
+/**
+ * "IPv4:port" or "[IPv6]:port"; with `allowHostName` (backends) also "name:port", so that docker
+ * compose service names work. The host comes back without brackets.
+ */
 export function parseHostPort(text: string, allowHostName: boolean): Parsed<HostPort> {
   const example = allowHostName ? BACKEND_EXAMPLE : LISTEN_EXAMPLE;
   let host: string;

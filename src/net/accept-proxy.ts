@@ -1,6 +1,7 @@
 // Reads the PROXY header an L4 load balancer (HAProxy, AWS NLB) puts in front of a connection
 // (haproxy proxy-protocol.txt). Only asked of connections from acceptProxyProtocol networks;
-// the caller's deadline bounds the wait. Bytes after the header go back into the socket.
+// the caller's deadline bounds the wait. Bytes after the header go back into the socket. The
+// header's addresses come normalised from the decoder (IPv4-mapped IPv6 as IPv4).
 import type { Socket } from 'node:net';
 import { decodeProxyHeader, type DecodedProxy } from '../backend/proxy-decode.ts';
 
@@ -14,6 +15,7 @@ export function readInboundProxy(socket: Socket): Promise<InboundProxy> {
     let buf: Buffer = Buffer.alloc(0);
     const finish = (r: InboundProxy, rest: Buffer | null) => {
       socket.off('data', onData);
+      socket.off('end', onEnd);
       socket.off('close', onClose);
       socket.pause();
       if (rest && rest.length > 0) socket.unshift(rest);
@@ -30,8 +32,12 @@ export function readInboundProxy(socket: Socket): Promise<InboundProxy> {
       if (d.header.length > MAX_HEADER) return finish({ kind: 'invalid', reason: 'header too long' }, null);
       finish({ kind: 'header', header: d.header }, buf.subarray(d.header.length));
     };
+    // The listener's sockets allow half-open connections, so a FIN alone is 'end' without
+    // 'close': without this a header cut short by FIN would wait for the deadline.
+    const onEnd = () => finish(buf.length === 0 ? { kind: 'closed' } : { kind: 'invalid', reason: 'connection ended inside the PROXY header' }, null);
     const onClose = () => finish({ kind: 'closed' }, null);
     socket.on('data', onData);
+    socket.once('end', onEnd);
     socket.once('close', onClose);
     socket.resume();
   });

@@ -8,6 +8,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import net from 'node:net';
 import tls from 'node:tls';
 import { makePki, type TestPki, type CertFiles } from '../helpers/certs.ts';
 import { rawExchange, tlsOk } from '../helpers/clients.ts';
@@ -17,6 +18,8 @@ import { freePort } from '../helpers/ports.ts';
 import {
   buildOnce, spawnDaemon, stopAll, goodClient, connectPlain, readStream, sessionsOf, sleep, GREETING, type SpawnedPostern,
 } from './harness.ts';
+
+const HAPROXY = '/usr/sbin/haproxy';
 
 let pki: TestPki;
 let mail: CertFiles;
@@ -197,9 +200,280 @@ describe('a PROXY header from a client on a public listener is just bad input', 
   });
 });
 
-// ---- HAProxy as postern's backend: `bind ... accept-proxy` must parse postern's v1 and v2 headers.
+// ---- PROXY input from a trusted load balancer (acceptProxyProtocol; issue 14 finding 5,
+// threats.md "One client against everyone"): the header's client is the client everywhere (limits,
+// logs, the header sent onwards), IPv4-mapped IPv6 is the IPv4 client, malformed headers are
+// refused as proxy_header_invalid and cost one connection, never the process.
 
-const HAPROXY = '/usr/sbin/haproxy';
+describe('PROXY input from a trusted load balancer', () => {
+  const LIMIT = 3;
+  let pd: SpawnedPostern;
+  let pid: number;
+  /** Claimed client ports: unique, so each summary line is found by its port. */
+  let nextPort = 42_000;
+
+  beforeAll(async () => {
+    pd = await spawnDaemon({
+      dir: pki.dir,
+      certs: [{ cert: mail.cert, key: mail.key }],
+      listeners: [
+        {
+          name: 'lb',
+          protocol: 'smtp',
+          proxyProtocol: 'v2',
+          // The deadline is far from the "at once" the half-close tests expect.
+          timeouts: { handshake: '5s' },
+          extra: { acceptProxyProtocol: { from: ['127.0.0.0/8'] }, limits: { maxConnectionsPerClient: LIMIT } },
+        },
+      ],
+    });
+    pid = pd.pid;
+    await lbClient(v2(0x11, Buffer.from([192, 0, 2, 1]), Buffer.from([203, 0, 113, 25]), nextPort++, 465, []));
+  }, 60_000);
+
+  /** 16 bytes of ::ffff:a.b.c.d (RFC 4291 section 2.5.5.2), as a TCP6 block carries it. */
+  const mapped = (v4: string) => Buffer.concat([Buffer.alloc(10), Buffer.from([0xff, 0xff]), Buffer.from(v4.split('.').map(Number))]);
+  /** The v2 header HAProxy sends from `bind :::port v4v6` for an IPv4 client: family TCP6, mapped addresses. */
+  const tcp6Mapped = (src: string, sport: number) => v2(0x21, mapped(src), mapped('203.0.113.25'), sport, 465, []);
+
+  /** Connects from 127.0.0.1 (trusted), sends `header`, then a TLS handshake; never rejects. */
+  function lbTry(header: Buffer): Promise<{ socket: tls.TLSSocket | null; error: string | null }> {
+    return new Promise((resolve) => {
+      const raw = net.connect({ host: '127.0.0.1', port: pd.port('lb'), noDelay: true });
+      raw.on('error', () => {});
+      raw.once('connect', () => {
+        raw.write(header);
+        const s = tls.connect({ socket: raw, servername: 'mail.example.org', ca: pki.ca.certPem, ALPNProtocols: ['smtp'] });
+        let settled = false;
+        const done = (socket: tls.TLSSocket | null, error: string | null) => {
+          if (settled) return;
+          settled = true;
+          if (!socket) s.destroy();
+          resolve({ socket, error });
+        };
+        s.once('secureConnect', () => {
+          s.on('error', () => {});
+          done(s, null);
+        });
+        s.once('error', (e: NodeJS.ErrnoException) => done(null, e.code ?? e.message));
+        s.once('close', () => done(null, 'closed'));
+      });
+    });
+  }
+
+  /** A session through the load balancer that must be served: a round trip to the backend. */
+  async function lbClient(header: Buffer): Promise<tls.TLSSocket> {
+    const { socket, error } = await lbTry(header);
+    if (!socket) throw new Error(`not served: ${error}`);
+    const token = `tok${nextPort}x${Math.random().toString(36).slice(2, 8)}`;
+    const r = readStream(socket);
+    socket.write(`${token}\r\n`);
+    await r.readUntil(new RegExp(token));
+    r.detach();
+    return socket;
+  }
+
+  /** The process that started is the process that answers, and it still serves a good client. */
+  async function stillUp() {
+    expect(pd.child.exitCode, pd.stderr()).toBeNull();
+    expect(pd.child.pid).toBe(pid);
+    const port = nextPort++;
+    const s = await lbClient(v2(0x11, Buffer.from([192, 0, 2, 7]), Buffer.from([203, 0, 113, 25]), port, 465, []));
+    s.destroy();
+    expect(await pd.summaryFor(port)).toMatchObject({ closeReason: 'done', client: '192.0.2.7', clientPort: port });
+  }
+
+  it('a PROXY v2 TCP6 header with a v4-mapped source (as HAProxy `bind :::port v4v6` sends) counts the client as its IPv4 address', async () => {
+    const base = await pd.settledFds();
+    const ports = Array.from({ length: LIMIT }, () => nextPort++);
+    const open: tls.TLSSocket[] = [];
+    for (const p of ports) open.push(await lbClient(tcp6Mapped('198.51.100.1', p)));
+
+    // 198.51.100.1 holds its LIMIT sessions; another IPv4 client behind the same load balancer
+    // is a different client (not one shared "::ffff:0:0/64" bucket) and is served.
+    const other = nextPort++;
+    const s = await lbClient(tcp6Mapped('198.51.100.2', other));
+    s.destroy();
+    expect(await pd.summaryFor(other)).toMatchObject({ closeReason: 'done', client: '198.51.100.2', clientPort: other });
+    const [conn] = sessionsOf(pd.backend('lb'), other);
+    // Onwards the client is IPv4: family TCP4 (0x11), 4-byte addresses.
+    expect(conn!.headerBytes![13]).toBe(0x11);
+    expect(conn!.header).toMatchObject({ version: 2, family: 'TCP4', source: { address: '198.51.100.2', port: other }, destination: { address: '203.0.113.25', port: 465 } });
+
+    // The same client spelled as plain IPv4 (a TCP4 header) is the same client: one too many.
+    const again = nextPort++;
+    const refused = await lbTry(v2(0x11, Buffer.from([198, 51, 100, 1]), Buffer.from([203, 0, 113, 25]), again, 465, []));
+    expect(refused.socket).toBeNull();
+    expect(await pd.summaryFor(again)).toMatchObject({ closeReason: 'too_many_from_client', client: '198.51.100.1' });
+
+    for (const o of open) o.destroy();
+    for (const p of ports) expect(await pd.summaryFor(p)).toMatchObject({ closeReason: 'done', client: '198.51.100.1', clientPort: p });
+    expect(pd.logs.filter((l) => JSON.stringify(l).includes('::ffff:'))).toEqual([]);
+    await stillUp();
+    expect(await pd.fdsBackTo(base)).toBeLessThanOrEqual(base);
+  });
+
+  it('a PROXY v2 TCP6 header with a plain IPv6 source is logged in RFC 5952 form (longest zero run compressed)', async () => {
+    const base = await pd.settledFds();
+    const port = nextPort++;
+    // 2001:db8:0:0:1:0:0:0 -> "2001:db8:0:0:1::" (the later, longer run), not "2001:db8::1:0:0:0".
+    const src = Buffer.from('20010db8000000000001000000000000', 'hex');
+    const dst = Buffer.from('20010db8000000000000000000000025', 'hex');
+    const s = await lbClient(v2(0x21, src, dst, port, 465, []));
+    s.destroy();
+    expect(await pd.summaryFor(port)).toMatchObject({ closeReason: 'done', client: '2001:db8:0:0:1::', clientPort: port });
+    const [conn] = sessionsOf(pd.backend('lb'), port);
+    expect(conn!.header).toMatchObject({ family: 'TCP6', source: { address: '2001:db8:0:0:1::' }, destination: { address: '2001:db8::25' } });
+    expect(await pd.fdsBackTo(base)).toBeLessThanOrEqual(base);
+  });
+
+  const partial: Array<[string, Buffer]> = [
+    ['a half-sent PROXY v1 header', Buffer.from('PROXY TCP4 198.51.100.1 ')],
+    ['a half-sent PROXY v2 header', v2(0x11, Buffer.from([198, 51, 100, 1]), Buffer.from([203, 0, 113, 25]), 1234, 465, []).subarray(0, 20)],
+  ];
+  for (const [name, bytes] of partial) {
+    it(`${name} then FIN is closed at once as proxy_header_invalid (not at the deadline)`, async () => {
+      const base = await pd.settledFds();
+      const before = await pd.metric('postern_connections_total', { listener: 'lb', reason: 'proxy_header_invalid' });
+      const x = await rawExchange(pd.port('lb'), bytes, { endAfterWrites: true, timeoutMs: 8000 });
+      expect(x.data.length).toBe(0);
+      expect(x.closedAfterMs).toBeLessThan(1000);
+      expect(await pd.summaryFor(x.localPort)).toMatchObject({ listener: 'lb', closeReason: 'proxy_header_invalid', client: '127.0.0.1' });
+      expect(await pd.metric('postern_connections_total', { listener: 'lb', reason: 'proxy_header_invalid' })).toBe(before + 1);
+      await stillUp();
+      expect(await pd.fdsBackTo(base)).toBeLessThanOrEqual(base);
+    });
+  }
+
+  it('a FIN before any byte of the PROXY header is closed at once as client_gone', async () => {
+    const x = await rawExchange(pd.port('lb'), Buffer.alloc(0), { endAfterWrites: true, timeoutMs: 8000 });
+    expect(x.closedAfterMs).toBeLessThan(1000);
+    expect(await pd.summaryFor(x.localPort)).toMatchObject({ listener: 'lb', closeReason: 'client_gone' });
+  });
+
+  // HAProxy listening on an IPv6 socket that also takes IPv4 (`bind :::port v4v6`; here bound to
+  // ::ffff:127.0.0.1 to stay on loopback) sees IPv4 clients as ::ffff:a.b.c.d and says so in its
+  // header: v2 family TCP6 with 16-byte mapped addresses, v1 "PROXY TCP6 ::ffff:a.b.c.d ...".
+  describe('HAProxy in front with `bind [::ffff:127.0.0.1]:port v4v6`', () => {
+    let haproxy: ChildProcess;
+    let hlog = '';
+    let feV2 = 0;
+    let feV1 = 0;
+
+    beforeAll(async () => {
+      if (!existsSync(HAPROXY)) throw new Error(`${HAPROXY} not found: apt-get install haproxy (see .ci/run)`);
+      [feV2, feV1] = [await freePort(), await freePort()];
+      const cfg = join(pki.dir, 'haproxy-v4v6.cfg');
+      writeFileSync(cfg, `global
+  log stdout format raw local0 info
+defaults
+  mode tcp
+  log global
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe_v2
+  bind [::ffff:127.0.0.1]:${feV2} v4v6
+  log-format "haproxy fe=%ft client=%ci:%cp"
+  option logasap
+  default_backend be_v2
+frontend fe_v1
+  bind [::ffff:127.0.0.1]:${feV1} v4v6
+  log-format "haproxy fe=%ft client=%ci:%cp"
+  option logasap
+  default_backend be_v1
+backend be_v2
+  server postern 127.0.0.1:${pd.port('lb')} send-proxy-v2
+backend be_v1
+  server postern 127.0.0.1:${pd.port('lb')} send-proxy
+`);
+      haproxy = spawn(HAPROXY, ['-db', '-f', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+      haproxy.stdout!.on('data', (b: Buffer) => (hlog += b.toString()));
+      haproxy.stderr!.on('data', (b: Buffer) => (hlog += b.toString()));
+      for (let i = 0; i < 50 && !((await listening(feV2)) && (await listening(feV1))); i++) await sleep(100);
+    }, 30_000);
+
+    afterAll(() => {
+      haproxy?.kill('SIGTERM');
+    });
+
+    /** TLS from `from` through HAProxy to postern, one round trip; the client's own port. */
+    async function viaHaproxy(fe: number, from: string): Promise<tls.TLSSocket> {
+      const s = await tlsOk(fe, { localAddress: from, servername: 'mail.example.org', ca: pki.ca.certPem, ALPNProtocols: ['smtp'] });
+      const r = readStream(s);
+      s.write('through haproxy\r\n');
+      await r.readUntil(/through haproxy\r\n/);
+      r.detach();
+      return s;
+    }
+
+    it('send-proxy-v2 (TCP6, ::ffff:127.0.0.2): LIMIT sessions from 127.0.0.2 do not lock out 127.0.0.3, which is logged and forwarded as IPv4', async () => {
+      const base = await pd.settledFds();
+      const open: tls.TLSSocket[] = [];
+      for (let i = 0; i < LIMIT; i++) open.push(await viaHaproxy(feV2, '127.0.0.2'));
+      const s = await viaHaproxy(feV2, '127.0.0.3');
+      const port = s.localPort!;
+      s.destroy();
+      expect(await pd.summaryFor(port)).toMatchObject({ closeReason: 'done', client: '127.0.0.3', clientPort: port });
+      const [conn] = sessionsOf(pd.backend('lb'), port);
+      expect(conn!.header).toMatchObject({ version: 2, family: 'TCP4', source: { address: '127.0.0.3', port } });
+      // HAProxy itself saw the mapped address: the header it sent was TCP6.
+      for (let i = 0; i < 20 && !hlog.includes(`client=::ffff:127.0.0.3:${port}`); i++) await sleep(100);
+      expect(hlog).toContain(`fe=fe_v2 client=::ffff:127.0.0.3:${port}`);
+      const ports = open.map((o) => o.localPort!);
+      for (const o of open) o.destroy();
+      for (const p of ports) expect(await pd.summaryFor(p)).toMatchObject({ closeReason: 'done', client: '127.0.0.2' });
+      expect(await pd.fdsBackTo(base)).toBeLessThanOrEqual(base);
+    });
+
+    it('send-proxy (v1 "PROXY TCP6 ::ffff:127.0.0.3 ..."): the client is logged and forwarded as 127.0.0.3', async () => {
+      const base = await pd.settledFds();
+      const s = await viaHaproxy(feV1, '127.0.0.3');
+      const port = s.localPort!;
+      s.destroy();
+      expect(await pd.summaryFor(port)).toMatchObject({ closeReason: 'done', client: '127.0.0.3', clientPort: port });
+      const [conn] = sessionsOf(pd.backend('lb'), port);
+      expect(conn!.header).toMatchObject({ version: 2, family: 'TCP4', source: { address: '127.0.0.3', port } });
+      for (let i = 0; i < 20 && !hlog.includes(`client=::ffff:127.0.0.3:${port}`); i++) await sleep(100);
+      expect(hlog).toContain(`fe=fe_v1 client=::ffff:127.0.0.3:${port}`);
+      expect(await pd.fdsBackTo(base)).toBeLessThanOrEqual(base);
+    });
+  });
+
+  // haproxy proxy-protocol.txt section 2.1: TCP4 carries two dotted quads ("exactly 4 integers in
+  // the range [0..255] ... Heading zeroes are not permitted"), TCP6 two IPv6 addresses, ports are
+  // decimal [0..65535] without heading zeroes; "Any sequence which does not exactly match the
+  // protocol must be discarded and cause the receiver to abort the connection."
+  // The zone-id case last: on 3279d1c it ends the process (RangeError in the per-client key).
+  const malformed: Array<[string, string]> = [
+    ['a zone id (TCP6 fe80::1%eth0)', 'PROXY TCP6 fe80::1%eth0 ::1 1234 465\r\n'],
+    ['9 groups (TCP6 1:2:3:4:5:6:7:8:9)', 'PROXY TCP6 1:2:3:4:5:6:7:8:9 ::1 1234 465\r\n'],
+    ['an IPv4 address in TCP6', 'PROXY TCP6 198.51.100.1 ::1 1234 465\r\n'],
+    ['an IPv6 address in TCP4', 'PROXY TCP4 2001:db8::1 127.0.0.1 1234 465\r\n'],
+    ['a bad IPv4 (an octet over 255)', 'PROXY TCP4 198.51.100.256 127.0.0.1 1234 465\r\n'],
+    ['a bad IPv4 (three octets)', 'PROXY TCP4 198.51.100 127.0.0.1 1234 465\r\n'],
+    ['a bad IPv4 (a heading zero)', 'PROXY TCP4 198.051.100.1 127.0.0.1 1234 465\r\n'],
+    ['a port with a heading zero', 'PROXY TCP4 198.51.100.1 127.0.0.1 01234 465\r\n'],
+    ['U+2028 after the address', 'PROXY TCP6 2001:db8::1\u2028 ::1 1234 465\r\n'],
+    ['a zone id that runs to 9 groups (TCP6 fe80::1%1:2:3:4:5:6:7:8:9)', 'PROXY TCP6 fe80::1%1:2:3:4:5:6:7:8:9 ::1 1234 465\r\n'],
+  ];
+  for (const [name, line] of malformed) {
+    it(`a PROXY v1 header with ${name} is refused as proxy_header_invalid; the process stays up`, async () => {
+      const base = await pd.settledFds();
+      const before = await pd.metric('postern_connections_total', { listener: 'lb', reason: 'proxy_header_invalid' });
+      const x = await rawExchange(pd.port('lb'), Buffer.concat([Buffer.from(line, 'utf8'), buildClientHello({ sni: 'mail.example.org', alpn: ['smtp'] })]), { timeoutMs: 8000 });
+      expect(x.data.length).toBe(0);
+      expect(x.closedAfterMs).toBeLessThan(1000);
+      expect(await pd.summaryFor(x.localPort)).toMatchObject({ listener: 'lb', closeReason: 'proxy_header_invalid', client: '127.0.0.1', clientPort: x.localPort, backend: null });
+      expect(await pd.metric('postern_connections_total', { listener: 'lb', reason: 'proxy_header_invalid' })).toBe(before + 1);
+      expect(sessionsOf(pd.backend('lb'), 1234)).toHaveLength(0);
+      await stillUp();
+      expect(await pd.fdsBackTo(base)).toBeLessThanOrEqual(base);
+    });
+  }
+});
+
+// ---- HAProxy as postern's backend: `bind ... accept-proxy` must parse postern's v1 and v2 headers.
 
 // .ci/run installs haproxy (Debian package); without it this suite fails rather than skips.
 describe('HAProxy accept-proxy parses postern\'s headers', () => {

@@ -1,4 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import net from 'node:net';
+import { decodeProxyHeader } from '../../src/backend/proxy-decode.ts';
 import { encodeProxyV1, encodeProxyV2 } from '../../src/backend/proxy-protocol.ts';
 import type { ProxyEndpoints, ProxyTlsInfo } from '../../src/backend/proxy-protocol.ts';
 
@@ -159,5 +162,207 @@ describe('PROXY v2', () => {
         expect(buf.readUInt16BE(14)).toBe(buf.length - 16);
       }
     }
+  });
+});
+
+// ---- Decoding what a load balancer sends (acceptProxyProtocol): haproxy proxy-protocol.txt
+// section 2.1 (v1) and 2.2 (v2). The decoded source is the client postern counts, logs and sends
+// onwards, so it comes out normalised: IPv4-mapped IPv6 as the dotted quad, IPv6 in RFC 5952 form.
+
+describe('decodeProxyHeader', () => {
+  const v1 = (line: string) => decodeProxyHeader(Buffer.from(line, 'utf8'));
+  const header = (d: ReturnType<typeof decodeProxyHeader>) => {
+    if (d.kind !== 'header') throw new Error(`expected a header, got ${JSON.stringify(d)}`);
+    return d.header;
+  };
+  /** A v2 PROXY header with a TCP6 block: 16-byte source and destination, ports. */
+  const v2tcp6 = (src: Buffer, dst: Buffer, sport = 40000, dport = 465) => {
+    const body = Buffer.alloc(36);
+    src.copy(body, 0);
+    dst.copy(body, 16);
+    body.writeUInt16BE(sport, 32);
+    body.writeUInt16BE(dport, 34);
+    return Buffer.concat([Buffer.from(SIG, 'hex'), Buffer.from([0x21, 0x21, 0x00, 36]), body]);
+  };
+  const mappedBytes = (v4: number[]) => Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...v4]);
+
+  it('v1 TCP4 and TCP6 with valid addresses are accepted', () => {
+    expect(header(v1('PROXY TCP4 198.51.100.1 203.0.113.25 40000 465\r\n'))).toMatchObject({
+      family: 'TCP4', source: { address: '198.51.100.1', port: 40000 }, destination: { address: '203.0.113.25', port: 465 },
+    });
+    expect(header(v1('PROXY TCP6 2001:DB8:0:0:0:0:0:1 ::1 0 65535\r\n'))).toMatchObject({
+      family: 'TCP6', source: { address: '2001:db8::1', port: 0 }, destination: { address: '::1', port: 65535 },
+    });
+    expect(header(v1('PROXY UNKNOWN\r\n'))).toMatchObject({ command: 'LOCAL', family: 'UNSPEC', source: null });
+    expect(header(v1('PROXY UNKNOWN anything at all\r\n'))).toMatchObject({ command: 'LOCAL', family: 'UNSPEC', source: null });
+  });
+
+  it('v1 TCP6 with IPv4-mapped addresses (HAProxy on a v4v6 bind) gives the IPv4 client', () => {
+    expect(header(v1('PROXY TCP6 ::ffff:198.51.100.1 ::ffff:203.0.113.25 40000 465\r\n'))).toMatchObject({
+      family: 'TCP4', source: { address: '198.51.100.1', port: 40000 }, destination: { address: '203.0.113.25', port: 465 },
+    });
+    expect(header(v1('PROXY TCP6 ::FFFF:C633:6401 ::ffff:203.0.113.25 40000 465\r\n')).source).toEqual({ address: '198.51.100.1', port: 40000 });
+  });
+
+  const refused: Array<[string, string]> = [
+    ['a zone id', 'PROXY TCP6 fe80::1%eth0 ::1 1234 465\r\n'],
+    ['a zone id that runs to 9 groups', 'PROXY TCP6 fe80::1%1:2:3:4:5:6:7:8:9 ::1 1234 465\r\n'],
+    ['9 groups', 'PROXY TCP6 1:2:3:4:5:6:7:8:9 ::1 1234 465\r\n'],
+    ['an IPv4 address in TCP6', 'PROXY TCP6 198.51.100.1 ::1 1234 465\r\n'],
+    ['an IPv4 destination in TCP6', 'PROXY TCP6 ::1 127.0.0.1 1234 465\r\n'],
+    ['an IPv6 address in TCP4', 'PROXY TCP4 2001:db8::1 127.0.0.1 1234 465\r\n'],
+    ['an IPv4-mapped address in TCP4', 'PROXY TCP4 ::ffff:198.51.100.1 127.0.0.1 1234 465\r\n'],
+    ['an octet over 255', 'PROXY TCP4 198.51.100.256 127.0.0.1 1234 465\r\n'],
+    ['three octets', 'PROXY TCP4 198.51.100 127.0.0.1 1234 465\r\n'],
+    ['five octets', 'PROXY TCP4 198.51.100.1.2 127.0.0.1 1234 465\r\n'],
+    ['a heading zero in an octet', 'PROXY TCP4 198.051.100.1 127.0.0.1 1234 465\r\n'],
+    ['brackets', 'PROXY TCP6 [::1] ::1 1234 465\r\n'],
+    ['a prefix length', 'PROXY TCP4 198.51.100.0/24 127.0.0.1 1234 465\r\n'],
+    ['a heading zero in a port', 'PROXY TCP4 198.51.100.1 127.0.0.1 01234 465\r\n'],
+    ['a port with a sign', 'PROXY TCP4 198.51.100.1 127.0.0.1 +1234 465\r\n'],
+    ['a port over 65535', 'PROXY TCP4 198.51.100.1 127.0.0.1 1234 65536\r\n'],
+    ['a port of six digits', 'PROXY TCP4 198.51.100.1 127.0.0.1 1234 000465\r\n'],
+    ['an empty field', 'PROXY TCP4 198.51.100.1  127.0.0.1 1234 465\r\n'],
+    ['U+2028 after the address', 'PROXY TCP6 2001:db8::1\u2028 ::1 1234 465\r\n'],
+    ['non-ASCII digits', 'PROXY TCP4 198.51.100.\u0661 127.0.0.1 1234 465\r\n'],
+    ['a lone LF inside', 'PROXY TCP4 198.51.100.1\n127.0.0.1 1234 465\r\n'],
+    ['a lowercase protocol', 'PROXY tcp4 198.51.100.1 127.0.0.1 1234 465\r\n'],
+  ];
+  for (const [name, line] of refused) {
+    it(`v1 with ${name} is invalid`, () => {
+      expect(v1(line).kind).toBe('invalid');
+    });
+  }
+
+  it('v1: a lone LF is refused at once, not after 107 bytes', () => {
+    expect(v1('PROXY TCP4 198.51.100.1\n').kind).toBe('invalid');
+  });
+
+  it('v2 TCP6 with IPv4-mapped addresses (HAProxy `bind :::port v4v6`) gives the IPv4 client', () => {
+    const h = header(decodeProxyHeader(v2tcp6(mappedBytes([198, 51, 100, 1]), mappedBytes([203, 0, 113, 25]))));
+    expect(h).toMatchObject({ family: 'TCP4', source: { address: '198.51.100.1', port: 40000 }, destination: { address: '203.0.113.25', port: 465 } });
+  });
+
+  it('v2 TCP6 addresses are written in RFC 5952 form', () => {
+    const cases: Array<[string, string]> = [
+      ['00000000000000000000000000000001', '::1'],
+      ['00000000000000000000000000000000', '::'],
+      ['20010db8000000000001000000000000', '2001:db8:0:0:1::'],
+      ['00000001000000000000000000000001', '0:1::1'],
+      ['0000000000010000000000000000ffff', '0:0:1::ffff'],
+      ['20010db8000000000001000000000001', '2001:db8::1:0:0:1'],
+      ['20010db8000100010001000100010001', '2001:db8:1:1:1:1:1:1'],
+      ['20010db8000000010001000100010001', '2001:db8:0:1:1:1:1:1'],
+      ['FE800000000000000000000000ABCDEF'.toLowerCase(), 'fe80::ab:cdef'],
+    ];
+    for (const [hex, text] of cases) {
+      expect(header(decodeProxyHeader(v2tcp6(Buffer.from(hex, 'hex'), Buffer.from(hex, 'hex')))).source!.address).toBe(text);
+    }
+  });
+
+  // ---- properties
+
+  const RUNS = 3000;
+  const bytes = (max: number) => fc.uint8Array({ maxLength: max }).map((a) => Buffer.from(a));
+  const v1Token = fc.oneof(
+    fc.string({ unit: fc.constantFrom(...'0123456789abcdefABCDEF:.%'), maxLength: 45 }),
+    fc.string({ unit: 'grapheme', maxLength: 20 }),
+    fc.string({ unit: 'binary', maxLength: 20 }),
+    fc.constantFrom('::ffff:198.51.100.1', 'fe80::1%1:2:3:4:5:6:7:8:9', '1:2:3:4:5:6:7:8:9', '0', '65535', '65536', '-1', '+1'),
+  );
+  const v1Line = fc
+    .tuple(fc.constantFrom('TCP4', 'TCP6', 'UNKNOWN', 'tcp4', 'UDP4', ''), v1Token, v1Token, v1Token, v1Token, fc.constantFrom('\r\n', '\n', '\r', ''))
+    .map(([p, a, b, c, d, end]) => Buffer.from(`PROXY ${p} ${a} ${b} ${c} ${d}${end}`, 'utf8'));
+  const v2Any = fc
+    .tuple(fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 255 }), bytes(120))
+    .map(([verCmd, fam, body]) => {
+      const len = Buffer.alloc(2);
+      len.writeUInt16BE(body.length);
+      return Buffer.concat([Buffer.from(SIG, 'hex'), Buffer.from([verCmd, fam]), len, body]);
+    });
+  const anyInput = fc.oneof(bytes(300), v1Line, v2Any, fc.string({ unit: 'grapheme', maxLength: 120 }).map((s) => Buffer.from(`PROXY ${s}\r\n`, 'utf8')));
+
+  /** An address as postern uses it: a strict dotted quad, or RFC 5952 IPv6 that is not IPv4-mapped. */
+  function normalised(address: string) {
+    if (net.isIPv4(address)) return;
+    expect(net.isIPv6(address), address).toBe(true);
+    expect(address).not.toMatch(/[%A-F.]/);
+    expect(address).not.toMatch(/(^|:)0[0-9a-f]/); // no leading zeros in a group
+    expect(address.split('::').length).toBeLessThanOrEqual(2);
+    const full = new net.SocketAddress({ address, family: 'ipv6' }).address;
+    expect(full.startsWith('::ffff:') && full.includes('.'), `${address} is IPv4-mapped`).toBe(false);
+  }
+
+  it('never throws for any bytes; every decoded address is normalised', () => {
+    fc.assert(
+      fc.property(anyInput, (buf) => {
+        const d = decodeProxyHeader(buf);
+        expect(['need-more', 'invalid', 'header']).toContain(d.kind);
+        if (d.kind === 'header') {
+          for (const end of [d.header.source, d.header.destination]) if (end) normalised(end.address);
+          expect(d.header.length).toBeLessThanOrEqual(buf.length);
+        }
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
+  it('v2 TCP6: any 16 bytes decode to canonical text of those bytes; mapped ones to the dotted quad', () => {
+    const sixteen = fc.oneof(
+      fc.uint8Array({ minLength: 16, maxLength: 16 }),
+      fc.uint8Array({ minLength: 4, maxLength: 4 }).map((v4) => new Uint8Array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...v4])),
+      // Zero runs of every length and place, to exercise "the longest run" (RFC 5952 section 4.2.3).
+      fc.array(fc.oneof(fc.constant(0), fc.constant(0), fc.integer({ min: 0, max: 0xffff })), { minLength: 8, maxLength: 8 }).map((g) => {
+        const b = Buffer.alloc(16);
+        g.forEach((v, i) => b.writeUInt16BE(v, i * 2));
+        return new Uint8Array(b);
+      }),
+    );
+    fc.assert(
+      fc.property(sixteen, (raw) => {
+        const src = Buffer.from(raw);
+        const h = header(decodeProxyHeader(v2tcp6(src, src)));
+        const address = h.source!.address;
+        normalised(address);
+        const isMapped = src.subarray(0, 10).every((x) => x === 0) && src[10] === 0xff && src[11] === 0xff;
+        if (isMapped) {
+          expect(address).toBe([...src.subarray(12)].join('.'));
+          expect(h.family).toBe('TCP4');
+          return;
+        }
+        expect(h.family).toBe('TCP6');
+        // The same 16 bytes: Node (libuv inet_pton/ntop) reads both texts to the same address.
+        const groups = Array.from({ length: 8 }, (_, i) => src.readUInt16BE(i * 2).toString(16)).join(':');
+        expect(new net.SocketAddress({ address, family: 'ipv6' }).address).toBe(new net.SocketAddress({ address: groups, family: 'ipv6' }).address);
+        // RFC 5952 section 4.2: "::" replaces the longest run of two or more zero groups, the first on a tie.
+        const g = groups.split(':');
+        let best = -1;
+        let bestLen = 1;
+        for (let i = 0; i < 8; i++) {
+          let j = i;
+          while (j < 8 && g[j] === '0') j++;
+          if (j - i > bestLen) [best, bestLen] = [i, j - i];
+        }
+        const want = best < 0 ? groups : `${g.slice(0, best).join(':')}::${g.slice(best + bestLen).join(':')}`;
+        expect(address).toBe(want);
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
+  it('v1: what is accepted is exactly two addresses of the named family and two ports in range', () => {
+    fc.assert(
+      fc.property(v1Line, (buf) => {
+        const d = decodeProxyHeader(buf);
+        if (d.kind !== 'header' || d.header.command === 'LOCAL') return;
+        const [, proto, a, b, sp, dp] = buf.toString('latin1').replace(/\r\n$/, '').split(' ');
+        expect(proto === 'TCP4' ? net.isIPv4(a!) && net.isIPv4(b!) : net.isIPv6(a!) && net.isIPv6(b!)).toBe(true);
+        expect(`${a}${b}`).not.toContain('%');
+        for (const p of [sp!, dp!]) expect(p).toMatch(/^(0|[1-9][0-9]{0,4})$/);
+        expect(d.header.source!.port).toBeLessThanOrEqual(65535);
+        expect(d.header.destination!.port).toBeLessThanOrEqual(65535);
+      }),
+      { numRuns: RUNS },
+    );
   });
 });
