@@ -21,7 +21,7 @@ import { escapeForLog, patternCovers } from './tls/names.ts';
 import { dialBackend } from './backend/connect.ts';
 import { encodeProxyV1, encodeProxyV2 } from './backend/proxy-protocol.ts';
 import { readInboundProxy } from './net/accept-proxy.ts';
-import { inNetworks } from './net/address.ts';
+import { inNetworks, unmapped } from './net/address.ts';
 import { splice, type Splice } from './splice.ts';
 import type { Prelude } from './starttls/prelude.ts';
 import type { ProtocolWords, SessionFilter } from './starttls/types.ts';
@@ -113,11 +113,12 @@ export class Session {
     this.env = env;
     this.listener = env.listener;
     this.words = words;
-    this.client = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0, localAddress: socket.localAddress ?? '', localPort: socket.localPort ?? 0 };
+    // An IPv4 client on a [::] listener arrives as ::ffff:a.b.c.d: logged, keyed and sent on as IPv4.
+    this.client = { address: unmapped(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0, localAddress: unmapped(socket.localAddress ?? ''), localPort: socket.localPort ?? 0 };
     this.summary = {
       id: nextId++,
       listener: env.listener.name,
-      client: socket.remoteAddress ?? '?',
+      client: this.client.address || '?',
       clientPort: socket.remotePort ?? 0,
       sni: null,
       sniClass: null,
@@ -305,7 +306,7 @@ async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
     const r = await readInboundProxy(s.socket);
     if (r.kind === 'closed') return { reason: CloseReason.clientGone, side: 'client' };
     if (r.kind === 'invalid') {
-      log.warn({ listener: l.name, peer: s.socket.remoteAddress, reason: CloseReason.proxyHeaderInvalid, detail: r.reason }, 'PROXY header required from this network');
+      log.warn({ listener: l.name, peer: unmapped(s.socket.remoteAddress ?? ''), reason: CloseReason.proxyHeaderInvalid, detail: r.reason }, 'PROXY header required from this network');
       return { reason: CloseReason.proxyHeaderInvalid, side: 'client', detail: r.reason };
     }
     // LOCAL (a health check) and UNKNOWN keep the load balancer's own address.
