@@ -26,9 +26,15 @@ class Pop3Filter implements SessionFilter {
   private swallow: number; // status lines still to drop
   private readonly stlsAnswer: string;
   private raw = false; // logged in: nothing more to rewrite
+  /**
+   * An AUTH exchange waits for the backend (RFC 5034 section 4: the client sends each response
+   * only after a "+ " challenge): whether the next client line is a SASL response or a command is
+   * the backend's decision, so postern reads it only once it knows.
+   */
+  private authWait = false;
   private readonly expect: Expect[] = [];
   // client -> backend
-  private clientMode: 'line' | 'long' | 'sasl' | 'sasl-long' | 'discard' = 'line';
+  private clientMode: 'line' | 'long' | 'auth-long' | 'sasl' | 'sasl-long' | 'discard' = 'line';
   private readonly clientLine = new PartialLine();
   // backend -> client
   private backendMode: 'line' | 'long' | 'body' | 'capa' = 'line';
@@ -48,7 +54,10 @@ class Pop3Filter implements SessionFilter {
   }
 
   ready(): boolean {
-    return this.raw || (this.greetingDone && this.swallow === 0 && this.expect.length < MAX_OUTSTANDING);
+    if (this.raw) return true;
+    if (!this.greetingDone || this.swallow > 0) return false;
+    // Waits start and end at line boundaries: the rest of a line being passed goes on.
+    return this.clientMode !== 'line' || (!this.authWait && this.expect.length < MAX_OUTSTANDING);
   }
 
   passthrough(): boolean {
@@ -62,12 +71,13 @@ class Pop3Filter implements SessionFilter {
     let i = 0;
     while (i < chunk.length) {
       const lf = chunk.indexOf(LF, i);
-      if (this.clientMode === 'long' || this.clientMode === 'sasl-long' || this.clientMode === 'discard') {
+      if (this.clientMode === 'long' || this.clientMode === 'auth-long' || this.clientMode === 'sasl-long' || this.clientMode === 'discard') {
         if (this.clientMode !== 'discard') out.push(chunk.subarray(i, lf < 0 ? chunk.length : lf + 1));
         if (lf < 0) break;
         i = lf + 1;
-        if (this.clientMode === 'long') this.expect.push({ kind: 'single' });
-        this.clientMode = this.clientMode === 'sasl-long' ? 'sasl' : 'line';
+        // An AUTH command or a SASL response is complete: the backend speaks next.
+        if (this.clientMode === 'sasl-long' || this.clientMode === 'auth-long') this.authWait = true;
+        this.clientMode = 'line';
         continue;
       }
       if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET)) {
@@ -75,10 +85,15 @@ class Pop3Filter implements SessionFilter {
       }
       if (lf < 0) {
         this.clientLine.add(chunk.subarray(i));
-        if (this.clientLine.length > MAX_LINE) this.overlong(out, local);
+        if (this.clientLine.length > MAX_LINE) this.overlong(out, local, false);
         break;
       }
-      this.clientCommand(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
+      // A line over the limit is treated the same whether its end came with it or not, so that
+      // how the client's bytes were split never changes what postern does.
+      if (this.clientLine.length + lf + 1 - i > MAX_LINE) {
+        this.clientLine.add(chunk.subarray(i, lf + 1));
+        this.overlong(out, local, true);
+      } else this.clientCommand(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
       i = lf + 1;
     }
     return { toBackend: out.result(), toClient: local.result(), rest: null };
@@ -90,27 +105,41 @@ class Pop3Filter implements SessionFilter {
     else this.expect.push({ kind: 'local', text });
   }
 
-  /** A line over MAX_LINE whose end has not arrived: decided on its first bytes. */
-  private overlong(out: Output, local: Output): void {
+  /**
+   * A line over MAX_LINE, decided on its first bytes: a SASL response or a command forwarded as
+   * it comes (its expected answer read from its head), STLS answered and dropped. `complete`: its
+   * LF came with it.
+   */
+  private overlong(out: Output, local: Output, complete: boolean): void {
     const head = this.clientLine.take();
     if (this.clientMode === 'sasl') {
       out.push(head);
-      this.clientMode = 'sasl-long';
+      if (complete) {
+        this.clientMode = 'line';
+        this.authWait = true;
+      } else this.clientMode = 'sasl-long';
       return;
     }
     if (leadingWord(head) === 'STLS') {
       this.answer(this.stlsAnswer, local);
-      this.clientMode = 'discard';
+      if (!complete) this.clientMode = 'discard';
       return;
     }
     out.push(head);
-    this.clientMode = 'long';
+    const { verb, args } = splitCommand(head.toString('latin1', 0, Math.min(head.length, MAX_LINE)));
+    const kind = expectFor(verb, args);
+    this.expect.push({ kind });
+    if (complete) this.authWait = kind === 'auth';
+    else this.clientMode = kind === 'auth' ? 'auth-long' : 'long';
   }
 
   private clientCommand(line: Buffer, out: Output, local: Output): void {
     if (this.clientMode === 'sasl') {
-      // RFC 5034 section 4: a base64 answer to a "+ " challenge, not a command.
+      // RFC 5034 section 4: a base64 answer to a "+ " challenge, not a command; then the backend
+      // speaks again.
       out.push(line);
+      this.clientMode = 'line';
+      this.authWait = true;
       return;
     }
     if (leadingWord(line) === 'STLS') {
@@ -119,8 +148,9 @@ class Pop3Filter implements SessionFilter {
     }
     const { verb, args } = splitCommand(line.toString('latin1', 0, contentLength(line)));
     out.push(line);
-    this.expect.push({ kind: expectFor(verb, args) });
-    if (verb === 'AUTH' && args !== '') this.clientMode = 'sasl';
+    const kind = expectFor(verb, args);
+    this.expect.push({ kind });
+    if (kind === 'auth') this.authWait = true;
   }
 
   fromBackend(chunk: Buffer): Buffer | null {
@@ -196,9 +226,17 @@ class Pop3Filter implements SessionFilter {
     out.push(line);
     const head = this.expect[0];
     if (!head) return; // unsolicited (e.g. a -ERR before the backend closes)
-    if (head.kind === 'auth' && text.startsWith('+') && !ok) return; // a "+ " challenge: the exchange goes on
+    if (head.kind === 'auth') {
+      this.authWait = false;
+      if (text.startsWith('+') && !ok) {
+        // A "+ " challenge: the client's next line is its response (if the exchange is the only
+        // thing outstanding; anything else means the client did not wait, and its lines stay commands).
+        if (this.expect.length === 1) this.clientMode = 'sasl';
+        return;
+      }
+      this.clientMode = 'line';
+    }
     this.expect.shift();
-    if (head.kind === 'auth' && this.clientMode === 'sasl') this.clientMode = 'line';
     if (ok && head.kind === 'multi') {
       this.backendMode = 'body';
       this.dot.reset();

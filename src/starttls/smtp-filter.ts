@@ -60,7 +60,9 @@ class SmtpFilter implements SessionFilter {
    * text or commands is the backend's decision, so postern reads them only once it knows.
    */
   ready(): boolean {
-    return this.greetingDone && this.swallow === 0 && !this.waitingData && this.expect.length < MAX_OUTSTANDING;
+    if (!this.greetingDone || this.swallow > 0) return false;
+    // Waits start and end at command boundaries: message text and the rest of a line go on.
+    return this.mode !== 'cmd' || (!this.waitingData && this.expect.length < MAX_OUTSTANDING);
   }
 
   passthrough(): boolean {
