@@ -174,12 +174,13 @@ export class AdminGate<C> {
     if (e) e.busy++;
   }
 
-  /** A response on the connection is done. */
-  idle(conn: C, now: number) {
+  /** A response on the connection is done; true when no other request is being answered on it. */
+  idle(conn: C, now: number): boolean {
     const e = this.entries.get(conn);
-    if (!e) return;
+    if (!e) return false;
     e.busy = Math.max(0, e.busy - 1);
     if (e.busy === 0) e.idleSince = now;
+    return e.busy === 0;
   }
 
   remove(conn: C) {
@@ -378,8 +379,8 @@ export async function startAdmin(opts: AdminOptions): Promise<AdminServer> {
     gate.busy(socket);
     disarm(socket);
     res.once('close', () => {
-      gate.idle(socket, Date.now());
-      if (!socket.destroyed) arm(socket); // keep-alive: the next request within 2 s, or closed
+      // Keep-alive: the next request within 2 s, or closed (pipelined ones are still answered).
+      if (gate.idle(socket, Date.now()) && !socket.destroyed) arm(socket);
     });
     handle(req, res).catch((err: unknown) => {
       opts.log.error({ err, path: req.url }, 'admin request failed');
