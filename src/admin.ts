@@ -1,11 +1,22 @@
 // The admin HTTP endpoint (`admin: { listen: ... }`): /metrics in Prometheus text format,
 // /healthz (the process is alive and answering) and /readyz (every listener bound, certificates
-// loaded, backends reachable) with a JSON body saying what is not ready. GET and HEAD only.
+// loaded and covering every listener's hostname, backends reachable) with a JSON body saying what
+// is not ready. GET and HEAD only.
+//
+// A liveness probe that goes unanswered restarts the pod and drops every mail session, so idle
+// connections must never crowd the probes out: a connection gets 2 s to send a complete request
+// (and 2 s after each response), each client address (IPv6: its /64) holds at most 8, all of
+// them at most 128, and when a limit is reached the connection that has waited longest without a
+// request is closed to make room for the new one, rather than the new one being refused.
 import http from 'node:http';
+import type { Socket } from 'node:net';
+import { Counter, Registry } from 'prom-client';
 import type { HostPort } from './config/types.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import type { BackendStatus } from './backend/health.ts';
+import { CloseReason } from './errors.ts';
+import { clientKey } from './net/address.ts';
 
 /** Anything that renders Prometheus text: a Metrics registry, or the cluster's summed view. */
 export interface MetricsSource {
@@ -26,15 +37,21 @@ export interface ReadinessInput {
   listeners: Array<{ name: string; bound: boolean }>;
   /** Number of loaded certificate entries. */
   certificates: number;
+  /** Listeners whose hostname no loaded certificate covers (a STARTTLS one cannot offer TLS). */
+  certificatesMissing?: Array<{ listener: string; hostname: string }>;
   backends: BackendStatus[];
 }
 
-/** Ready when every listener is bound, a certificate is loaded and every backend answered. */
+/**
+ * Ready when every listener is bound, a certificate is loaded and covers every listener's
+ * hostname, and every backend answered.
+ */
 export function readinessOf(input: ReadinessInput): Readiness {
   const problems: string[] = [];
   if (input.listeners.length === 0) problems.push('no listeners');
   for (const l of input.listeners) if (!l.bound) problems.push(`listener "${l.name}" is not bound`);
   if (input.certificates <= 0) problems.push('no certificates loaded');
+  for (const m of input.certificatesMissing ?? []) problems.push(`listener "${m.listener}": no loaded certificate covers its hostname "${m.hostname}"`);
   for (const b of input.backends) {
     if (b.reachable) continue;
     if (b.checkedAt === null) problems.push(`backend ${b.address} (listener "${b.listener}") not checked yet`);
@@ -64,21 +81,265 @@ export interface AdminServer {
 
 const PATHS = new Set(['/metrics', '/healthz', '/readyz']);
 
+/** The admin endpoint's connection limits (see the top of this file). */
+export const ADMIN_LIMITS = {
+  /** Connections from one client address (IPv4) or /64 (IPv6). */
+  perClient: 8,
+  /** Connections in all. */
+  total: 128,
+  /** From accept, and from the end of each response, to a complete request head. */
+  requestMs: 2_000,
+} as const;
+
+export type AdminRefusal = typeof CloseReason.tooManyFromClient | typeof CloseReason.tooManyConnections | typeof CloseReason.requestTimeout;
+
+interface GateEntry {
+  key: string;
+  /** Requests being answered; a connection with none is idle and may be closed for a new one. */
+  busy: number;
+  /** When it last became idle (accept, or the end of a response). */
+  idleSince: number;
+}
+
+export interface Admission<C> {
+  admitted: boolean;
+  /** Why the new connection was refused (admitted false). */
+  refused: AdminRefusal | null;
+  /** Connections to close to make room for it, and why. */
+  evict: Array<{ conn: C; key: string; reason: AdminRefusal }>;
+}
+
+/**
+ * The admin endpoint's connection limits as a pure policy over opaque connections: per client
+ * key and in total, the newest connection wins over the one idle the longest (a probe sends its
+ * request at once; an idle connection is what an attacker holds). Within the total, room is made
+ * at the expense of the client key that holds the most connections. A connection that is
+ * answering a request is never closed for another; when all are, the new one is refused.
+ */
+export class AdminGate<C> {
+  private readonly entries = new Map<C, GateEntry>();
+  private readonly byKey = new Map<string, Set<C>>();
+  private readonly limits: { perClient: number; total: number };
+
+  constructor(limits: { perClient: number; total: number } = ADMIN_LIMITS) {
+    this.limits = limits;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  admit(conn: C, key: string, now: number): Admission<C> {
+    const evict: Admission<C>['evict'] = [];
+    const mine = this.byKey.get(key);
+    if (mine && mine.size >= this.limits.perClient) {
+      const victim = this.longestIdle(mine);
+      if (victim === null) return { admitted: false, refused: CloseReason.tooManyFromClient, evict };
+      evict.push({ conn: victim, key, reason: CloseReason.tooManyFromClient });
+      this.remove(victim);
+    }
+    if (this.entries.size >= this.limits.total) {
+      // The key with the most connections that has an idle one gives it up.
+      let victim: C | null = null;
+      let victimKey = '';
+      let most = 0;
+      let since = Infinity;
+      for (const [k, set] of this.byKey) {
+        if (set.size < most) continue;
+        const v = this.longestIdle(set);
+        if (v === null) continue;
+        const idleSince = this.entries.get(v)!.idleSince;
+        // More connections first; among keys with as many, the connection idle the longest.
+        if (set.size > most || idleSince < since) {
+          victim = v;
+          victimKey = k;
+          most = set.size;
+          since = idleSince;
+        }
+      }
+      if (victim === null) return { admitted: false, refused: CloseReason.tooManyConnections, evict };
+      evict.push({ conn: victim, key: victimKey, reason: CloseReason.tooManyConnections });
+      this.remove(victim);
+    }
+    this.entries.set(conn, { key, busy: 0, idleSince: now });
+    let set = this.byKey.get(key);
+    if (!set) this.byKey.set(key, (set = new Set()));
+    set.add(conn);
+    return { admitted: true, refused: null, evict };
+  }
+
+  /** A request arrived on the connection. */
+  busy(conn: C) {
+    const e = this.entries.get(conn);
+    if (e) e.busy++;
+  }
+
+  /** A response on the connection is done; true when no other request is being answered on it. */
+  idle(conn: C, now: number): boolean {
+    const e = this.entries.get(conn);
+    if (!e) return false;
+    e.busy = Math.max(0, e.busy - 1);
+    if (e.busy === 0) e.idleSince = now;
+    return e.busy === 0;
+  }
+
+  remove(conn: C) {
+    const e = this.entries.get(conn);
+    if (!e) return;
+    this.entries.delete(conn);
+    const set = this.byKey.get(e.key)!;
+    set.delete(conn);
+    if (set.size === 0) this.byKey.delete(e.key);
+  }
+
+  private longestIdle(set: Set<C>): C | null {
+    let best: C | null = null;
+    let since = Infinity;
+    for (const c of set) {
+      const e = this.entries.get(c)!;
+      if (e.busy === 0 && e.idleSince < since) {
+        best = c;
+        since = e.idleSince;
+      }
+    }
+    return best;
+  }
+}
+
+/**
+ * Refusals logged at most once per window: the first one at once (reason and client), then, while
+ * they go on, one summary per window with the counts by reason and the busiest clients. An attack
+ * of thousands of connections is a handful of lines, never one line per socket.
+ */
+export class RefusalLog {
+  private readonly log: Logger;
+  private readonly windowMs: number;
+  private timer: NodeJS.Timeout | null = null;
+  private counts = new Map<string, number>();
+  private clients = new Map<string, number>();
+
+  constructor(log: Logger, windowMs = 10_000) {
+    this.log = log;
+    this.windowMs = windowMs;
+  }
+
+  note(reason: AdminRefusal, client: string) {
+    if (this.timer === null) {
+      this.log.warn({ reason, client }, `admin connections refused: ${reason} (${client}); further refusals are summed up every ${this.windowMs / 1000} s`);
+      this.open();
+      return;
+    }
+    this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
+    this.clients.set(client, (this.clients.get(client) ?? 0) + 1);
+  }
+
+  private open() {
+    this.timer = setTimeout(() => this.flush(), this.windowMs);
+    this.timer.unref();
+  }
+
+  private flush() {
+    this.timer = null;
+    if (this.counts.size === 0) return;
+    const total = [...this.counts.values()].reduce((a, b) => a + b, 0);
+    const [reason] = [...this.counts.entries()].sort((a, b) => b[1] - a[1])[0]!;
+    const clients = [...this.clients.entries()].sort((a, b) => b[1] - a[1]).slice(0, 5).map(([client, n]) => ({ client, refused: n }));
+    this.log.warn({ reason, refused: Object.fromEntries(this.counts), clients }, `admin connections refused: ${total} more in the last ${this.windowMs / 1000} s`);
+    this.counts = new Map();
+    this.clients = new Map();
+    this.open();
+  }
+
+  stop() {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+}
+
+/** The per-client key of the limits: the IPv4 address, or the /64 of an IPv6 one. */
+function keyOf(address: string | undefined): string {
+  if (!address) return 'unknown';
+  try {
+    return clientKey(address);
+  } catch {
+    return address; // an address clientKey cannot read (a zone id) counts on its own
+  }
+}
+
 function source(m: Metrics | MetricsSource): MetricsSource {
   return 'registry' in m ? m.registry : m;
 }
 
 export async function startAdmin(opts: AdminOptions): Promise<AdminServer> {
   const metrics = source(opts.metrics);
+  // The endpoint's own counter, in a registry of its own: it is served by the process that
+  // serves the endpoint (the supervisor with workers), appended to whatever /metrics renders.
+  const own = new Registry();
+  const refusedTotal = new Counter({
+    name: 'postern_admin_connections_refused_total',
+    help: 'Admin endpoint connections refused or closed by its limits, by reason (too_many_from_client|too_many_connections|request_timeout)',
+    labelNames: ['reason'] as const,
+    registers: [own],
+  });
+  for (const reason of [CloseReason.tooManyFromClient, CloseReason.tooManyConnections, CloseReason.requestTimeout]) refusedTotal.inc({ reason }, 0);
+  const refusals = new RefusalLog(opts.log);
   const server = http.createServer({
-    // Slow or idle clients cannot hold the endpoint: it serves scrapers and probes, nobody else.
-    headersTimeout: 5_000,
+    // Node's own timers are the backstop; the 2 s deadline below is the rule. Node checks
+    // headersTimeout and requestTimeout only every connectionsCheckingInterval (30 s by default).
+    headersTimeout: ADMIN_LIMITS.requestMs + 1_000,
     requestTimeout: 10_000,
-    keepAliveTimeout: 5_000,
+    connectionsCheckingInterval: 1_000,
+    keepAliveTimeout: ADMIN_LIMITS.requestMs,
     maxHeaderSize: 8192,
   });
-  server.maxConnections = 128;
-  server.setTimeout(15_000, (socket) => socket.destroy());
+  // Past this, Node closes new connections before postern sees them ('drop'): the slack above
+  // the gate's total covers sockets already closed whose 'close' has not been processed yet.
+  server.maxConnections = ADMIN_LIMITS.total * 2;
+  server.on('drop', (d?: { remoteAddress?: string }) => refused(CloseReason.tooManyConnections, keyOf(d?.remoteAddress)));
+  server.setTimeout(10_000, (socket) => socket.destroy());
+
+  const refused = (reason: AdminRefusal, client: string) => {
+    refusedTotal.inc({ reason });
+    refusals.note(reason, client);
+  };
+
+  const gate = new AdminGate<Socket>();
+  const deadlines = new Map<Socket, NodeJS.Timeout>();
+  /** Whether a complete request ever arrived on the socket (then its deadline is a plain idle close). */
+  const served = new WeakSet<Socket>();
+  const arm = (socket: Socket) => {
+    clearTimeout(deadlines.get(socket));
+    const t = setTimeout(() => {
+      deadlines.delete(socket);
+      if (!served.has(socket)) refused(CloseReason.requestTimeout, keyOf(socket.remoteAddress));
+      socket.destroy();
+    }, ADMIN_LIMITS.requestMs);
+    t.unref();
+    deadlines.set(socket, t);
+  };
+  const disarm = (socket: Socket) => {
+    clearTimeout(deadlines.get(socket));
+    deadlines.delete(socket);
+  };
+  server.on('connection', (socket: Socket) => {
+    const key = keyOf(socket.remoteAddress);
+    const a = gate.admit(socket, key, Date.now());
+    for (const e of a.evict) {
+      disarm(e.conn);
+      refused(e.reason, e.key);
+      e.conn.destroy();
+    }
+    if (!a.admitted) {
+      refused(a.refused!, key);
+      socket.destroy();
+      return;
+    }
+    arm(socket);
+    socket.once('close', () => {
+      disarm(socket);
+      gate.remove(socket);
+    });
+  });
 
   const send = (res: http.ServerResponse, status: number, type: string, body: string, headers: Record<string, string> = {}) => {
     if (res.headersSent || res.destroyed) return;
@@ -105,12 +366,22 @@ export async function startAdmin(opts: AdminOptions): Promise<AdminServer> {
         const r = await opts.readiness();
         return json(res, r.ready ? 200 : 503, r);
       }
-      default:
-        return send(res, 200, metrics.contentType, await metrics.metrics());
+      default: {
+        const text = await metrics.metrics();
+        return send(res, 200, metrics.contentType, `${text}${text.endsWith('\n') || text === '' ? '' : '\n'}${await own.metrics()}`);
+      }
     }
   };
 
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const socket = req.socket;
+    served.add(socket);
+    gate.busy(socket);
+    disarm(socket);
+    res.once('close', () => {
+      // Keep-alive: the next request within 2 s, or closed (pipelined ones are still answered).
+      if (gate.idle(socket, Date.now()) && !socket.destroyed) arm(socket);
+    });
     handle(req, res).catch((err: unknown) => {
       opts.log.error({ err, path: req.url }, 'admin request failed');
       try {
@@ -139,6 +410,8 @@ export async function startAdmin(opts: AdminOptions): Promise<AdminServer> {
     port,
     close: () =>
       new Promise<void>((resolve) => {
+        refusals.stop();
+        for (const t of deadlines.values()) clearTimeout(t);
         server.close(() => resolve());
         server.closeAllConnections();
       }),

@@ -1,5 +1,6 @@
 // Wires a validated configuration to running listeners: certificates -> listeners -> signals.
-import type { PosternConfig } from './config/types.ts';
+import type { ListenerConfig, PosternConfig } from './config/types.ts';
+import type { CoverageNeed } from './config/certificates.ts';
 import type { CertStore } from './tls/certstore.ts';
 import type { Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
@@ -15,21 +16,49 @@ export interface DaemonOptions {
   preludeFor?: (env: SessionEnv) => Prelude | null;
 }
 
+/**
+ * Whether the listener's hostname is covered by the store in use, for the STARTTLS prelude: one
+ * answer for the prelude, the gauge and /readyz. The reloader refuses any store that would leave
+ * a running listener uncovered, so this is false unless something bypassed it.
+ */
+export interface CoverageView {
+  certificateMissing(): boolean;
+}
+
+/** What a reloaded configuration does to the running listeners (see Daemon.plan). */
+export interface ReloadPlan {
+  /** Each running listener's settings after apply(): the new ones, or its old ones when kept. */
+  listeners: Array<{ config: ListenerConfig; keptBecause: string | null; newPath: string | null }>;
+  /** What only a restart can change, one sentence each. */
+  needsRestart: string[];
+}
+
 export class Daemon {
   readonly listeners: Listener[] = [];
   readonly metrics: Metrics;
   private store: CertStore;
   private readonly log: Logger;
+  /** The configuration last applied (its certificate specs are the ones in use). */
+  private applied: PosternConfig;
+  /** Listeners whose hostname the store in use does not cover (logged once on the change). */
+  private missing = new Set<string>();
 
   private constructor(opts: DaemonOptions) {
     this.store = opts.store;
     this.log = opts.log;
+    this.applied = opts.config;
     this.metrics = opts.metrics ?? new Metrics();
-    this.setStore(opts.store);
     for (const l of opts.config.listeners) {
-      const env: SessionEnv = { listener: l, store: () => this.store, log: opts.log, metrics: this.metrics };
+      const env: SessionEnv & CoverageView = {
+        listener: l,
+        store: () => this.store,
+        log: opts.log,
+        metrics: this.metrics,
+        certificateMissing: () => this.store.lookup(env.listener.hostname) === null,
+      };
       this.listeners.push(new Listener(env, opts.preludeFor?.(env) ?? null));
     }
+    this.setStore(opts.store);
   }
 
   /** Binds every listener or none: on a bind error the ones already bound are closed again. */
@@ -60,10 +89,84 @@ export class Daemon {
     this.store = store;
     this.metrics.certificateNotAfter.reset();
     for (const e of store.entries) this.metrics.certificateNotAfter.set({ file: e.certFile, name: e.names[0] ?? '' }, Math.floor(e.notAfter.getTime() / 1000));
+    this.refreshCoverage();
   }
 
   get certificates(): CertStore {
     return this.store;
+  }
+
+  /** The running configuration: the last applied file, with each listener as it actually runs. */
+  get config(): PosternConfig {
+    return { ...this.applied, listeners: this.listeners.map((l) => l.env.listener) };
+  }
+
+  /** Listeners whose hostname no loaded certificate covers now (normally none). */
+  certificatesMissing(): Array<{ listener: string; hostname: string }> {
+    return this.listeners.map((l) => l.env.listener).filter((c) => this.store.lookup(c.hostname) === null).map((c) => ({ listener: c.name, hostname: c.hostname }));
+  }
+
+  /**
+   * postern_listener_certificate_missing, and one error line when a listener becomes uncovered
+   * (or covered again): a STARTTLS listener without a certificate cannot offer TLS, and that must
+   * never go unnoticed on a port-25 listener, where mail would then flow in plaintext.
+   */
+  private refreshCoverage() {
+    const now = new Set<string>();
+    for (const { listener, hostname } of this.certificatesMissing()) {
+      now.add(listener);
+      if (!this.missing.has(listener)) this.log.error({ reason: 'certificate_missing', listener, hostname }, `listener "${listener}": no loaded certificate covers its hostname "${hostname}"; it cannot offer TLS`);
+    }
+    for (const listener of this.missing) if (!now.has(listener)) this.log.info({ listener }, `listener "${listener}": its hostname is covered again`);
+    this.missing = now;
+    for (const l of this.listeners) this.metrics.listenerCertificateMissing.set({ listener: l.env.listener.name }, now.has(l.env.listener.name) ? 1 : 0);
+  }
+
+  /**
+   * What apply(config) would do, without doing it: each running listener with the settings it
+   * will have (the new ones, or its old ones when a restart-only key changed or it was removed
+   * from the file), and what needs a restart.
+   */
+  plan(config: PosternConfig): ReloadPlan {
+    const needsRestart: string[] = [];
+    const listeners: ReloadPlan['listeners'] = [];
+    const byName = new Map(config.listeners.map((l) => [l.name, l]));
+    for (const l of this.listeners) {
+      const old = l.env.listener;
+      const next = byName.get(old.name);
+      if (!next) {
+        needsRestart.push(`listener "${old.name}" was removed`);
+        listeners.push({ config: old, keptBecause: 'removed from the file', newPath: null });
+        continue;
+      }
+      byName.delete(old.name);
+      const fixed = (['protocol', 'tls'] as const).filter((k) => next[k] !== old[k]);
+      if (next.listen.host !== old.listen.host || next.listen.port !== old.listen.port) fixed.unshift('listen' as never);
+      if (fixed.length > 0) {
+        const what = `${fixed.join(', ')} changed`;
+        needsRestart.push(`listener "${old.name}": ${what}`);
+        listeners.push({ config: old, keptBecause: what, newPath: next.path });
+        continue;
+      }
+      listeners.push({ config: next, keptBecause: null, newPath: next.path });
+    }
+    for (const name of byName.keys()) needsRestart.push(`listener "${name}" was added`);
+    return { listeners, needsRestart };
+  }
+
+  /**
+   * The hostnames a store must cover for `config` to be applied: every listener of the file (a
+   * restart would run it), and the old hostname of each listener that keeps its old settings.
+   */
+  coverageAfter(config: PosternConfig): CoverageNeed[] {
+    const need: CoverageNeed[] = config.listeners.map((l) => ({ listener: l.name, hostname: l.hostname, path: `${l.path}.hostname`, keptBecause: null }));
+    for (const p of this.plan(config).listeners) {
+      if (p.keptBecause === null) continue;
+      const inFile = config.listeners.find((l) => l.name === p.config.name);
+      if (inFile && inFile.hostname === p.config.hostname) continue; // already required above
+      need.push({ listener: p.config.name, hostname: p.config.hostname, path: p.newPath ? `${p.newPath}.hostname` : 'listeners', keptBecause: p.keptBecause });
+    }
+    return need;
   }
 
   /**
@@ -72,27 +175,11 @@ export class Daemon {
    * can change (listen address, protocol, tls mode, added or removed listeners) is returned.
    */
   apply(config: PosternConfig, store: CertStore): string[] {
-    const needsRestart: string[] = [];
-    const byName = new Map(config.listeners.map((l) => [l.name, l]));
-    for (const l of this.listeners) {
-      const old = l.env.listener;
-      const next = byName.get(old.name);
-      if (!next) {
-        needsRestart.push(`listener "${old.name}" was removed`);
-        continue;
-      }
-      byName.delete(old.name);
-      const fixed = (['protocol', 'tls'] as const).filter((k) => next[k] !== old[k]);
-      if (next.listen.host !== old.listen.host || next.listen.port !== old.listen.port) fixed.unshift('listen' as never);
-      if (fixed.length > 0) {
-        needsRestart.push(`listener "${old.name}": ${fixed.join(', ')} changed`);
-        continue;
-      }
-      l.env.listener = next;
-    }
-    for (const name of byName.keys()) needsRestart.push(`listener "${name}" was added`);
+    const plan = this.plan(config);
+    plan.listeners.forEach((p, i) => (this.listeners[i]!.env.listener = p.config));
+    this.applied = config;
     this.setStore(store);
-    return needsRestart;
+    return plan.needsRestart;
   }
 
   /**

@@ -51,6 +51,11 @@ export const CloseReason = {
   tooManyFromClient: 'too_many_from_client',
   /** A connection from an acceptProxyProtocol network sent no valid PROXY header. */
   proxyHeaderInvalid: 'proxy_header_invalid',
+  /**
+   * The admin endpoint: no complete HTTP request head within 2 s of connecting or of the previous
+   * response (an idle or slow connection, which would otherwise hold a slot that probes need).
+   */
+  requestTimeout: 'request_timeout',
   /** postern is shutting down. */
   shutdown: 'shutdown',
   /** A fault inside postern (an exception) ended this session; logged with its stack. */

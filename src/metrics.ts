@@ -77,6 +77,14 @@ export class Metrics {
     labelNames: ['listener'] as const,
     registers: [this.registry],
   });
+  readonly listenerCertificateMissing = new Gauge({
+    name: 'postern_listener_certificate_missing',
+    help: "1 when no loaded certificate covers the listener's hostname (a STARTTLS listener then cannot offer TLS), 0 when one does, by listener",
+    labelNames: ['listener'] as const,
+    // With workers: 1 when any worker lacks it (not the number of workers).
+    aggregator: 'max',
+    registers: [this.registry],
+  });
   readonly starttlsInjections = new Counter({
     name: 'postern_starttls_injections_total',
     help: 'Bytes pipelined after STARTTLS that were discarded (CVE-2011-0411), by listener',

@@ -1,15 +1,26 @@
-// Reloads without dropping anything: on SIGHUP or when a certificate file or folder changes,
-// re-read the whole configuration, build a complete new certificate store, validate, then swap
-// one reference. Anything wrong (a missing file in the middle of a certbot or Kubernetes swap, a
-// key that does not match, a parse error): retry a few times, then keep the last good state, log
-// the error with file and reason, and count it. Connections in flight are never touched.
+// Reloads without dropping anything. Two triggers, two scopes:
+//   - a certificate file or folder changes (certbot, Kubernetes): the certificates the running
+//     configuration names are read again and checked against the listeners as they run.
+//     postern.yaml is not read: an unrelated, half-finished edit must not hold back a renewal.
+//   - SIGHUP: postern.yaml is read and validated whole (it is what a restart would run), and the
+//     new certificates must also cover every listener that keeps its old settings (a changed
+//     `listen`, `protocol` or `tls` needs a restart).
+// Either way a complete new store is built and checked, then one reference is swapped. Anything
+// wrong (a missing file in the middle of a certbot or Kubernetes swap, a key that does not match,
+// a listener hostname no longer covered, a parse error): retry a few times, then keep the last
+// good state, log the error with file and reason, and count it. Connections in flight are never
+// touched.
 import { watch, realpathSync, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import type { Daemon } from './daemon.ts';
 import type { Logger } from './log.ts';
-import type { PosternConfig } from './config/types.ts';
+import type { ConfigError, PosternConfig } from './config/types.ts';
 import { validateFile, type Validated } from './commands/load.ts';
 import { formatConfigError } from './config/load.ts';
+import { checkRunningCertificates, coverageOf, type CoverageNeed, type Uncovered } from './config/certificates.ts';
+import type { CertStore } from './tls/certstore.ts';
+
+type Position = (path: string) => { line: number; col: number };
 
 export interface ReloaderOptions {
   file: string;
@@ -20,19 +31,32 @@ export interface ReloaderOptions {
   /** Attempts before a failed reload is reported (the missing-file window of a swap). */
   attempts?: number;
   retryDelayMs?: number;
-  /** Injected for tests. */
-  validate?: (file: string) => Validated;
+  /**
+   * Where YAML paths of the running configuration are in the file as it was loaded (for the line
+   * and column of errors found by a certificate-only reload). Without it they point at 1:1.
+   */
+  position?: Position;
+  /** Injected for tests: the SIGHUP validation. */
+  validate?: (file: string, need?: (config: PosternConfig) => CoverageNeed[]) => Validated;
 }
 
+/** The outcome of one attempt, whatever the trigger. */
+type Checked =
+  | { ok: true; store: CertStore; warnings: ConfigError[]; config: PosternConfig | null; position: Position | null }
+  | { ok: false; errors: ConfigError[]; warnings: ConfigError[]; uncovered: Uncovered[] };
+
 export class Reloader {
-  private readonly opts: Required<Omit<ReloaderOptions, 'validate'>> & { validate: (file: string) => Validated };
+  private readonly opts: Required<Omit<ReloaderOptions, 'validate' | 'position'>> & { validate: NonNullable<ReloaderOptions['validate']> };
+  private position: Position;
   private watchers: FSWatcher[] = [];
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<boolean> | null = null;
   private again: 'sighup' | 'watch' | null = null;
 
   constructor(opts: ReloaderOptions) {
-    this.opts = { debounceMs: 1000, attempts: 4, retryDelayMs: 500, validate: validateFile, ...opts };
+    const { position, ...rest } = opts;
+    this.opts = { debounceMs: 1000, attempts: 4, retryDelayMs: 500, validate: validateFile, ...rest };
+    this.position = position ?? (() => ({ line: 1, col: 1 }));
   }
 
   /**
@@ -132,15 +156,33 @@ export class Reloader {
     }
   }
 
+  /** SIGHUP: the whole file. A file event: the running configuration's certificates only. */
+  private check(trigger: 'sighup' | 'watch'): Checked {
+    const { daemon, file } = this.opts;
+    if (trigger === 'sighup') {
+      const v = this.opts.validate(file, (config) => daemon.coverageAfter(config));
+      return v.ok ? { ok: true, store: v.store, warnings: v.warnings, config: v.config, position: v.position } : { ok: false, errors: v.errors, warnings: v.warnings, uncovered: v.uncovered ?? [] };
+    }
+    const running = daemon.config;
+    const c = checkRunningCertificates({ config: running, position: this.position }, coverageOf(running));
+    return c.store ? { ok: true, store: c.store, warnings: c.warnings, config: null, position: null } : { ok: false, errors: c.errors, warnings: c.warnings, uncovered: c.uncovered };
+  }
+
   private async tryReload(trigger: 'sighup' | 'watch'): Promise<boolean> {
-    const { daemon, log, file } = this.opts;
-    let v: Validated = this.opts.validate(file);
+    const { daemon, log } = this.opts;
+    let v = this.check(trigger);
     for (let i = 1; !v.ok && i < this.opts.attempts; i++) {
       await new Promise((r) => setTimeout(r, this.opts.retryDelayMs));
-      v = this.opts.validate(file);
+      v = this.check(trigger);
     }
     if (!v.ok) {
-      for (const e of v.errors) log.error({ reason: 'reload_failed', file: e.file, path: e.path, trigger }, formatConfigError(e));
+      for (const e of v.errors) {
+        // A listener left without a certificate is named in the fields, so that an alert can
+        // say which one (a STARTTLS listener would otherwise stop offering TLS).
+        const u = v.uncovered.find((x) => x.error === e);
+        const who = u ? { listener: u.listener, hostname: u.hostname } : {};
+        log.error({ reason: 'reload_failed', file: e.file, path: e.path, trigger, ...who }, formatConfigError(e));
+      }
       log.error({ reason: 'reload_failed', trigger, errors: v.errors.length }, 'reload failed; still serving the last good configuration and certificates');
       daemon.metrics.reloads.inc({ trigger, result: 'failed' });
       return false;
@@ -148,14 +190,15 @@ export class Reloader {
     for (const w of v.warnings) log.warn({ file: w.file, path: w.path }, formatConfigError(w));
     // A file event renews certificates; listener settings change on SIGHUP only, so that a
     // half-edited YAML is never picked up by a certificate renewal.
-    if (trigger === 'sighup') {
+    if (v.config) {
       const restart = daemon.apply(v.config, v.store);
       for (const r of restart) log.warn({ reason: 'needs_restart' }, `${r}: needs a restart; the running listener keeps its old settings`);
+      if (v.position) this.position = v.position;
     } else daemon.setStore(v.store);
     logCertificates(log, daemon);
     daemon.metrics.reloads.inc({ trigger, result: 'ok' });
     log.info({ trigger, certificates: v.store.entries.length }, 'reloaded');
-    this.watch(v.config);
+    this.watch(daemon.config);
     return true;
   }
 }

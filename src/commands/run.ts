@@ -54,7 +54,7 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   }
 
   // SIGHUP, or a change in a certificate folder, reloads: build everything new, then swap.
-  const reloader = new Reloader({ file, daemon, log });
+  const reloader = new Reloader({ file, daemon, log, position: v.position });
   reloader.watch(v.config);
   process.on('SIGHUP', () => void reloader.reload('sighup'));
 
@@ -72,6 +72,7 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
       readinessOf({
         listeners: daemon.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
         certificates: daemon.certificates.entries.length,
+        certificatesMissing: daemon.certificatesMissing(),
         backends: health.status(),
       });
     admin = await openAdmin(v.config, log, { metrics: daemon.metrics, readiness });
@@ -127,11 +128,15 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   return 0;
 }
 
-function workerStatus(daemon: Daemon, health: BackendHealth): WorkerStatus {
+/** A worker's status message, with the listeners whose hostname no certificate covers. */
+type WorkerReport = WorkerStatus & { certificatesMissing?: Array<{ listener: string; hostname: string }> };
+
+function workerStatus(daemon: Daemon, health: BackendHealth): WorkerReport {
   return {
     type: 'postern:status',
     listeners: daemon.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
     certificates: daemon.certificates.entries.length,
+    certificatesMissing: daemon.certificatesMissing(),
     backends: health.status(),
   };
 }
@@ -187,10 +192,12 @@ async function openAdmin(config: PosternConfig, log: Logger, src: Pick<Parameter
 
 /** Ready when every worker is up and reports every listener bound and its backends reachable. */
 function supervisorReadiness(sup: Supervisor, workers: number): Readiness {
-  const all = [...sup.status.values()];
+  const all: WorkerReport[] = [...sup.status.values()];
+  const missing = new Map(all.flatMap((w) => w.certificatesMissing ?? []).map((m) => [m.listener, m]));
   const r = readinessOf({
     listeners: all.flatMap((w) => w.listeners),
     certificates: Math.min(...all.map((w) => w.certificates), all.length ? Infinity : 0),
+    certificatesMissing: [...missing.values()],
     backends: all.flatMap((w) => w.backends),
   });
   if (all.length < workers) {

@@ -199,6 +199,23 @@ function dirProblem(path: string): string | null {
   }
 }
 
+/**
+ * The file checks of documentChecks, for compiled (absolute) certificate paths: what a
+ * certificate-only reload runs without reading postern.yaml again.
+ */
+export function certificateFileProblems(specs: readonly CertificateSpec[]): Array<{ path: string; message: string }> {
+  const out: Array<{ path: string; message: string }> = [];
+  for (const spec of specs) {
+    const fields: Array<[string, string, 'file' | 'dir']> =
+      'dir' in spec ? [['dir', spec.dir, 'dir']] : 'pem' in spec ? [['pem', spec.pem, 'file']] : [['cert', spec.cert, 'file'], ['key', spec.key, 'file']];
+    for (const [field, path, kind] of fields) {
+      const problem = kind === 'dir' ? dirProblem(path) : fileProblem(path);
+      if (problem) out.push({ path: `${spec.path}.${field}`, message: problem });
+    }
+  }
+  return out;
+}
+
 function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) => number): Issue[] {
   const issues: Issue[] = [];
   if (!isRecord(raw)) return issues;

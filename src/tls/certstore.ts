@@ -2,7 +2,7 @@
 // every key matched to its certificate, contexts created) before anyone can use it; the daemon
 // holds one reference and swaps it whole, so a connection never sees a half-built store.
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readdirSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import tls, { type SecureContext } from 'node:tls';
 import type { CertificateSource, CertificateSpec, TlsMinVersion } from '../config/types.ts';
@@ -196,11 +196,15 @@ function loadPair(source: PairSource, now: Date, problems: CertProblem[]): CertE
   } catch (e) {
     return err(certPath, source.cert, `cannot read certificate file ${source.cert}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
+  let keyMode: number;
   try {
-    keyPem = readFileSync(source.key, 'utf8');
+    ({ text: keyPem, mode: keyMode } = readWithMode(source.key));
   } catch (e) {
     return err(keyPath, source.key, `cannot read key file ${source.key}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
+  const permission = keyModeProblem(source.key, keyMode, targetOf(source.key));
+  if (permission?.severity === 'error') return err(keyPath, source.key, permission.message);
+  if (permission) problems.push({ path: keyPath, file: source.key, message: permission.message, severity: 'warning' });
   const blocks = certPem.match(PEM_CERT) ?? [];
   if (blocks.length === 0) return err(certPath, source.cert, `${source.cert} holds no PEM certificate`);
   // Only the certificate blocks go to OpenSSL as the chain, and only the key block as the key:
@@ -256,6 +260,50 @@ function loadPair(source: PairSource, now: Date, problems: CertProblem[]): CertE
     certPem,
     keyPem,
   };
+}
+
+/**
+ * The text of a file and the mode of what was read: fstat of the open descriptor, so a symlink
+ * (certbot's live/, Kubernetes' ..data) is judged by its target, and by the very file read.
+ */
+function readWithMode(file: string): { text: string; mode: number } {
+  const fd = openSync(file, 'r');
+  try {
+    const mode = fstatSync(fd).mode & 0o7777;
+    return { text: readFileSync(fd, 'utf8'), mode };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Where a symlink leads; null for a plain file. */
+function targetOf(file: string): string | null {
+  try {
+    const real = realpathSync(file);
+    return real === file ? null : real;
+  } catch {
+    return null;
+  }
+}
+
+const octal = (mode: number) => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
+
+/**
+ * A private key file's mode. Writable by the group or by others: an error, whoever can write it
+ * can make postern serve a key of their choosing. Readable by others: a warning, every local user
+ * can read the key. Readable by the group (0640: Debian's ssl-cert group, a Kubernetes fsGroup)
+ * is how a key is shared with a service user, and fine.
+ */
+export function keyModeProblem(file: string, mode: number, target: string | null = null): { severity: 'error' | 'warning'; message: string } | null {
+  const shown = target === null ? file : `${file} (-> ${target})`;
+  if (mode & 0o022) {
+    const who = mode & 0o002 ? 'every user' : 'its group';
+    return { severity: 'error', message: `${shown} is writable by ${who} (mode ${octal(mode)}): whoever can write it can make postern serve a key of their own; chmod 600 ${file} (or chmod 640 and a group postern runs in)` };
+  }
+  if (mode & 0o004) {
+    return { severity: 'warning', message: `${shown} is readable by every user (mode ${octal(mode)}): every local user can read the private key; chmod 600 ${file} (or chmod 640 and a group postern runs in, e.g. ssl-cert)` };
+  }
+  return null;
 }
 
 function dnsNames(cert: X509Certificate): string[] {

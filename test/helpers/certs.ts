@@ -32,7 +32,8 @@ export async function makePki(): Promise<TestPki> {
       const cert = join(dir, `${file}.pem`);
       const key = join(dir, `${file}.key`);
       writeFileSync(cert, opts.withChain === false ? c.certPem : c.chainPem);
-      writeFileSync(key, c.keyPem);
+      // Owner-only, as a private key should be: 0644 would add a permission warning to every load.
+      writeFileSync(key, c.keyPem, { mode: 0o600 });
       return { cert, key, certPem: c.certPem, keyPem: c.keyPem };
     },
   };

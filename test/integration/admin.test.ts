@@ -239,6 +239,40 @@ listeners:
   });
 });
 
+describe('admin endpoint connection limits (issue 14, finding 7)', () => {
+  const ready = (): Readiness => readinessOf({ listeners: [{ name: 'l', bound: true }], certificates: 1, backends: [] });
+
+  it('pipelined requests on one keep-alive connection are all answered; the connection is closed about 2 s after the last response', async () => {
+    const server = await startAdmin({ listen: { host: '127.0.0.1', port: 0 }, metrics: new Metrics(), readiness: ready, log: quiet });
+    onTestFinished(() => server.close());
+    const c = net.connect({ host: '127.0.0.1', port: server.port });
+    let got = '';
+    let lastData = 0;
+    c.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+      lastData = Date.now();
+    });
+    const closed = new Promise<void>((r) => c.on('close', () => r()));
+    c.write('GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /readyz HTTP/1.1\r\nHost: a\r\n\r\nGET /metrics HTTP/1.1\r\nHost: a\r\n\r\n');
+    await closed;
+    const closedAfter = Date.now() - lastData;
+    expect(got.match(/^HTTP\/1\.1 200 OK/gm)).toHaveLength(3);
+    expect(got).toMatch(/Keep-Alive: timeout=2/);
+    expect(closedAfter).toBeGreaterThan(1500);
+    expect(closedAfter).toBeLessThan(3500);
+  });
+
+  it('/metrics carries the endpoint\'s own refusal counter, every reason from 0', async () => {
+    const server = await startAdmin({ listen: { host: '127.0.0.1', port: 0 }, metrics: new Metrics(), readiness: ready, log: quiet });
+    onTestFinished(() => server.close());
+    const text = await (await fetch(`http://127.0.0.1:${server.port}/metrics`)).text();
+    for (const reason of ['too_many_from_client', 'too_many_connections', 'request_timeout']) expect(value(text, 'postern_admin_connections_refused_total', { reason })).toBe(0);
+    // Still one valid exposition: every metric's TYPE line once.
+    const types = text.split('\n').filter((l) => l.startsWith('# TYPE '));
+    expect(new Set(types).size).toBe(types.length);
+  });
+});
+
 describe('readinessOf', () => {
   const backend = (reachable: boolean, checkedAt: string | null, error: string | null = null) => ({ listener: 'smtp', address: '10.0.0.5:25', reachable, error, checkedAt });
 

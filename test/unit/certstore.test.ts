@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildCertStore } from '../../src/tls/certstore.ts';
+import { buildCertStore, keyModeProblem } from '../../src/tls/certstore.ts';
 import { makePki } from '../helpers/certs.ts';
 
 const DAY = 86_400_000;
@@ -134,5 +134,40 @@ describe('certificate sources: broken live/ folders', () => {
     const r = buildCertStore([{ dir: join(pki.dir, 'live'), path: 'certificates[0]' }]);
     expect(r.store).toBeNull();
     expect(r.problems[0]).toMatchObject({ path: 'certificates[0].dir', message: `cannot read certificate file ${join(pki.dir, 'live', 'half.example.org', 'fullchain.pem')}: ENOENT` });
+  });
+});
+
+describe('private key file permissions (issue 14, finding 11)', () => {
+  it('keyModeProblem: group or other write is an error, other read a warning, group read and owner-only fine', () => {
+    expect(keyModeProblem('/k', 0o600)).toBeNull();
+    expect(keyModeProblem('/k', 0o400)).toBeNull();
+    expect(keyModeProblem('/k', 0o640)).toBeNull();
+    expect(keyModeProblem('/k', 0o440)).toBeNull();
+    expect(keyModeProblem('/k', 0o644)).toEqual({ severity: 'warning', message: expect.stringMatching(/^\/k is readable by every user \(mode 0644\): .*chmod 600 \/k/) });
+    expect(keyModeProblem('/k', 0o604)?.severity).toBe('warning');
+    expect(keyModeProblem('/k', 0o660)).toEqual({ severity: 'error', message: expect.stringMatching(/^\/k is writable by its group \(mode 0660\): .*chmod 600 \/k/) });
+    expect(keyModeProblem('/k', 0o602)?.message).toMatch(/writable by every user \(mode 0602\)/);
+    expect(keyModeProblem('/k', 0o666)?.message).toMatch(/writable by every user \(mode 0666\)/);
+    // setuid/sticky bits are not read as permissions.
+    expect(keyModeProblem('/k', 0o4600)).toBeNull();
+    expect(keyModeProblem('/live/privkey.pem', 0o666, '/archive/privkey3.pem')?.message).toMatch(/^\/live\/privkey\.pem \(-> \/archive\/privkey3\.pem\) is writable.*chmod 600 \/live\/privkey\.pem/);
+  });
+
+  it('buildCertStore: a world-readable key loads with a warning at the key path; a world-writable one is refused; a symlink is judged by its target', async () => {
+    const pki = await makePki();
+    const a = await pki.issue('a', { names: ['a.example.org'] });
+    chmodSync(a.key, 0o644);
+    const warned = buildCertStore([{ ...a, path: 'certificates[0]' }]);
+    expect(warned.store).not.toBeNull();
+    expect(warned.problems).toEqual([expect.objectContaining({ severity: 'warning', path: 'certificates[0].key', file: a.key, message: expect.stringContaining('(mode 0644)') })]);
+    chmodSync(a.key, 0o666);
+    const refused = buildCertStore([{ ...a, path: 'certificates[0]' }]);
+    expect(refused.store).toBeNull();
+    expect(refused.problems).toEqual([expect.objectContaining({ severity: 'error', path: 'certificates[0].key', file: a.key, message: expect.stringContaining('writable by every user (mode 0666)') })]);
+    const link = join(pki.dir, 'link.key');
+    symlinkSync(a.key, link);
+    expect(buildCertStore([{ cert: a.cert, key: link, path: 'certificates[0]' }]).problems[0]!.message).toContain(`${link} (-> ${a.key}) is writable by every user`);
+    chmodSync(a.key, 0o640);
+    expect(buildCertStore([{ cert: a.cert, key: link, path: 'certificates[0]' }]).problems).toEqual([]);
   });
 });

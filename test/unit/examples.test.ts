@@ -449,6 +449,21 @@ describe('examples/kubernetes/', () => {
     expect(config.certificates).toEqual([{ cert: `${dir}/tls.crt`, key: `${dir}/tls.key` }]);
   });
 
+  it('mounts the Secret with a mode postern accepts without a warning (no bits for others, no group write) and a group the pod runs in', () => {
+    // Kubernetes gives Secret files mode 0644 unless told otherwise; postern warns about a
+    // private key that every user can read and refuses one its group or others can write.
+    const { pod, volumes } = k();
+    const secret = one('Secret');
+    const vol = volumes.find((v) => isObj(v.secret) && v.secret.secretName === nameOf(secret))!;
+    const mode = obj(vol.secret, 'secret volume').defaultMode;
+    expect(typeof mode, 'secret.defaultMode').toBe('number');
+    expect((mode as number) & 0o027, `defaultMode 0${(mode as number).toString(8)}`).toBe(0);
+    expect((mode as number) & 0o400).toBe(0o400);
+    // Readable through the group: the kubelet makes the files group fsGroup (and adds group read).
+    const podSec = obj(pod.securityContext ?? {}, 'pod securityContext');
+    if (((mode as number) & 0o040) !== 0) expect(podSec.fsGroup).toBeDefined();
+  });
+
   it("runs as the image's node user (uid 1000) on a read-only root filesystem", () => {
     const { pod, container } = k();
     const podSec = obj(pod.securityContext ?? {}, 'pod securityContext');
