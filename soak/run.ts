@@ -165,7 +165,7 @@ async function writeCert(c: CertState): Promise<void> {
   const issued = await issueCert(c.ca, { names: [HOSTNAME, 'example.org'] });
   // Two plain writes, one after the other (as `cp` would): postern sees a moment where key and
   // certificate do not match, and must never serve that.
-  writeFileSync(c.keyFile, issued.keyPem);
+  writeFileSync(c.keyFile, issued.keyPem, { mode: 0o600 });
   writeFileSync(c.certFile, issued.chainPem);
   c.written.push(new X509Certificate(issued.certPem).fingerprint256);
   c.lastWriteAt = Date.now();

@@ -19,6 +19,8 @@ export interface WorkerStatus {
   listeners: Array<{ name: string; bound: boolean }>;
   certificates: number;
   backends: BackendStatus[];
+  /** Listeners whose hostname no loaded certificate covers (normally none). */
+  certificatesMissing: Array<{ listener: string; hostname: string }>;
 }
 
 export class Supervisor {

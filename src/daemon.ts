@@ -16,15 +16,6 @@ export interface DaemonOptions {
   preludeFor?: (env: SessionEnv) => Prelude | null;
 }
 
-/**
- * Whether the listener's hostname is covered by the store in use, for the STARTTLS prelude: one
- * answer for the prelude, the gauge and /readyz. The reloader refuses any store that would leave
- * a running listener uncovered, so this is false unless something bypassed it.
- */
-export interface CoverageView {
-  certificateMissing(): boolean;
-}
-
 /** What a reloaded configuration does to the running listeners (see Daemon.plan). */
 export interface ReloadPlan {
   /** Each running listener's settings after apply(): the new ones, or its old ones when kept. */
@@ -49,13 +40,9 @@ export class Daemon {
     this.applied = opts.config;
     this.metrics = opts.metrics ?? new Metrics();
     for (const l of opts.config.listeners) {
-      const env: SessionEnv & CoverageView = {
-        listener: l,
-        store: () => this.store,
-        log: opts.log,
-        metrics: this.metrics,
-        certificateMissing: () => this.store.lookup(env.listener.hostname) === null,
-      };
+      // The STARTTLS prelude offers TLS when store().lookup(hostname) finds a certificate: the
+      // same answer as certificatesMissing() below, which the reloader keeps false.
+      const env: SessionEnv = { listener: l, store: () => this.store, log: opts.log, metrics: this.metrics };
       this.listeners.push(new Listener(env, opts.preludeFor?.(env) ?? null));
     }
     this.setStore(opts.store);

@@ -128,10 +128,7 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   return 0;
 }
 
-/** A worker's status message, with the listeners whose hostname no certificate covers. */
-type WorkerReport = WorkerStatus & { certificatesMissing?: Array<{ listener: string; hostname: string }> };
-
-function workerStatus(daemon: Daemon, health: BackendHealth): WorkerReport {
+function workerStatus(daemon: Daemon, health: BackendHealth): WorkerStatus {
   return {
     type: 'postern:status',
     listeners: daemon.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
@@ -192,8 +189,8 @@ async function openAdmin(config: PosternConfig, log: Logger, src: Pick<Parameter
 
 /** Ready when every worker is up and reports every listener bound and its backends reachable. */
 function supervisorReadiness(sup: Supervisor, workers: number): Readiness {
-  const all: WorkerReport[] = [...sup.status.values()];
-  const missing = new Map(all.flatMap((w) => w.certificatesMissing ?? []).map((m) => [m.listener, m]));
+  const all: WorkerStatus[] = [...sup.status.values()];
+  const missing = new Map(all.flatMap((w) => w.certificatesMissing).map((m) => [m.listener, m]));
   const r = readinessOf({
     listeners: all.flatMap((w) => w.listeners),
     certificates: Math.min(...all.map((w) => w.certificates), all.length ? Infinity : 0),

@@ -13,7 +13,6 @@ import { freePort } from '../helpers/ports.ts';
 import { startAdmin, readinessOf, type Readiness } from '../../src/admin.ts';
 import { buildCertStore, type CertStore } from '../../src/tls/certstore.ts';
 import { loadConfigText } from '../../src/config/load.ts';
-import type { CoverageView } from '../../src/daemon.ts';
 import type { PosternConfig } from '../../src/config/types.ts';
 import { createLogger } from '../../src/log.ts';
 
@@ -79,7 +78,8 @@ describe('a listener whose hostname no loaded certificate covers', () => {
     });
     onTestFinished(() => admin.close());
     const gauge = async (listener: string) => (await d.metrics.listenerCertificateMissing.get()).values.find((v) => v.labels.listener === listener)?.value;
-    const prelude = (i: number) => (d.listeners[i]!.env as unknown as CoverageView).certificateMissing();
+    // What the STARTTLS prelude asks before it offers TLS (src/session.ts: tlsAvailable).
+    const prelude = (i: number) => d.listeners[i]!.env.store().lookup(d.listeners[i]!.env.listener.hostname) === null;
 
     expect(await gauge('l0')).toBe(0);
     expect(await gauge('l1')).toBe(0);
