@@ -2,7 +2,8 @@
 // write() returns false, resume on drain), half-close (a FIN from one side becomes a FIN to the
 // other while the reverse direction keeps flowing), resets passed on as resets, an idle timeout
 // over both directions, and, with a filter, a deadline on every wait for the backend. Resolves
-// once both sockets are closed; rejects (after closing both) if a handler threw.
+// once both sockets are closed; rejects at once if a handler threw (the backend closed, the
+// client left to the session, which tells it to try later).
 import type { Socket } from 'node:net';
 import { CloseReason, type Side } from './errors.ts';
 import type { SessionFilter } from './starttls/types.ts';
@@ -32,7 +33,7 @@ export interface SpliceOptions {
 }
 
 export interface Splice {
-  /** Both sockets closed: how it ended. Rejects with the error when a handler threw. */
+  /** Both sockets closed: how it ended. Rejects with the error when a handler threw (the backend is closed then, the client not yet). */
   done: Promise<SpliceResult>;
   /** Shutdown: close both sides now. */
   stop(): void;
@@ -58,13 +59,20 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
     client.destroy();
     backend.destroy();
   };
-  /** One session's fault stays in it: both sides close, and `done` rejects with the error. */
+  let pump: FilteredPipe | null = null;
+  /**
+   * One session's fault stays in it: nothing more is forwarded, the backend is closed, and `done`
+   * rejects at once; the session closes the client (with the protocol's "try later").
+   */
   const guard = <A extends unknown[]>(fn: (...args: A) => void) => (...args: A) => {
     try {
       fn(...args);
     } catch (err) {
-      fault ??= err;
-      destroyBoth();
+      if (fault !== null) return;
+      fault = err;
+      pump?.detach();
+      backend.destroy();
+      rejectDone(err);
     }
   };
   const fail = (reason: CloseReason, side: Side, error: string | null, peer: Socket, reset: boolean) => {
@@ -78,8 +86,7 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
   const onClose = () => {
     if (++closed < 2) return;
     if (waitTimer) clearTimeout(waitTimer);
-    if (fault !== null) rejectDone(fault);
-    else resolveDone(result ?? { reason: CloseReason.done, side: null, error: null });
+    resolveDone(result ?? { reason: CloseReason.done, side: null, error: null });
   };
 
   client.on('error', (err: NodeJS.ErrnoException) => {
@@ -117,7 +124,6 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
   });
 
   if (filter) {
-    let pump: FilteredPipe | null = null;
     const onBackendSilent = () => {
       waitTimer = null;
       result ??= { reason: CloseReason.backendReplyTimeout, side: 'backend', error: `no backend reply within ${opts.backendReplyMs} ms` };
@@ -141,8 +147,9 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
         },
       });
     } catch (err) {
-      fault ??= err;
-      destroyBoth();
+      fault = err;
+      backend.destroy();
+      rejectDone(err);
     }
   } else {
     client.pipe(backend);

@@ -11,17 +11,29 @@ const MAX_HEADER = 16 + 4096;
 export type InboundProxy = { kind: 'header'; header: DecodedProxy } | { kind: 'invalid'; reason: string } | { kind: 'closed' };
 
 export function readInboundProxy(socket: Socket): Promise<InboundProxy> {
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     let buf: Buffer = Buffer.alloc(0);
-    const finish = (r: InboundProxy, rest: Buffer | null) => {
+    const detach = () => {
       socket.off('data', onData);
       socket.off('end', onEnd);
       socket.off('close', onClose);
       socket.pause();
+    };
+    const finish = (r: InboundProxy, rest: Buffer | null) => {
+      detach();
       if (rest && rest.length > 0) socket.unshift(rest);
       resolve(r);
     };
+    // A throw in a socket handler would reach the event loop: it goes to the session's boundary instead.
     const onData = (chunk: Buffer) => {
+      try {
+        read(chunk);
+      } catch (err) {
+        detach();
+        reject(err);
+      }
+    };
+    const read = (chunk: Buffer) => {
       buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
       const d = decodeProxyHeader(buf);
       if (d.kind === 'need-more') {

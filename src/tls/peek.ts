@@ -13,7 +13,7 @@ export type PeekOutcome =
   | { kind: 'closed'; error: NodeJS.ErrnoException | null };
 
 export function peekClientHello(socket: Socket, initial: Buffer | null = null, maxBytes = MAX_HELLO_BYTES): Promise<PeekOutcome> {
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     // A growing buffer with doubling capacity: 1-byte writes cost amortised O(1) copying, not
     // a full concat per byte (threats.md: hellos split down to 1 byte per write).
     let store = initial ? Buffer.from(initial) : Buffer.alloc(0);
@@ -22,12 +22,15 @@ export function peekClientHello(socket: Socket, initial: Buffer | null = null, m
     let error: NodeJS.ErrnoException | null = null;
     // Resumes at the last complete record on each chunk: linear work over the whole hello.
     const scanner = new HelloScanner(maxBytes);
-    const finish = (outcome: PeekOutcome, giveBack: boolean) => {
+    const detach = () => {
       socket.off('data', onData);
       socket.off('end', onEnd);
       socket.off('close', onClose);
       socket.off('error', onError);
       socket.pause();
+    };
+    const finish = (outcome: PeekOutcome, giveBack: boolean) => {
+      detach();
       if (giveBack) socket.unshift(buf);
       resolve(outcome);
     };
@@ -48,7 +51,16 @@ export function peekClientHello(socket: Socket, initial: Buffer | null = null, m
       }
       return false;
     };
+    // A throw in a socket handler would reach the event loop: it goes to the session's boundary instead.
     const onData = (chunk: Buffer) => {
+      try {
+        read(chunk);
+      } catch (err) {
+        detach();
+        reject(err);
+      }
+    };
+    const read = (chunk: Buffer) => {
       if (used + chunk.length > store.length) {
         const bigger = Buffer.allocUnsafe(Math.max(used + chunk.length, Math.min(2 * store.length, maxBytes + 2 * 16640), 2048));
         store.copy(bigger, 0, 0, used);

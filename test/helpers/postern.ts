@@ -7,7 +7,9 @@ import { loadConfigText, formatConfigError } from '../../src/config/load.ts';
 import { checkCertificates } from '../../src/config/certificates.ts';
 import { createLogger } from '../../src/log.ts';
 import { Daemon } from '../../src/daemon.ts';
-import { preludeFor } from '../../src/starttls/protocols.ts';
+import { preludeFor as standardPreludes } from '../../src/starttls/protocols.ts';
+import type { SessionEnv } from '../../src/session.ts';
+import type { Prelude } from '../../src/starttls/prelude.ts';
 
 export interface LogLine {
   level: string;
@@ -24,7 +26,8 @@ export interface RunningPostern {
   stop(): Promise<void>;
 }
 
-export async function startPostern(dir: string, yaml: string): Promise<RunningPostern> {
+/** `preludeFor` replaces the standard STARTTLS preludes (tests that inject faults). */
+export async function startPostern(dir: string, yaml: string, opts: { preludeFor?: (env: SessionEnv) => Prelude | null } = {}): Promise<RunningPostern> {
   const file = join(dir, `postern-${Date.now()}-${Math.random().toString(36).slice(2)}.yaml`);
   writeFileSync(file, yaml);
   const loaded = loadConfigText(yaml, file);
@@ -43,7 +46,7 @@ export async function startPostern(dir: string, yaml: string): Promise<RunningPo
     },
   });
   const log = createLogger(loaded.loaded.config.log.level, sink);
-  const daemon = await Daemon.start({ config: loaded.loaded.config, store: certs.store, log, preludeFor });
+  const daemon = await Daemon.start({ config: loaded.loaded.config, store: certs.store, log, preludeFor: opts.preludeFor ?? standardPreludes });
   const seen = new Set<LogLine>();
   return {
     daemon,
