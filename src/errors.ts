@@ -62,6 +62,8 @@ export const CloseReason = {
   internalError: 'internal_error',
   /** The backend did not answer within timeouts.backendReply (greeting, 354, "+", pipelined replies). */
   backendReplyTimeout: 'backend_reply_timeout',
+  /** The backend closed while postern waited for its reply (greeting, 354, "+"): nothing could go on. */
+  backendClosed: 'backend_closed',
   /** More commands in the pre-TLS dialogue than any client needs (lines.ts MAX_COMMANDS). */
   tooManyCommands: 'too_many_commands',
 } as const;

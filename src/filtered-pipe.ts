@@ -27,6 +27,11 @@ export interface PumpOptions {
   replay: string;
   /** Called when the filter starts (true) or stops (false) waiting for the backend. */
   waiting(on: boolean): void;
+  /**
+   * The backend ended its side while the filter waited for its reply (greeting, 354, "+"): the
+   * wait can never end, so neither can the session.
+   */
+  backendGone(): void;
   /** Wraps every event handler: an exception in one ends the session, never the process. */
   guard<A extends unknown[]>(fn: (...args: A) => void): (...args: A) => void;
 }
@@ -100,7 +105,10 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
     clientEnded = true;
     feed();
   });
-  const onBackendEnd = () => client.end();
+  const onBackendEnd = guard(() => {
+    client.end();
+    if (!filter.ready()) opts.backendGone();
+  });
 
   const listen = (on: boolean) => {
     const m = on ? 'on' : 'off';

@@ -138,6 +138,13 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
       pump = pumpFiltered(client, backend, filter, {
         replay: opts.replay,
         guard,
+        backendGone: () => {
+          result ??= { reason: CloseReason.backendClosed, side: 'backend', error: 'the backend closed while postern waited for its reply' };
+          pump?.detach();
+          backend.destroy();
+          // The FIN is on its way to the client (end()); a client that does not read gets no longer.
+          setTimeout(() => client.destroy(), LAST_WORDS_MS).unref();
+        },
         // Waits for the backend have their own deadline: the client's bytes (which reset the idle
         // timer) never extend it (threats.md: "Client bytes never extend a deadline that waits on
         // the backend").
