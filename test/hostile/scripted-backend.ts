@@ -27,6 +27,8 @@ export interface Plan {
   hold354?: boolean;
   /** IMAP: the "+" after a synchronizing literal {n} waits for release(). */
   holdPlus?: boolean;
+  /** Reads nothing after the header (a backend that does not keep up): TCP pushes back on postern. */
+  paused?: boolean;
 }
 
 export interface ScriptedConnection {
@@ -240,6 +242,7 @@ export async function startScriptedBackend(protocol: MailProtocol): Promise<Scri
       connections.push(c);
       socket.on('data', (chunk: Buffer) => feed(c, chunk, plan));
       if (rest.length > 0) feed(c, rest, plan);
+      if (plan.paused) socket.pause();
     };
 
     const onHeader = (chunk: Buffer) => {
