@@ -20,7 +20,7 @@
 //   await goodClient(d, 'smtp', pki);
 //   expect(await d.fdsBackTo(base)).toBeLessThanOrEqual(base);
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readdirSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import http from 'node:http';
 import net from 'node:net';
@@ -615,4 +615,82 @@ export async function goodClient(d: SpawnedPostern, listener: string, pki: TestP
   }
   await d.summaryFor(localPort, 5000);
   return localPort;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory and CPU of the daemon, read from /proc (issue 14: measured during the attack)
+
+/** The daemon's resident set size now, in bytes (VmRSS of /proc/<pid>/status). */
+export function vmRss(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m![1]) * 1024;
+}
+
+let clockTicks = 0;
+
+/** CPU seconds the process has used so far (utime + stime of /proc/<pid>/stat). */
+export function cpuSeconds(pid: number): number {
+  if (clockTicks === 0) clockTicks = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may hold spaces: count fields from the ")" that ends it.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / clockTicks;
+}
+
+export interface RssReport {
+  /** VmRSS just before the attack started. */
+  baseline: number;
+  /** The highest VmRSS sampled while the attack ran. */
+  max: number;
+  /** VmRSS `settleMs` after the attack ended. */
+  after: number;
+  samples: number;
+  /** True when the growth passed `tripBytes` and the attack was told to stop early. */
+  tripped: boolean;
+}
+
+/**
+ * Runs `attack` while sampling the daemon's VmRSS every `intervalMs` (100). The attack gets an
+ * AbortSignal that fires once the growth passes `tripBytes` (default 1.5 GiB): an attack that
+ * blows up postern stops itself before it hurts the machine, and the test's own bound, far lower,
+ * fails with the number measured. The attack must yield to the event loop (await its writes),
+ * or no sample is taken.
+ */
+export async function rssDuring<T>(pid: number, attack: (signal: AbortSignal) => Promise<T>, opts: { intervalMs?: number; tripBytes?: number; settleMs?: number } = {}): Promise<{ rss: RssReport; result: T }> {
+  const tripBytes = opts.tripBytes ?? 1.5 * 1024 ** 3;
+  const ac = new AbortController();
+  const baseline = vmRss(pid);
+  let max = baseline;
+  let samples = 0;
+  const sample = () => {
+    try {
+      max = Math.max(max, vmRss(pid));
+      samples++;
+    } catch {
+      // The process is gone: the test says so on its own.
+      ac.abort();
+    }
+    if (max - baseline > tripBytes) ac.abort();
+  };
+  const timer = setInterval(sample, opts.intervalMs ?? 100);
+  let result: T;
+  try {
+    result = await attack(ac.signal);
+  } finally {
+    clearInterval(timer);
+  }
+  sample();
+  await sleep(opts.settleMs ?? 500);
+  let after = max;
+  try {
+    after = vmRss(pid);
+  } catch {
+    // gone
+  }
+  return { rss: { baseline, max, after, samples, tripped: max - baseline > tripBytes }, result };
+}
+
+/** "+12.3 MB": a growth in bytes, for messages and the measurement log. */
+export function mb(bytes: number): string {
+  return `${bytes >= 0 ? '+' : ''}${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }

@@ -19,6 +19,8 @@ export interface DovecotOptions {
   trustedNetworks?: string;
   /** ssl = required and disable_plaintext_auth = yes (else ssl = no, plaintext auth allowed). */
   sslRequired?: boolean;
+  /** Lines appended to dovecot.conf as they are (e.g. the zlib / imap_zlib plugins for COMPRESS). */
+  extraConf?: string;
 }
 
 export interface DovecotHandle {
@@ -84,7 +86,7 @@ ${listener('pop3', opts.pop3Port, opts.haproxy)}
     port = 0
   }
 }
-`;
+${opts.extraConf ?? ''}`;
 }
 
 export async function startDovecot(opts: DovecotOptions): Promise<DovecotHandle> {

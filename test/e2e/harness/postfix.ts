@@ -26,6 +26,12 @@ export interface PostfixOptions {
   mainCfExtra?: string;
   /** Lines appended to master.cf as they are (e.g. the tlsmgr service, which smtpd TLS needs). */
   masterCfExtra?: string;
+  /**
+   * postscreen(8) in front of smtpd on the smtp port (as on a public MX); its tests are set in
+   * mainCfExtra (postscreen_greet_wait, postscreen_access_list...). The PROXY header then goes to
+   * postscreen (postscreen_upstream_proxy_protocol).
+   */
+  postscreen?: boolean;
 }
 
 export interface PostfixHandle {
@@ -84,8 +90,14 @@ ${opts.mainCfExtra ?? ''}`;
 function masterCf(opts: PostfixOptions): string {
   // chroot column "n" everywhere: there is no chroot jail inside the queue directory.
   const proxy = opts.proxyProtocol ? `\n  -o smtpd_upstream_proxy_protocol=${opts.proxyProtocol}` : '';
+  const smtp = opts.postscreen
+    ? `127.0.0.1:${opts.smtpPort} inet n - n - 1 postscreen${opts.proxyProtocol ? `\n  -o postscreen_upstream_proxy_protocol=${opts.proxyProtocol}` : ''}
+smtpd     pass  - - n - - smtpd
+dnsblog   unix  - - n - 0 dnsblog
+tlsproxy  unix  - - n - 0 tlsproxy`
+    : `127.0.0.1:${opts.smtpPort} inet n - n - - smtpd${proxy}`;
   return `# postern e2e: private Postfix instance
-127.0.0.1:${opts.smtpPort} inet n - n - - smtpd${proxy}
+${smtp}
 127.0.0.1:${opts.submissionPort} inet n - n - - smtpd
   -o syslog_name=postfix/submission
   -o smtpd_tls_auth_only=no${proxy}
