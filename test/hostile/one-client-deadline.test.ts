@@ -16,7 +16,7 @@ import { upgrade, flood, lines } from './attack.ts';
 let pki: TestPki;
 let mail: CertFiles;
 let d: SpawnedPostern;
-let started: Promise<SpawnedPostern> | null = null;
+let started: Promise<SpawnedPostern | Error>;
 const backends = {} as Record<MailProtocol, ScriptedBackend>;
 const LISTENER: Record<MailProtocol, string> = { smtp: 'mx', imap: 'imap', pop3: 'pop3' };
 
@@ -33,16 +33,17 @@ beforeAll(async () => {
   pki = await makePki();
   mail = await pki.issue('mail', { names: ['mail.example.org'] });
   for (const p of ['smtp', 'imap', 'pop3'] as const) backends[p] = await startScriptedBackend(p);
+  // Started here (a daemon started inside a test is stopped when that test ends), but a start
+  // that fails (a config postern does not accept) must fail every case, each saying why, not
+  // mark them skipped: the error is kept and thrown by daemon().
+  started = startDaemon().catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
+  await started;
 }, 60_000);
 
-/**
- * The daemon, started by the first case that needs it. Not in beforeAll: a config postern does
- * not accept (timeouts.backendReply before it exists) must fail every case, each saying why, not
- * mark them skipped.
- */
 async function daemon(): Promise<SpawnedPostern> {
-  started ??= startDaemon();
-  d = await started;
+  const r = await started;
+  if (r instanceof Error) throw r;
+  d = r;
   return d;
 }
 
