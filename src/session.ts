@@ -242,6 +242,9 @@ export class Session {
     // memory (~2.7 KB per session in the soak, e.g. an EHLO that arrives while the backend is
     // down and the 421 goes out); V8's heap does not show it, RSS does.
     this.tlsSocket?.resume();
+    // And bytes already received on the TCP socket are read and dropped: closing with unread
+    // data makes the kernel send a reset, which can destroy the last words in flight.
+    if (!this.tlsSocket) this.socket.resume();
     if (words && s.writable) {
       // Flush the last words, then close at once: no waiting for the peer's FIN.
       s.write(words);
@@ -304,7 +307,7 @@ async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
   // [PROXY header] An L4 load balancer (acceptProxyProtocol) names the real client first.
   if (l.acceptProxyProtocol && inNetworks(s.client.address, l.acceptProxyProtocol.from)) {
     const r = await readInboundProxy(s.socket);
-    if (r.kind === 'closed') return { reason: CloseReason.clientGone, side: 'client' };
+    if (r.kind === 'closed' || s.signal.aborted) return { reason: CloseReason.clientGone, side: 'client' };
     if (r.kind === 'invalid') {
       log.warn({ listener: l.name, peer: unmapped(s.socket.remoteAddress ?? ''), reason: CloseReason.proxyHeaderInvalid, detail: r.reason }, 'PROXY header required from this network');
       return { reason: CloseReason.proxyHeaderInvalid, side: 'client', detail: r.reason };
@@ -347,6 +350,8 @@ async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
   // Peek the ClientHello (the bytes stay in the socket for the handshake).
   const afterStarttls = filter !== null;
   const peek = await peekClientHello(s.socket, null);
+  // Ended meanwhile (the deadline, a shutdown): its reason is recorded, nothing more to do.
+  if (s.signal.aborted) return { reason: CloseReason.clientGone, side: 'client' };
   switch (peek.kind) {
     case 'closed':
       return { reason: CloseReason.clientGone, side: 'client', detail: peek.error?.code ?? null };
