@@ -1,7 +1,7 @@
 // The TLS policy every listener serves with: which suites, whose order, and no client-initiated
 // renegotiation. A fixed policy, not a setting: the list below is what RFC 9325 recommends, and
-// every mainstream mail client and MTA of the last decade supports it. ServeUnit.context() (certstore.ts)
-// passes these options to every SecureContext it creates.
+// every mainstream mail client and MTA of the last decade supports it. ServeUnit.context()
+// (certstore.ts) passes these options to every SecureContext it creates.
 import { constants } from 'node:crypto';
 import type { SecureContextOptions } from 'node:tls';
 
