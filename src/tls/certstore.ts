@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import tls, { type SecureContext } from 'node:tls';
 import type { CertificateSource, CertificateSpec, TlsMinVersion } from '../config/types.ts';
 import { patternProblem, wildcardParent, parentOf } from './names.ts';
+import { SERVER_TLS_OPTIONS } from './settings.ts';
 
 export interface CertEntry {
   /** DNS names from the leaf's subjectAltName, lowercased; wildcards as "*.domain". */
@@ -54,11 +55,14 @@ export class ServeUnit {
     return this.entries[0]!;
   }
 
-  /** The SecureContext under a listener's TLS settings, created once and cached. */
+  /**
+   * The SecureContext under a listener's TLS settings, created once and cached. Suites, server
+   * order and no renegotiation are the fixed policy of settings.ts.
+   */
   context(minVersion: TlsMinVersion): SecureContext {
     let ctx = this.contexts.get(minVersion);
     if (!ctx) {
-      ctx = tls.createSecureContext({ cert: this.entries.map((e) => e.certPem), key: this.entries.map((e) => e.keyPem), minVersion });
+      ctx = tls.createSecureContext({ ...SERVER_TLS_OPTIONS, cert: this.entries.map((e) => e.certPem), key: this.entries.map((e) => e.keyPem), minVersion });
       this.contexts.set(minVersion, ctx);
     }
     return ctx;
