@@ -216,6 +216,8 @@ class SmtpConversation extends Conversation {
   private saslSteps = 0;
   /** The last DATA line ended with CRLF (RFC end-of-data needs CRLF "." CRLF). */
   private prevCrlf = true;
+  /** A DATA ended at a "." line that RFC 5321 would not end it at (the "lf" dialect): what follows may be smuggled. */
+  private smuggled = false;
   private readonly check: boolean;
 
   constructor(socket: net.Socket, stats: BackendStats, listener: string, check: boolean) {
@@ -253,8 +255,10 @@ class SmtpConversation extends Conversation {
         const crlf = lf > 0 && this.buf[lf - 1] === '\r';
         const line = this.buf.slice(0, crlf ? lf - 1 : lf);
         this.buf = this.buf.slice(lf + 1);
-        const end = line === '.' && (this.plan.dataEnd === 'lf' || (crlf && this.prevCrlf));
+        const rfcEnd = line === '.' && crlf && this.prevCrlf;
+        const end = rfcEnd || (line === '.' && this.plan.dataEnd === 'lf');
         this.prevCrlf = crlf;
+        if (end && !rfcEnd) this.smuggled = true;
         if (end) {
           this.mode = 'cmd';
           this.mail = this.rcpt = false;
@@ -284,7 +288,7 @@ class SmtpConversation extends Conversation {
   private command(line: string): void {
     const { word, end } = firstWord(line);
     if (this.check && (word === 'XCLIENT' || word === 'XFORWARD' || word === 'STARTTLS')) {
-      this.violation(line, `${word} reached the backend as a command`);
+      this.violation(line, `${word} reached the backend as a command${this.smuggled ? ' (after a DATA ended by a "." line without CRLF before and after it: SMTP smuggling)' : ''}`);
     }
     if (!this.counted()) return;
     const args = line.slice(end).trim();
@@ -367,6 +371,23 @@ const LITERAL = /\{(\d{1,19})(\+?)\}$/;
 /** What the IMAP backend returns for FETCH: text a filter must carry as data, never read. */
 const FETCH_BODY = 'Subject: fuzz\r\n\r\na STARTTLS\r\n* OK [CAPABILITY IMAP4rev1 STARTTLS] not a greeting\r\n+ not a continuation\r\n';
 
+/**
+ * Whether Dovecot 2.3 reads the literal announced at the end of this first line of a command
+ * (checked by hand against Dovecot 2.3.19.1): tag, one SP, a command name of letters followed by
+ * SP, no unterminated quoted string before the marker, not AUTHENTICATE's initial response.
+ */
+export function readsLiteral(line: string): boolean {
+  const m = /^([\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+) ([A-Za-z]+) /.exec(line);
+  if (!m || m[2]!.toUpperCase() === 'AUTHENTICATE') return false;
+  let quoted = false;
+  for (let i = m[0].length; i < line.length; i++) {
+    const c = line[i];
+    if (quoted && c === '\\') i++;
+    else if (c === '"') quoted = !quoted;
+  }
+  return !quoted;
+}
+
 class ImapConversation extends Conversation {
   private authed = false;
   /** Octets of a literal still to read as data. */
@@ -424,6 +445,7 @@ class ImapConversation extends Conversation {
   private commandLine(line: string): void {
     let tag: string;
     let text: string;
+    const continuation = this.pending !== null;
     if (this.pending) {
       // The rest of a command after a literal.
       tag = this.pending.tag;
@@ -438,8 +460,17 @@ class ImapConversation extends Conversation {
     }
     const lit = LITERAL.exec(line);
     const validTag = /^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+$/.test(tag);
+    if (lit && !continuation && !readsLiteral(line)) {
+      // As Dovecot 2.3 does: a command whose tag or name does not parse, or whose literal
+      // marker sits inside an unterminated quoted string or in AUTHENTICATE's initial response,
+      // is refused before its arguments are read; the line ends there, and the octets the
+      // client sends next are read as commands.
+      if (!this.counted()) return;
+      return this.say(validTag ? `${tag} BAD Error in IMAP command received by server.\r\n` : '* BAD Error in IMAP command received by server.\r\n');
+    }
     if (lit) {
       const size = Number(lit[1]);
+      if (lit[2] === '+' && size > 65536) return this.end('* BYE Literal size too large\r\n');
       if (lit[2] === '+') {
         // RFC 7888 section 3: the octets follow at once; they belong to the command.
         this.literalLeft = size;

@@ -231,10 +231,19 @@ class Builder {
   /** The backend answers at once (no delays, no stalls): a reply that has not come in 1.5 s will not come. */
   private readonly quick: boolean;
 
-  constructor(g: Rng, budgetMs: number, quick: boolean) {
+  /** A real ClientHello (latin1), for clients that expected implicit TLS. */
+  readonly hello: string;
+
+  constructor(g: Rng, budgetMs: number, quick: boolean, hello: Buffer) {
     this.g = g;
     this.budgetMs = budgetMs;
     this.quick = quick;
+    this.hello = hello.toString('latin1');
+  }
+  /** A ClientHello where the STARTTLS dialogue is (a client that expected implicit TLS), whole or in pieces. */
+  helloInDialogue() {
+    this.send([this.g.chance(0.7) ? this.hello : this.hello.slice(0, this.g.range(1, this.hello.length - 1))], cut(this.g));
+    this.step({ op: 'linger', ms: 2000 });
   }
   note(k: string) {
     this.kind.push(k);
@@ -522,7 +531,7 @@ function smtpSession(b: Builder, listener: 'mx' | 'submission') {
   }
   b.wait(SMTP_REPLY, 3000);
   smtpPreTls(b, requireTls);
-  const path = g.weighted([[55, 'starttls'], [requireTls ? 0 : 18, 'handoff'], [8, 'flood'], [6, 'inject'], [4, 'notls'], [9, 'end']] as const);
+  const path = g.weighted([[55, 'starttls'], [requireTls ? 0 : 18, 'handoff'], [8, 'flood'], [6, 'inject'], [4, 'notls'], [3, 'hello'], [9, 'end']] as const);
   b.note(path);
   switch (path) {
     case 'starttls': {
@@ -563,6 +572,9 @@ function smtpSession(b: Builder, listener: 'mx' | 'submission') {
       b.send([g.pick(['EHLO x\r\n', '\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03', 'GET / HTTP/1.0\r\n\r\n', '\x80\x2e\x01'])]);
       ending(b, null);
       return;
+    case 'hello':
+      b.helloInDialogue();
+      return;
     default:
       ending(b, ['QUIT\r\n']);
   }
@@ -588,7 +600,7 @@ function imapPreTls(b: Builder) {
 /** A literal: sync (waits for "+", or not), non-sync, a wrong count, or without a tag. */
 function imapLiteral(b: Builder, tag: string) {
   const g = b.g;
-  const style = g.int(7);
+  const style = g.int(8);
   b.note(`literal:${style}`);
   const content = g.pick(['user', `b STARTTLS`, '\r\nb STARTTLS\r\n', `${ODD.ls}x`, 'x'.repeat(g.pick([1, 100, 70_000]))]);
   const n = content.length;
@@ -612,6 +624,12 @@ function imapLiteral(b: Builder, tag: string) {
       b.wait('(?:^|\\n)[*+][^\\n]*\\n', 3000);
       b.send([g.pick(['hello\r\n', 'b STARTTLS\r\n', 'b NOOP\r\n'])]);
       break;
+    case 7: { // a non-sync literal on a line a server may refuse before it reads the literal
+      const form = g.pick([`${g.pick(['a{', '*', '+', 'a%', 'a"', `a${ODD.ls}`])} LOGIN`, `${tag}\tLOGIN`, ` ${tag} LOGIN`, `${tag}  LOGIN`, `${tag} LOGIN{`, `${tag}`, `${tag} LOGIN "x`, `${tag} AUTHENTICATE PLAIN`, `${tag} FOO`]);
+      b.note('literal-confusion');
+      b.send([`${form} {${n}+}\r\n`, content, ' pass\r\n']);
+      break;
+    }
     case 5: // APPEND with a message that looks like commands
       b.send([`${tag} APPEND INBOX {${n + 2}}\r\n`], {});
       b.wait(`(?:${IMAP_CONT})|(?:${imapTagged(tag)})`, 3000);
@@ -702,7 +720,7 @@ function imapSession(b: Builder) {
   const g = b.g;
   b.wait('(?:^|\\n)\\* [^\\n]*\\n', 3000);
   imapPreTls(b);
-  const path = g.weighted([[65, 'starttls'], [10, 'flood'], [7, 'inject'], [18, 'end']] as const);
+  const path = g.weighted([[65, 'starttls'], [10, 'flood'], [7, 'inject'], [3, 'hello'], [15, 'end']] as const);
   b.note(path);
   switch (path) {
     case 'starttls':
@@ -720,6 +738,9 @@ function imapSession(b: Builder) {
       b.wait(imapTagged('a'), 3000);
       b.step({ op: 'tls', sni: HOSTNAME, ms: 4000 });
       imapSecure(b);
+      return;
+    case 'hello':
+      b.helloInDialogue();
       return;
     default:
       ending(b, ['a LOGOUT\r\n']);
@@ -806,7 +827,7 @@ function pop3Session(b: Builder) {
     if (g.chance(0.6)) b.wait(cmd === 'CAPA' ? '(?:^|\\n)\\.\\r?\\n|(?:^|\\n)-ERR[^\\n]*\\n' : POP3_REPLY, 2500);
     b.maybePause();
   }
-  const path = g.weighted([[65, 'stls'], [10, 'flood'], [7, 'inject'], [18, 'end']] as const);
+  const path = g.weighted([[65, 'stls'], [10, 'flood'], [7, 'inject'], [3, 'hello'], [15, 'end']] as const);
   b.note(path);
   switch (path) {
     case 'stls':
@@ -824,6 +845,9 @@ function pop3Session(b: Builder) {
       b.wait(POP3_REPLY, 3000);
       b.step({ op: 'tls', sni: HOSTNAME, ms: 4000 });
       pop3Secure(b);
+      return;
+    case 'hello':
+      b.helloInDialogue();
       return;
     default:
       ending(b, ['QUIT\r\n']);
@@ -911,7 +935,7 @@ export function generate(id: number, seed: number, opts: GenOptions, listener?: 
   const g = new Rng(seed);
   const l = listener ?? g.weighted<ListenerName>([[26, 'mx'], [18, 'submission'], [24, 'imap'], [20, 'pop3'], [12, 'smtps']]);
   const backend = backendPlan(g, opts);
-  const b = new Builder(g, 9000, backend.greetDelayMs === 0 && backend.replyDelayMs === 0 && backend.stallAfter === null);
+  const b = new Builder(g, 9000, backend.greetDelayMs === 0 && backend.replyDelayMs === 0 && backend.stallAfter === null, opts.hello);
   if (l === 'mx' || l === 'submission') smtpSession(b, l);
   else if (l === 'imap') imapSession(b);
   else if (l === 'pop3') pop3Session(b);

@@ -24,7 +24,7 @@
 // DATA (default both: half RFC-strict, half like Postfix before 3.9; see daemon-backends.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import http from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -34,12 +34,12 @@ import { stringify } from 'yaml';
 import { CloseReason } from '../src/errors.ts';
 import { buildOnce } from '../test/helpers/build.ts';
 import { makePki } from '../test/helpers/certs.ts';
+import { memoryAfterGc } from '../test/helpers/inspector.ts';
 import { freePort } from '../test/helpers/ports.ts';
 import { startScriptedBackend, type ScriptedBackend, type Violation } from './daemon-backends.ts';
 import { generate, runScript, sessionSeed, HOSTNAME, LISTENERS, type GenOptions, type ListenerName, type SessionRun, type SessionScript, type Step } from './daemon-sessions.ts';
 
 const ROOT = join(import.meta.dirname, '..');
-const BIN = join(ROOT, 'bin', 'postern.js');
 const CRASH_DIR = join(import.meta.dirname, 'crashes');
 
 /** The documented per-session bound (README, issue 14): buffers, plus what OpenSSL and Node keep per TLS session. */
@@ -54,10 +54,11 @@ const { values: opts } = parseArgs({
     seconds: { type: 'string', default: '60' },
     seed: { type: 'string' },
     clients: { type: 'string', default: '8' },
-    'slack-mb': { type: 'string', default: '64' },
+    'slack-mb': { type: 'string', default: '48' },
     'data-end': { type: 'string', default: 'both' },
     level: { type: 'string', default: 'debug' },
     replay: { type: 'string' },
+    bin: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -70,6 +71,8 @@ const CLIENTS = Number(opts.clients);
 const SLACK = Number(opts['slack-mb']) * 1024 * 1024;
 const SEED = opts.seed !== undefined ? Number(opts.seed) >>> 0 : (Date.now() ^ (process.pid << 16)) >>> 0;
 const DATA_END = opts['data-end'] as GenOptions['dataEnd'];
+/** --bin: another build's bin/postern.js (e.g. an older commit, to see what the fuzzer finds there). */
+const BIN = opts.bin ? resolve(opts.bin) : join(ROOT, 'bin', 'postern.js');
 if (!(SECONDS > 0) || !(CLIENTS >= 1) || !(SLACK >= 0) || !['rfc', 'lf', 'both'].includes(DATA_END) || !['debug', 'info'].includes(opts.level!)) {
   console.error('usage: node fuzz/daemon.ts [--seconds N] [--seed S] [--clients C] [--slack-mb M] [--data-end rfc|lf|both] [--level debug|info] [--replay FILE]');
   process.exit(2);
@@ -93,6 +96,7 @@ interface Daemon {
   pid: number;
   yaml: string;
   adminPort: number;
+  inspectPort: number;
   ports: Record<ListenerName, number>;
   backends: Record<ListenerName, ScriptedBackend>;
   caPem: string;
@@ -106,7 +110,9 @@ interface Daemon {
 const PROTOCOL: Record<ListenerName, 'smtp' | 'imap' | 'pop3'> = { mx: 'smtp', submission: 'smtp', imap: 'imap', pop3: 'pop3', smtps: 'smtp' };
 
 async function startDaemon(): Promise<Daemon> {
-  buildOnce();
+  if (!opts.bin) buildOnce();
+  // A build from before timeouts.backendReply existed refuses the key.
+  const hasBackendReply = readFileSync(join(dirname(BIN), '..', 'dist', 'config', 'schema.js'), 'utf8').includes('backendReply');
   const pki = await makePki();
   const cert = await pki.issue('mail', { names: [HOSTNAME, 'example.org'] });
   const backends = {} as Record<ListenerName, ScriptedBackend>;
@@ -117,7 +123,7 @@ async function startDaemon(): Promise<Daemon> {
     ports[l] = await freePort();
   }
   const adminPort = await freePort();
-  const timeouts = { starttls: '5s', handshake: '3s', idle: '10s', backendReply: '3s', connect: '2s' };
+  const timeouts = { starttls: '5s', handshake: '3s', idle: '10s', connect: '2s', ...(hasBackendReply ? { backendReply: '3s' } : {}) };
   const listener = (name: ListenerName, extra: Record<string, unknown>) => ({
     name,
     listen: `127.0.0.1:${ports[name]}`,
@@ -143,8 +149,10 @@ async function startDaemon(): Promise<Daemon> {
   });
   const file = join(pki.dir, 'postern.yaml');
   writeFileSync(file, yaml);
-  const child = spawn(process.execPath, [BIN, 'run', '-c', file], { cwd: pki.dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  const d: Daemon = { child, pid: child.pid!, yaml, adminPort, ports, backends, caPem: pki.ca.certPem, tail: [], stderr: [], exited: null, onLine: () => {} };
+  // The inspector (loopback) lets the fuzzer force a full GC before it calls RSS over the bound.
+  const inspectPort = await freePort();
+  const child = spawn(process.execPath, [`--inspect=127.0.0.1:${inspectPort}`, BIN, 'run', '-c', file], { cwd: pki.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const d: Daemon = { child, pid: child.pid!, yaml, adminPort, inspectPort, ports, backends, caPem: pki.ca.certPem, tail: [], stderr: [], exited: null, onLine: () => {} };
   const listeners: Array<(l: LogLine) => void> = [];
   d.onLine = (fn) => void listeners.push(fn);
   let partial = '';
@@ -256,6 +264,8 @@ interface Tracked {
 
 interface Finding {
   invariant: string;
+  /** Findings with the same signature are one bug found again (the report groups them). */
+  signature: string;
   detail: string;
   sessions: number[];
 }
@@ -272,7 +282,20 @@ class Run {
   private readonly linesById = new Map<number, LogLine[]>();
   readonly inFlight = new Set<number>();
   unmatched: LogLine[] = [];
-  rss = { base: 0, max: 0, maxAt: 0, bound: 0, maxActive: 0, samples: 0, over: null as null | { rss: number; bound: number; sessions: number[] } };
+  rss = {
+    base: 0,
+    baseAfterGc: 0,
+    max: 0,
+    maxAt: 0,
+    bound: 0,
+    maxActive: 0,
+    samples: 0,
+    /** Samples over the bound that a forced GC brought back under it (heap garbage, not session memory). */
+    overBeforeGc: 0,
+    maxAfterGc: 0,
+    endAfterGc: 0,
+    over: null as null | { rss: number; afterGc: number; bound: number; sessions: number[] },
+  };
   fds = { base: 0, end: 0, max: 0 };
 
   constructor(d: Daemon) {
@@ -329,10 +352,15 @@ class Run {
     }
   }
 
-  find(invariant: string, detail: string, sessions: number[]) {
-    if (this.findings.length < 50) this.findings.push({ invariant, detail, sessions });
-    say(`FINDING: ${invariant}: ${detail.split('\n')[0]} (session ${sessions.slice(0, 5).join(', ')})`);
+  find(invariant: string, detail: string, sessions: number[], signature = `${invariant}: ${detail.split('\n')[0]!.replace(/\d+/g, 'N').slice(0, 120)}`) {
+    const again = this.findings.filter((f) => f.signature === signature).length;
+    this.signatures.set(signature, (this.signatures.get(signature) ?? 0) + 1);
+    // Each kind is kept a few times (its sessions go into the crash file), then only counted.
+    if (again < 3 && this.findings.length < 60) this.findings.push({ invariant, signature, detail, sessions });
+    if (again === 0) say(`FINDING: ${invariant}: ${detail.split('\n')[0]} (session ${sessions.slice(0, 5).join(', ')})`);
   }
+  /** How often each kind of finding came up. */
+  readonly signatures = new Map<string, number>();
 
   async session(script: SessionScript): Promise<SessionRun> {
     const t: Tracked = { script, run: null, summaries: [], done: false };
@@ -364,7 +392,7 @@ class Run {
   collectViolations() {
     for (const b of Object.values(this.d.backends)) {
       const vs: Violation[] = b.stats.violations;
-      for (const v of vs.slice(this.seen.get(b) ?? 0)) this.find('nothing postern refuses reaches a backend', `${v.listener}: ${v.why}: ${v.line}`, [v.session]);
+      for (const v of vs.slice(this.seen.get(b) ?? 0)) this.find('nothing postern refuses reaches a backend', `${v.listener}: ${v.why}: ${v.line}`, [v.session], `backend ${v.listener}: ${v.why}`);
       this.seen.set(b, vs.length);
     }
   }
@@ -421,6 +449,16 @@ function goodEnded(run: SessionRun): boolean {
   return run.connected && run.tlsOk !== false && /(221 2\.0\.0|OK Logout|\+OK Logging out)/.test(last);
 }
 
+/** VmRSS right after three forced full GCs (through the inspector), or null when that failed. */
+async function rssAfterGc(d: Daemon): Promise<number | null> {
+  try {
+    await memoryAfterGc(d.inspectPort);
+    return proc(d.pid)?.rss ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** Waits until postern holds no session, then takes the lowest RSS and descriptor count over a quiet moment. */
 async function settle(d: Daemon, ms = 2500): Promise<{ rss: number; fds: number; active: number | null }> {
   let active: number | null = null;
@@ -449,6 +487,7 @@ function saveCrash(r: Run, seed: number, extra: Record<string, unknown>): string
     when: new Date().toISOString(),
     replay: `npm run fuzz:daemon -- --replay ${file}`,
     findings: r.findings,
+    counts: Object.fromEntries(r.signatures),
     ...extra,
     config: r.d.yaml,
     sessions: r.sessionsOf(ids),
@@ -480,8 +519,9 @@ async function main(): Promise<number> {
   }
   const base = await settle(d);
   r.rss.base = base.rss;
+  r.rss.baseAfterGc = (await rssAfterGc(d)) ?? 0;
   r.fds.base = base.fds;
-  say(`baseline: RSS ${mb(base.rss)} MB, ${base.fds} descriptors`);
+  say(`baseline: RSS ${mb(base.rss)} MB (${mb(r.rss.baseAfterGc)} MB after a forced GC), ${base.fds} descriptors`);
 
   // Monitors: RSS and descriptors every 200 ms, read in a worker thread so that a busy fuzzer
   // (megabytes of answers to a flood) never delays a sample; open sessions every 500 ms.
@@ -501,11 +541,26 @@ async function main(): Promise<number> {
       r.rss.max = p.rss;
       r.rss.maxAt = Date.now() - started;
     }
-    if (p.rss > r.rss.bound && !r.rss.over) {
-      r.rss.over = { rss: p.rss, bound: r.rss.bound, sessions: [...r.inFlight] };
-      r.find('RSS stays bounded', `VmRSS ${mb(p.rss)} MB over the bound ${mb(r.rss.bound)} MB (baseline ${mb(base.rss)} + ${r.rss.maxActive} sessions x ${(perSession / 1024).toFixed(0)} KiB + ${mb(SLACK)} slack)`, [...r.inFlight]);
+    if (p.rss > r.rss.bound && !r.rss.over && !confirming) {
+      // Over the bound: a forced full GC first (V8 lets its heap grow under load); still over
+      // after it, the memory is held by sessions.
+      confirming = true;
+      const sessionsNow = [...r.inFlight];
+      const bound = r.rss.bound;
+      void rssAfterGc(d).then((after) => {
+        confirming = false;
+        if (after === null) return;
+        r.rss.maxAfterGc = Math.max(r.rss.maxAfterGc, after);
+        if (after <= bound) {
+          r.rss.overBeforeGc++;
+          return;
+        }
+        r.rss.over = { rss: p.rss, afterGc: after, bound, sessions: sessionsNow };
+        r.find('RSS stays bounded', `VmRSS ${mb(p.rss)} MB, ${mb(after)} MB after a forced GC, over the bound ${mb(bound)} MB (baseline ${mb(base.rss)} + ${r.rss.maxActive} sessions x ${(perSession / 1024).toFixed(0)} KiB + ${mb(SLACK)} slack)`, sessionsNow);
+      });
     }
   });
+  let confirming = false;
   const gauge = setInterval(() => {
     void activeSessions(d.adminPort).then((n) => {
       if (n !== null) {
@@ -560,6 +615,7 @@ async function main(): Promise<number> {
   clearInterval(violations);
   r.collectViolations();
   r.fds.end = end.fds;
+  if (!died) r.rss.endAfterGc = (await rssAfterGc(d)) ?? 0;
   if (!died) {
     for (const t of r.missing()) r.find('every session ends with a reason', `no "connection closed" line for ${t.script.listener} client port ${t.run!.localPort}`, [t.script.id]);
     for (const t of r.tracked.values()) {
@@ -593,6 +649,7 @@ async function main(): Promise<number> {
   if (process.env.FUZZ_SLOWEST) for (const x of runs.sort((a, b) => b.endedAt - b.startedAt - (a.endedAt - a.startedAt)).slice(0, 8)) console.log(`    slow: ${((x.endedAt - x.startedAt) / 1000).toFixed(1)} s ${x.script.listener} ${x.script.kind} missed ${x.waitMsMissed} ms: ${JSON.stringify(x.transcript.filter((e) => e[1] === 'ev')).slice(0, 400)}`);
   console.log(`  backends (proxied connections/commands): ${backendStats}`);
   console.log(`  postern RSS: baseline ${mb(r.rss.base)} MB, max ${mb(r.rss.max)} MB at ${(r.rss.maxAt / 1000).toFixed(1)} s (bound ${mb(r.rss.bound)} MB: ${r.rss.maxActive} sessions at most x ${(perSession / 1024).toFixed(0)} KiB + ${mb(SLACK)} MB slack), end ${mb(end.rss)} MB; ${r.rss.samples} samples`);
+  console.log(`  postern RSS after a forced GC: baseline ${mb(r.rss.baseAfterGc)} MB, end ${mb(r.rss.endAfterGc)} MB${r.rss.overBeforeGc > 0 ? `; ${r.rss.overBeforeGc} time(s) over the bound before a GC, max ${mb(r.rss.maxAfterGc)} MB after it` : ''}`);
   console.log(`  postern descriptors: baseline ${r.fds.base}, max ${r.fds.max}, end ${r.fds.end}`);
   const took = ((Date.now() - started) / 1000).toFixed(1);
   if (r.findings.length === 0) {
@@ -602,8 +659,11 @@ async function main(): Promise<number> {
     return 0;
   }
   const file = saveCrash(r, seed, { rss: r.rss, fds: r.fds });
-  console.log(`  ${r.findings.length} FINDING(S) (${took} s):`);
-  for (const f of r.findings.slice(0, 20)) console.log(`   - ${f.invariant}: ${f.detail.split('\n')[0]?.slice(0, 300)} [sessions ${f.sessions.slice(0, 6).join(', ')}${f.sessions.length > 6 ? ', ...' : ''}]`);
+  console.log(`  FINDINGS (${took} s): ${r.signatures.size} kind(s)`);
+  for (const [sig, n] of r.signatures) {
+    const f = r.findings.find((x) => x.signature === sig)!;
+    console.log(`   - ${n}x ${f.invariant}: ${f.detail.split('\n')[0]?.slice(0, 300)} [session ${f.sessions.slice(0, 6).join(', ')}${f.sessions.length > 6 ? ', ...' : ''}]`);
+  }
   console.log(`  saved to ${file}\n  replay: npm run fuzz:daemon -- --replay ${file}`);
   d.child.kill('SIGKILL');
   await Promise.all(Object.values(d.backends).map((b) => b.close()));

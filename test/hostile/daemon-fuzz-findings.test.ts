@@ -144,6 +144,29 @@ describe('POP3: lines after a SASL response', () => {
   });
 });
 
+describe('IMAP: a non-sync literal on a command the server refuses before reading it', () => {
+  // Dovecot 2.3.19.1 behind postern, each followed by "b STARTTLS\r\n" as the 12 literal octets:
+  // "* BAD Error in IMAP command received by server." (or "a BAD ...", "a BAD Missing '\"'"), then
+  // "b OK Begin TLS negotiation now.": Dovecot did not read the literal (the tag or the command
+  // name did not parse, or the marker was inside a quoted string) and ran what postern forwarded
+  // as literal data. The same for bad tags "*", "+", "a%", a tab or a leading space.
+  for (const [what, first] of [
+    ['an invalid tag', 'a{ LOGIN {12+}'],
+    ['two spaces after the tag', 'a  LOGIN {12+}'],
+    ['no command name', 'a {12+}'],
+    ['an unterminated quoted string', 'a LOGIN "x {12+}'],
+    ['AUTHENTICATE (its initial response takes no literal)', 'a AUTHENTICATE PLAIN {12+}'],
+  ] as const) {
+    it(`imap: "b STARTTLS" sent as the literal of a line with ${what} never reaches the backend as a command`, async () => {
+      const { secure, localPort } = await secured('imap');
+      secure.write(`${first}\r\nb STARTTLS\r\n pass\r\nc NOOP last\r\n`);
+      const text = await backendHas('imap', localPort, 'c NOOP last');
+      secure.destroy();
+      expect(text.split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => /^\S+ +STARTTLS\b/i.test(l))).toEqual([]);
+    });
+  }
+});
+
 describe('a refused verb behind more than 64 bytes of white space', () => {
   // Postfix 3.7.11 behind postern: 70 spaces + "XCLIENT NAME=evil" -> "550 5.7.0 Error:
   // insufficient authorization" (run), 70 spaces + "STARTTLS" -> "220 2.0.0 Ready to start TLS".
