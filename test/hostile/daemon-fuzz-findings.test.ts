@@ -9,6 +9,7 @@
 // (smtpd_forbid_bare_newline = no; www.postfix.org/smtp-smuggling.html), and as the harness's
 // SMTP backend does; leading white space before a verb is skipped (Postfix does).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import net from 'node:net';
 import type tls from 'node:tls';
 import { makePki, type TestPki, type CertFiles } from '../helpers/certs.ts';
 import {
@@ -163,6 +164,74 @@ describe('IMAP: a non-sync literal on a command the server refuses before readin
       const text = await backendHas('imap', localPort, 'c NOOP last');
       secure.destroy();
       expect(text.split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => /^\S+ +STARTTLS\b/i.test(l))).toEqual([]);
+    });
+  }
+});
+
+describe('a backend that closes while postern waits for its reply', () => {
+  // Found by the soak's attackers next to backend restarts: a client that wrote more than
+  // HOLD_LIMIT without waiting is paused; the backend then closes (FIN) without the reply postern
+  // waits for; nothing can ever be forwarded again, yet the session stays open, both sockets with
+  // it, until timeouts.backendReply (default 2 min), or idle (10 min) once the greeting was seen.
+  /** A backend that greets (or not) and answers EHLO/MAIL/RCPT, and closes at `closeOn`. */
+  async function closingBackend(closeOn: 'greeting' | 'DATA'): Promise<{ server: net.Server; close(): Promise<void> }> {
+    const live = new Set<net.Socket>();
+    const server = net.createServer((s) => {
+      live.add(s);
+      s.once('close', () => live.delete(s));
+      s.on('error', () => {});
+      let header = true;
+      let text = '';
+      s.on('data', (chunk: Buffer) => {
+        if (header) {
+          header = false;
+          // The PROXY header came first; then the greeting, or a close instead of it.
+          if (closeOn === 'greeting') setTimeout(() => s.end(), 300);
+          else s.write('220 backend ESMTP\r\n');
+          return;
+        }
+        text += chunk.toString('latin1');
+        for (let lf = text.indexOf('\n'); lf >= 0; lf = text.indexOf('\n')) {
+          const line = text.slice(0, lf).trim().toUpperCase();
+          text = text.slice(lf + 1);
+          if (line === 'DATA') setTimeout(() => s.end(), 300);
+          else if (line.startsWith('EHLO')) s.write('250-backend\r\n250 PIPELINING\r\n');
+          else s.write('250 2.0.0 OK\r\n');
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return {
+      server,
+      async close() {
+        for (const x of live) x.destroy();
+        await new Promise((r) => server.close(r));
+      },
+    };
+  }
+
+  for (const closeOn of ['greeting', 'DATA'] as const) {
+    it(`smtp handoff: the backend closes instead of its ${closeOn === 'greeting' ? 'greeting' : '354'}, the client has 200 KB pipelined and left: the session ends within 5 s`, async () => {
+      const backend = await closingBackend(closeOn);
+      try {
+        const mx = await spawnDaemon({
+          dir: pki.dir,
+          certs: [{ cert: mail.cert, key: mail.key }],
+          listeners: [{ name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', backendPort: (backend.server.address() as net.AddressInfo).port, extra: { requireTls: false } }],
+        });
+        const c = await connectPlain(mx.port('mx'));
+        await c.reader.readUntil(GREETING.smtp);
+        c.socket.write('EHLO client.example\r\n');
+        await c.reader.readUntil(/^250 [^\r\n]*\r\n/m);
+        const then = closeOn === 'DATA' ? 'RCPT TO:<b@example.org>\r\nDATA\r\n' : '';
+        c.socket.write(`MAIL FROM:<a@example.net>\r\n${then}${'x'.repeat(998)}\r\n`.padEnd(200_000, 'NOOP\r\n'));
+        c.socket.end();
+        const s = await mx.summaryFor(c.localPort, 5000);
+        expect(s.durationMs).toBeLessThan(5000);
+        c.socket.destroy();
+      } finally {
+        await backend.close();
+      }
     });
   }
 });
