@@ -25,8 +25,8 @@ export interface BackendPlan {
   session: number;
   /** Ms before the greeting (postscreen's greet_wait, a slow server); above timeouts.backendReply postern gives up. */
   greetDelayMs: number;
-  /** SMTP: "220-" first, the rest after greetDelayMs (postscreen); IMAP: PREAUTH; refuse: 554 / BYE / -ERR and close. */
-  greeting: 'plain' | 'multiline' | 'refuse' | 'preauth';
+  /** SMTP: "220-" first, the rest after greetDelayMs (postscreen); IMAP: PREAUTH; refuse: 554 / BYE / -ERR and close; vanish: close (FIN) instead of a greeting. */
+  greeting: 'plain' | 'multiline' | 'refuse' | 'preauth' | 'vanish';
   /** Ms before each reply. */
   replyDelayMs: number;
   /** After this many commands, answer nothing for stallMs (then carry on). */
@@ -74,6 +74,8 @@ export interface BackendStats {
   proxied: number;
   commands: number;
   violations: Violation[];
+  /** When the last backend connection of each fuzzer session closed (Date.now()). */
+  closedAt: Map<number, number>;
 }
 
 /** Printable ASCII as is, everything else as \xNN (lines go into logs and JSON). */
@@ -122,6 +124,7 @@ abstract class Conversation {
       this.closed = true;
       for (const t of this.timers) clearTimeout(t);
       this.timers.clear();
+      if (this.plan.session >= 0) stats.closedAt.set(this.plan.session, Date.now());
     });
   }
 
@@ -129,7 +132,7 @@ abstract class Conversation {
   start(plan: BackendPlan, clientPort: number): void {
     this.plan = plan;
     this.clientPort = clientPort;
-    const greet = () => this.greet();
+    const greet = () => (plan.greeting === 'vanish' ? this.socket.end() : this.greet());
     if (plan.greeting === 'multiline' || plan.greetDelayMs === 0) greet();
     else this.later(plan.greetDelayMs, greet);
   }
@@ -652,7 +655,7 @@ export interface ScriptedBackend {
  * behind an implicit-TLS listener, where postern pipes raw and refuses nothing).
  */
 export async function startScriptedBackend(listener: string, protocol: Protocol, check: boolean): Promise<ScriptedBackend> {
-  const stats: BackendStats = { connections: 0, proxied: 0, commands: 0, violations: [] };
+  const stats: BackendStats = { connections: 0, proxied: 0, commands: 0, violations: [], closedAt: new Map() };
   const plans = new Map<number, BackendPlan>();
   const live = new Set<net.Socket>();
   const server = net.createServer({ noDelay: true }, (socket) => {

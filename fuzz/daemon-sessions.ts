@@ -914,7 +914,7 @@ export interface GenOptions {
 }
 
 function backendPlan(g: Rng, opts: GenOptions): Omit<BackendPlan, 'session'> {
-  const greeting = g.weighted([[84, 'plain'], [10, 'multiline'], [3, 'refuse'], [3, 'preauth']] as const);
+  const greeting = g.weighted([[82, 'plain'], [10, 'multiline'], [3, 'refuse'], [3, 'preauth'], [2, 'vanish']] as const);
   return {
     greetDelayMs: g.weighted([[82, 0], [12, g.range(50, 1500)], [6, g.range(3200, 4500)]] as const),
     greeting,
@@ -1086,6 +1086,7 @@ export async function runScript(script: SessionScript, ep: Endpoint): Promise<Se
       s.once('close', onGone);
     });
 
+  let reset = false;
   const cap = setTimeout(() => {
     record('ev', `session cap ${SESSION_CAP_MS} ms`);
     raw.destroy();
@@ -1210,6 +1211,7 @@ export async function runScript(script: SessionScript, ep: Endpoint): Promise<Se
           record('ev', 'rst');
           raw.resetAndDestroy();
           closed = true;
+          reset = true;
           break;
         case 'linger':
           // Reading again, so that postern's last words can arrive and its close be seen.
@@ -1223,7 +1225,11 @@ export async function runScript(script: SessionScript, ep: Endpoint): Promise<Se
   } finally {
     clearTimeout(cap);
     if (!closed) record('ev', 'client closes');
-    stream.destroy();
+    // Node 24.22 dies of SIGSEGV (ssl3_read_bytes from TLSWrap::OnStreamRead) when a TLSSocket
+    // made by tls.connect({ socket }) is destroyed in the same tick as resetAndDestroy() of the
+    // socket beneath it and the peer's data arrives: after a reset, the TLS socket goes later.
+    if (reset && stream !== raw) setTimeout(() => stream.destroy(), 100);
+    else stream.destroy();
     raw.destroy();
     run.endedAt = Date.now();
   }

@@ -23,7 +23,7 @@
 // --clients: sessions at once (default 8). --data-end: how the SMTP backends read the end of
 // DATA (default both: half RFC-strict, half like Postfix before 3.9; see daemon-backends.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import http from 'node:http';
 import net from 'node:net';
@@ -46,6 +46,8 @@ const CRASH_DIR = join(import.meta.dirname, 'crashes');
 const SESSION_BUFFERS = 256 * 1024;
 const SESSION_TLS = 50 * 1000;
 const FD_TOLERANCE = 2;
+/** How long a session may outlive both its client and its backend connection (log lines are batched up to 200 ms). */
+const LINGER_MS = 2500;
 /** Finished sessions that keep their transcripts (see Run.release). */
 const RECENT = 400;
 
@@ -258,8 +260,9 @@ interface Tracked {
   run: SessionRun | null;
   /** "connection closed" lines matched to this connection. */
   summaries: LogLine[];
-  /** Lines about this session (by the daemon's session id, once the summary names it). */
+  /** The client's script has ended (its sockets are closed). */
   done: boolean;
+  lingerChecked?: boolean;
 }
 
 interface Finding {
@@ -327,12 +330,29 @@ class Run {
       return;
     }
     t.summaries.push(l);
+    this.lingering(t);
     if (!REASONS.has(reason)) this.find('every session ends with a known reason', `closeReason ${JSON.stringify(reason)} is not in src/errors.ts`, [t.script.id]);
     if (reason === CloseReason.internalError) {
       const err = (id !== null ? this.linesById.get(id) : [])?.find((x) => x.msg !== 'connection closed' && x.reason === CloseReason.internalError);
       this.find('no session ends with internal_error', `${String(l.detail ?? '')}\n${String(err?.error ?? '')}`.slice(0, 4000), [t.script.id]);
     }
     this.release(t);
+  }
+
+  /**
+   * Once its client and its backend connection are both gone, a session has nothing left to wait
+   * for: its summary must follow within LINGER_MS. (Checked when the later of the summary and
+   * the client's end arrives.)
+   */
+  lingering(t: Tracked) {
+    const l = t.summaries[0];
+    if (!l || !t.run || t.lingerChecked) return;
+    const backendGone = this.d.backends[t.script.listener].stats.closedAt.get(t.script.id);
+    if (backendGone === undefined) return;
+    t.lingerChecked = true;
+    const bothGone = Math.max(t.run.endedAt, backendGone);
+    const late = Date.parse(String(l.time)) - bothGone;
+    if (late > LINGER_MS) this.find('a session ends once its client and backend are gone', `${t.script.listener}: "connection closed" (${String(l.closeReason)}) ${(late / 1000).toFixed(1)} s after the client and the backend had both closed`, [t.script.id], `lingering: ${t.script.listener} ${String(l.closeReason)}`);
   }
 
   /**
@@ -381,6 +401,7 @@ class Run {
     this.inFlight.delete(script.id);
     t.run = run;
     t.done = true;
+    this.lingering(t);
     if (run.error && run.connected) say(`session ${script.id}: client error ${run.error.split('\n')[0]}`);
     if (!run.connected) this.tracked.delete(script.id);
     this.release(t);
@@ -595,7 +616,9 @@ async function main(): Promise<number> {
       while (Date.now() < until && !died) {
         const i = index++;
         const s = generate(i, sessionSeed(seed, i), genOpts);
+        if (process.env.FUZZ_TRACE) writeSync(2, `start ${s.id} ${s.listener} ${s.kind}\n`);
         await r.session(s);
+        if (process.env.FUZZ_TRACE) writeSync(2, `end ${s.id}\n`);
         sessions++;
       }
     };
