@@ -518,6 +518,9 @@ function saveCrash(r: Run, seed: number, extra: Record<string, unknown>): string
   return file;
 }
 
+/** Nothing here may hold CI: the whole run ends by this long after the sessions stop starting. */
+const WATCHDOG_MS = 150_000;
+
 async function main(): Promise<number> {
   const replay = opts.replay ? (JSON.parse(readFileSync(opts.replay, 'utf8')) as { seed: number; sessions: Array<{ script?: SessionScript }> }) : null;
   const seed = replay ? replay.seed : SEED;
@@ -601,6 +604,13 @@ async function main(): Promise<number> {
   let sessions = 0;
   const scripts: SessionScript[] = replay ? replay.sessions.flatMap((s) => (s.script ? [s.script] : [])) : [];
   const until = started + SECONDS * 1000;
+  const watchdog = setTimeout(() => {
+    console.error(`fuzz:daemon: still running ${WATCHDOG_MS / 1000} s after the last session should have started (sessions in flight: ${[...r.inFlight].join(', ')}); giving up`);
+    saveCrash(r, seed, { watchdog: true });
+    d.child.kill('SIGKILL');
+    process.exit(1);
+  }, SECONDS * 1000 + WATCHDOG_MS);
+  watchdog.unref();
   const progress = setInterval(() => {
     const p = proc(d.pid);
     say(`${Math.round((Date.now() - started) / 1000)} s: ${sessions} sessions, ${r.findings.length} findings; postern RSS ${p ? mb(p.rss) : '?'} MB, ${p?.fds ?? '?'} fds, ${active} open`);
@@ -686,6 +696,9 @@ async function main(): Promise<number> {
   for (const [sig, n] of r.signatures) {
     const f = r.findings.find((x) => x.signature === sig)!;
     console.log(`   - ${n}x ${f.invariant}: ${f.detail.split('\n')[0]?.slice(0, 300)} [session ${f.sessions.slice(0, 6).join(', ')}${f.sessions.length > 6 ? ', ...' : ''}]`);
+    // The first session's script, so that a CI log alone is enough to replay it.
+    const t = f.sessions.length === 1 ? r.tracked.get(f.sessions[0]!) : undefined;
+    if (t) console.log(`     script: ${JSON.stringify(t.script).slice(0, 1500)}`);
   }
   console.log(`  saved to ${file}\n  replay: npm run fuzz:daemon -- --replay ${file}`);
   d.child.kill('SIGKILL');
