@@ -74,7 +74,7 @@ export interface BackendStats {
   proxied: number;
   commands: number;
   violations: Violation[];
-  /** When the last backend connection of each fuzzer session closed (Date.now()). */
+  /** When the last backend connection of each fuzzer session was done: the backend closed or finished it (Date.now()). */
   closedAt: Map<number, number>;
 }
 
@@ -124,15 +124,27 @@ abstract class Conversation {
       this.closed = true;
       for (const t of this.timers) clearTimeout(t);
       this.timers.clear();
-      if (this.plan.session >= 0) stats.closedAt.set(this.plan.session, Date.now());
+      this.gone();
     });
+  }
+
+  private goneAt = 0;
+  /** The backend is done with this connection (it closed, or sent its FIN): from now on it reads and says nothing. */
+  protected gone(): void {
+    if (this.goneAt) return;
+    this.goneAt = Date.now();
+    if (this.plan.session >= 0) this.stats.closedAt.set(this.plan.session, this.goneAt);
   }
 
   /** Header read: the plan for this client port. */
   start(plan: BackendPlan, clientPort: number): void {
     this.plan = plan;
     this.clientPort = clientPort;
-    const greet = () => (plan.greeting === 'vanish' ? this.socket.end() : this.greet());
+    const greet = () => {
+      if (plan.greeting !== 'vanish') return this.greet();
+      this.gone();
+      this.socket.end();
+    };
     if (plan.greeting === 'multiline' || plan.greetDelayMs === 0) greet();
     else this.later(plan.greetDelayMs, greet);
   }
@@ -179,7 +191,11 @@ abstract class Conversation {
     const p = this.plan;
     if (p.stallAfter !== null && this.commands === p.stallAfter) this.stalledUntil = Date.now() + p.stallMs;
     if (p.closeAfter !== null && this.commands >= p.closeAfter) {
-      const close = () => (p.closeReset ? this.socket.resetAndDestroy() : this.socket.destroy());
+      const close = () => {
+        this.gone();
+        if (p.closeReset) this.socket.resetAndDestroy();
+        else this.socket.destroy();
+      };
       if (this.nextReplyAt <= Date.now()) close();
       else this.later(this.nextReplyAt - Date.now() + 1, close);
       this.closed = true;
@@ -189,7 +205,10 @@ abstract class Conversation {
   }
 
   protected end(text: string): void {
-    this.say(text, () => this.socket.end());
+    this.say(text, () => {
+      this.gone();
+      this.socket.end();
+    });
   }
 
   protected violation(line: string, why: string): void {

@@ -11,6 +11,7 @@
 //     the backends read it (they know when they are in DATA, a BDAT chunk, SASL, a literal);
 //   - VmRSS, sampled every 200 ms, stays under baseline + the documented per-session bound
 //     (256 KiB of buffers + 50 KB of TLS state) x the most sessions open at once + slack;
+//   - a session ends within 1.5 s once its client and its backend connection are both gone;
 //   - descriptors return to the baseline once every client is gone.
 // A failure saves the run's seed, the offending sessions (their scripts, transcripts, summary
 // lines and backend findings) and the daemon's last log lines under fuzz/crashes/daemon-<seed>.json
@@ -46,8 +47,8 @@ const CRASH_DIR = join(import.meta.dirname, 'crashes');
 const SESSION_BUFFERS = 256 * 1024;
 const SESSION_TLS = 50 * 1000;
 const FD_TOLERANCE = 2;
-/** How long a session may outlive both its client and its backend connection (log lines are batched up to 200 ms). */
-const LINGER_MS = 2500;
+/** How long a session may outlive both its client and its backend connection (log lines are batched up to 200 ms; LAST_WORDS is 2 s, but a gone client fails that write at once). */
+const LINGER_MS = 1500;
 /** Finished sessions that keep their transcripts (see Run.release). */
 const RECENT = 400;
 
