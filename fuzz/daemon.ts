@@ -18,9 +18,11 @@
 // and exits 1; --replay runs those sessions again against a fresh daemon.
 //
 //   node fuzz/daemon.ts [--seconds N] [--seed S] [--clients C] [--slack-mb M]
-//                       [--data-end rfc|lf|both] [--level debug|info] [--replay FILE]
+//                       [--data-end rfc|lf|both] [--level debug|info] [--replay FILE] [--bin PATH]
 //
 // --seconds: how long new sessions start (default 60; the last ones then finish, ~15 s at most).
+// FUZZ_TRACE=1 prints each session as it starts and ends (to find one that hangs or kills the
+// fuzzer itself); FUZZ_SLOWEST=1 lists the slowest sessions at the end.
 // --clients: sessions at once (default 8). --data-end: how the SMTP backends read the end of
 // DATA (default both: half RFC-strict, half like Postfix before 3.9; see daemon-backends.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -552,7 +554,6 @@ async function main(): Promise<number> {
   // (megabytes of answers to a flood) never delays a sample; open sessions every 500 ms.
   let active = 0;
   const perSession = SESSION_BUFFERS + SESSION_TLS;
-  let lastActive = 0;
   const sampler = new Worker(SAMPLER, { eval: true, workerData: { pid: d.pid, everyMs: 200 } });
   sampler.unref();
   sampler.on('message', (p: { rss: number; fds: number }) => {
@@ -588,10 +589,7 @@ async function main(): Promise<number> {
   let confirming = false;
   const gauge = setInterval(() => {
     void activeSessions(d.adminPort).then((n) => {
-      if (n !== null) {
-        active = n;
-        lastActive = Math.max(lastActive, n);
-      }
+      if (n !== null) active = n;
     });
   }, 500);
   let died = false;
