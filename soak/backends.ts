@@ -8,6 +8,11 @@
 //         line, then recorded and answered "250 2.0.0 queued") / RSET / NOOP / QUIT.
 //   IMAP: [PROXY v2] * OK / LOGIN / SELECT / FETCH n BODY[] (1: a small literal, 2: a large one)
 //         / NOOP / LOGOUT.
+//   POP3: [PROXY v2] +OK / CAPA / USER / PASS / STAT / NOOP / QUIT (behind the attackers' listener).
+// Commands postern must answer itself never reach them: XCLIENT, XFORWARD and STARTTLS (SMTP, read
+// as Postfix reads a command word), STARTTLS before login (IMAP behind a STARTTLS listener), STLS
+// before login (POP3); each one that does is recorded. For the soak's attackers the SMTP backend
+// greets late or answers DATA late (SlowPlan, by the PROXY header's client port).
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { decodeProxyHeader } from '../src/backend/proxy-decode.ts';
@@ -32,6 +37,16 @@ export interface HeldMessage {
 
 /** Markers hostile clients put in the bytes that must never reach a backend. */
 export const NEVER_FORWARDED = ['INJECTED-', 'PLAINTEXT-'];
+
+/**
+ * What an attacker asks of the SMTP backend for its own connection (found by the PROXY header's
+ * source port): a greeting that comes late (postscreen's greet_wait), a 354 that comes late, so
+ * that postern has to hold a client that writes without pause.
+ */
+export interface SlowPlan {
+  greetMs: number;
+  dataMs: number;
+}
 
 export interface BackendStats {
   connections: number;
@@ -114,7 +129,7 @@ export class RestartableServer {
 }
 
 /** Reads the PROXY header (if any), then hands every later chunk to `onData`. */
-function withProxyHeader(socket: net.Socket, stats: BackendStats, onReady: () => void, onData: (chunk: Buffer) => void): void {
+function withProxyHeader(socket: net.Socket, stats: BackendStats, onReady: (clientPort: number | null) => void, onData: (chunk: Buffer) => void): void {
   let pre: Buffer | null = Buffer.alloc(0);
   socket.on('data', (chunk: Buffer) => {
     if (pre !== null) {
@@ -122,12 +137,14 @@ function withProxyHeader(socket: net.Socket, stats: BackendStats, onReady: () =>
       const d = decodeProxyHeader(pre);
       if (d.kind === 'need-more') return;
       let rest = pre;
+      let clientPort: number | null = null;
       if (d.kind === 'header') {
         if (d.header.command === 'PROXY') stats.proxied++;
+        clientPort = d.header.source?.port ?? null;
         rest = pre.subarray(d.header.length);
       }
       pre = null;
-      onReady();
+      onReady(clientPort);
       if (rest.length === 0) return;
       chunk = rest;
     }
@@ -139,11 +156,23 @@ function checkForbidden(line: string, stats: BackendStats): void {
   for (const m of NEVER_FORWARDED) if (line.includes(m)) stats.forbidden.push(line.slice(0, 120));
 }
 
+/** The command word of a line as Postfix reads it (leading white space skipped, then up to white space), upper-cased. */
+function commandWord(line: string): string {
+  return (/^[\t\n\v\f\r ]*([^\t\n\v\f\r ]*)/.exec(line.split('\0')[0]!)?.[1] ?? '').toUpperCase();
+}
+
+/** Commands postern answers itself after TLS (or after the plaintext handoff): one reaching a backend is a failure. */
+function checkRefused(line: string, words: readonly string[], stats: BackendStats): void {
+  const w = commandWord(line);
+  if (words.includes(w)) stats.forbidden.push(`${w} as a command: ${line.slice(0, 100)}`);
+}
+
 // ---------------------------------------------------------------------------------------------
 // SMTP
 
-export function smtpBackend(held: Map<string, HeldMessage>): RestartableServer {
+export function smtpBackend(held: Map<string, HeldMessage>, plans: Map<number, SlowPlan> = new Map()): RestartableServer {
   return new RestartableServer('smtp', (socket, stats) => {
+    let plan: SlowPlan | undefined;
     let pending = '';
     let inData = false;
     let header = true; // inside the message header section
@@ -191,6 +220,7 @@ export function smtpBackend(held: Map<string, HeldMessage>): RestartableServer {
         return;
       }
       checkForbidden(l, stats);
+      checkRefused(l, ['XCLIENT', 'XFORWARD', 'STARTTLS'], stats);
       awaitingAck = null;
       const verb = (l.split(' ')[0] ?? '').toUpperCase();
       switch (verb) {
@@ -210,6 +240,7 @@ export function smtpBackend(held: Map<string, HeldMessage>): RestartableServer {
           announced = '';
           slow = false;
           body = createHash('sha256');
+          if (plan?.dataMs) return void setTimeout(() => say('354 End data with <CR><LF>.<CR><LF>\r\n'), plan.dataMs);
           return say('354 End data with <CR><LF>.<CR><LF>\r\n');
         case 'QUIT':
           say('221 2.0.0 bye\r\n');
@@ -221,7 +252,11 @@ export function smtpBackend(held: Map<string, HeldMessage>): RestartableServer {
     withProxyHeader(
       socket,
       stats,
-      () => say('220 backend.soak ESMTP scripted\r\n'),
+      (clientPort) => {
+        plan = clientPort === null ? undefined : plans.get(clientPort);
+        if (plan?.greetMs) setTimeout(() => say('220 backend.soak ESMTP scripted\r\n'), plan.greetMs);
+        else say('220 backend.soak ESMTP scripted\r\n');
+      },
       (chunk) => {
         pending += chunk.toString('latin1');
         let lf: number;
@@ -274,8 +309,10 @@ function mailboxMessage(size: number): Buffer {
   return Buffer.from(head + lines.join('\r\n') + '\r\n', 'latin1');
 }
 
-export function imapBackend(): RestartableServer {
+/** `starttlsListener`: behind a STARTTLS listener, where postern answers STARTTLS itself (behind implicit TLS it pipes raw). */
+export function imapBackend(opts: { starttlsListener?: boolean } = {}): RestartableServer {
   return new RestartableServer('imap', (socket, stats) => {
+    let authed = false;
     let pending = '';
     const say = (s: string | Buffer) => {
       if (!socket.destroyed) socket.write(s);
@@ -283,10 +320,13 @@ export function imapBackend(): RestartableServer {
     const line = (l: string) => {
       checkForbidden(l, stats);
       const [tag = '*', verb = '', ...rest] = l.split(' ');
+      // STARTTLS is valid only before login (RFC 9051 section 6.2.1): postern steps aside after it.
+      if (opts.starttlsListener && !authed) checkRefused(l.slice(tag.length), ['STARTTLS'], stats);
       switch (verb.toUpperCase()) {
         case 'CAPABILITY':
           return say(`* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n${tag} OK done\r\n`);
         case 'LOGIN':
+          authed = true;
           return say(`${tag} OK LOGIN completed\r\n`);
         case 'SELECT':
           return say(`* ${MAILBOX.length} EXISTS\r\n* FLAGS (\\Seen)\r\n${tag} OK [READ-WRITE] SELECT completed\r\n`);
@@ -319,6 +359,58 @@ export function imapBackend(): RestartableServer {
           pending = pending.slice(lf + 1);
           line(l);
         }
+      },
+    );
+    return { onKill() {} };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// POP3 (behind a STARTTLS listener; only attackers use it)
+
+export function pop3Backend(): RestartableServer {
+  return new RestartableServer('pop3', (socket, stats) => {
+    let pending = '';
+    let authed = false;
+    const say = (s: string) => {
+      if (!socket.destroyed) socket.write(s);
+    };
+    const line = (l: string) => {
+      checkForbidden(l, stats);
+      // STLS is valid only in the AUTHORIZATION state (RFC 2595 section 4).
+      if (!authed) checkRefused(l, ['STLS'], stats);
+      switch (commandWord(l)) {
+        case 'CAPA':
+          return say('+OK\r\nTOP\r\nUIDL\r\nSTLS\r\nUSER\r\n.\r\n');
+        case 'USER':
+          return say('+OK\r\n');
+        case 'PASS':
+          authed = true;
+          return say('+OK logged in\r\n');
+        case 'STAT':
+          return say('+OK 0 0\r\n');
+        case 'NOOP':
+          return say('+OK\r\n');
+        case 'QUIT':
+          say('+OK bye\r\n');
+          return void socket.end();
+        default:
+          return say('-ERR unknown command\r\n');
+      }
+    };
+    withProxyHeader(
+      socket,
+      stats,
+      () => say('+OK backend.soak ready\r\n'),
+      (chunk) => {
+        pending += chunk.toString('latin1');
+        let lf: number;
+        while ((lf = pending.indexOf('\n')) >= 0) {
+          const l = pending.slice(0, lf).replace(/\r$/, '');
+          pending = pending.slice(lf + 1);
+          line(l);
+        }
+        if (pending.length > 1 << 20) pending = '';
       },
     );
     return { onKill() {} };

@@ -1,5 +1,7 @@
 // The soak's clients: good SMTP deliveries over STARTTLS, good IMAP sessions over implicit TLS,
-// their slow variants, and the hostile connections. Each returns an outcome; none throws.
+// their slow variants, the hostile connections, and issue 14's attackers. Each returns an
+// outcome; none throws.
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
@@ -11,6 +13,11 @@ export const HOSTNAME = 'mail.example.org';
 export interface Endpoints {
   smtpPort: number;
   imapPort: number;
+  /** IMAP and POP3 STARTTLS listeners (the attackers' pre-TLS dialogues and after-TLS filters). */
+  imapStarttlsPort: number;
+  pop3Port: number;
+  /** Asks the SMTP backend to greet late / answer DATA late for the connection from this client port. */
+  slowBackend(clientPort: number, plan: { greetMs: number; dataMs: number }): void;
   /** The CA every client verifies against. */
   caPem: string;
   /** Served certificate fingerprints (SHA-256) seen by clients, with how often. */
@@ -487,12 +494,14 @@ export const HOSTILE_KINDS = [
 export type HostileKind = (typeof HOSTILE_KINDS)[number];
 
 export interface HostileOutcome {
-  kind: HostileKind;
+  kind: HostileKind | AttackerKind;
   /** False when postern did something it must never do (the detail says what). */
   ok: boolean;
   detail: string;
   /** Set for reset-mid-data: the message id, which the backend must not hold complete. */
   delivery?: Delivery;
+  /** Attackers that do not read: the bytes postern took from them meanwhile. */
+  unread?: number;
 }
 
 let helloCache: Buffer | null = null;
@@ -668,6 +677,280 @@ export async function hostile(ep: Endpoints, kind: HostileKind): Promise<Hostile
   } catch (err) {
     // A hostile client being dropped is no failure of postern's.
     o.detail = `dropped: ${(err as Error)?.message ?? String(err)}`;
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attackers of issue 14 ("One client against everyone"): each runs next to the good mail and
+// may be refused or closed; what it must never do is hurt the others (the soak's invariants),
+// get a refused command to a backend (the backends record those), or get postern to read
+// without limit while it cannot pass the bytes on (the bytes an attacker managed to write while
+// it did not read are its outcome's detail, and bounded).
+
+export const ATTACKER_KINDS = [
+  'unicode-pretls',
+  'unicode-tls',
+  'noread-flood-pretls',
+  'noread-flood-tls',
+  'rush-greeting',
+  'rush-data',
+  'padded-xclient',
+] as const;
+export type AttackerKind = (typeof ATTACKER_KINDS)[number];
+
+type MailProto = 'smtp' | 'imap' | 'pop3';
+
+/**
+ * Bytes an attacker that does not read may get out before postern stops reading it: this
+ * process's send buffer and postern's receive buffer in the kernel (their largest sizes,
+ * tcp_wmem and tcp_rmem), plus postern's own caps (HOLD_LIMIT, a line, its answers) and some
+ * slack; far below the gigabytes of issue 14's findings 2 and 4. Postern's memory itself is
+ * the soak's RSS check.
+ */
+export const UNREAD_LIMIT = (() => {
+  const max = (f: string, dflt: number) => {
+    try {
+      return Number(readFileSync(f, 'utf8').trim().split(/\s+/)[2]) || dflt;
+    } catch {
+      return dflt;
+    }
+  };
+  return max('/proc/sys/net/ipv4/tcp_rmem', 6 << 20) + max('/proc/sys/net/ipv4/tcp_wmem', 4 << 20) + (8 << 20);
+})();
+
+/** Lines with what breaks regexes and decoders: U+2028, U+2029, NEL, BOM, lone and overlong bytes (UTF-8 as latin1). */
+const ODD_TEXT = ['\xe2\x80\xa8', '\xe2\x80\xa9', '\xc2\x85', '\xef\xbb\xbf', '\x80', '\xc0\xaf', '\xff', '\xed\xa0\x80', '\xf0\x9f\x92\xa9'];
+const odd = () => pick(ODD_TEXT);
+const ODD_LINES: Record<MailProto, Array<() => string>> = {
+  smtp: [() => `NOOP x${odd()}`, () => `EHLO a${odd()}b`, () => `${odd()}EHLO x`, () => `RSET${odd()}`, () => `NOOP ${odd().repeat(40)}`, () => `VRFY <${odd()}@example.org>`],
+  imap: [() => `a NOOP ${odd()}`, () => `a${odd()} CAPABILITY`, () => `a CAPABILITY${odd()}`, () => `${odd()}a NOOP`, () => `a NOOP ${odd().repeat(40)}`],
+  pop3: [() => `NOOP ${odd()}`, () => `CAPA${odd()}`, () => `${odd()}CAPA`, () => `USER a${odd()}`, () => `STAT ${odd().repeat(40)}`],
+};
+const REPLY: Record<MailProto, (r: Reader, ms: number, what: string) => Promise<string>> = {
+  smtp: (r, ms, what) => r.smtp(ms, what),
+  imap: (r, ms, what) => r.line(ms, what),
+  pop3: (r, ms, what) => r.line(ms, what),
+};
+const GREETING_RE: Record<MailProto, RegExp> = { smtp: /^220 /, imap: /^\* OK/, pop3: /^\+OK/ };
+
+function portOf(ep: Endpoints, proto: MailProto): number {
+  return proto === 'smtp' ? ep.smtpPort : proto === 'imap' ? ep.imapStarttlsPort : ep.pop3Port;
+}
+
+/** Connects to the protocol's STARTTLS listener and reads the greeting (a 421/BYE/-ERR greeting ends it). */
+async function greeted(ep: Endpoints, proto: MailProto): Promise<{ raw: net.Socket; r: Reader }> {
+  const raw = await connect(portOf(ep, proto));
+  const r = new Reader(raw);
+  const g = proto === 'smtp' ? await r.smtp(15_000, 'greeting') : await r.line(15_000, 'greeting');
+  if (!GREETING_RE[proto].test(g)) {
+    raw.destroy();
+    throw new StepError('drop', `greeting ${JSON.stringify(g.slice(0, 60))}`);
+  }
+  return { raw, r };
+}
+
+/** Greeting, STARTTLS, handshake (and EHLO again for SMTP): the session through postern's after-TLS filter. */
+async function starttls(ep: Endpoints, proto: MailProto): Promise<{ raw: net.Socket; sock: tls.TLSSocket; r: Reader }> {
+  const { raw, r } = await greeted(ep, proto);
+  try {
+    if (proto === 'smtp') {
+      raw.write('EHLO attacker.soak.test\r\n');
+      await r.smtp(15_000, 'ehlo');
+    }
+    raw.write(proto === 'smtp' ? 'STARTTLS\r\n' : proto === 'imap' ? 'a STARTTLS\r\n' : 'STLS\r\n');
+    const reply = await REPLY[proto](r, 15_000, 'starttls');
+    if (!/^(220|a OK|\+OK)/.test(reply)) throw new StepError('drop', `STARTTLS answered ${JSON.stringify(reply.slice(0, 60))}`);
+    r.detach();
+    const sock = await secure(ep, { socket: raw, ...tlsOptions(ep, HOSTNAME) }, 15_000);
+    r.attach(sock);
+    if (proto === 'smtp') {
+      sock.write('EHLO attacker.soak.test\r\n');
+      const ehlo = await r.smtp(15_000, 'ehlo after tls');
+      if (!ehlo.startsWith('250')) throw new StepError('drop', `EHLO after TLS answered ${ehlo}`);
+    }
+    return { raw, sock, r };
+  } catch (err) {
+    raw.destroy();
+    throw err;
+  }
+}
+
+/**
+ * Stops reading and writes `data` again and again for up to `ms` (or `maxBytes`), waiting for
+ * 'drain' when the socket is full: how much got out is how much postern (and the kernel) took.
+ */
+async function writeWithoutReading(s: net.Socket, data: string, maxBytes: number, ms: number): Promise<number> {
+  s.pause();
+  const one = Buffer.from(data.repeat(Math.max(1, Math.floor(16384 / data.length))), 'latin1');
+  const until = Date.now() + ms;
+  let written = 0;
+  while (written < maxBytes && Date.now() < until && !s.destroyed) {
+    if (s.writableNeedDrain) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(t);
+          s.off('drain', done);
+          s.off('close', done);
+          resolve();
+        };
+        const t = setTimeout(done, Math.max(1, Math.min(200, until - Date.now())));
+        s.once('drain', done);
+        s.once('close', done);
+      });
+      continue;
+    }
+    s.write(one);
+    written += one.length;
+    await new Promise((r) => setImmediate(r));
+  }
+  // Bytes still queued in this process were not taken by postern.
+  return written - s.writableLength;
+}
+
+function judgeUnread(o: HostileOutcome, written: number, what: string) {
+  o.unread = written;
+  o.detail = `${what}: ${(written / 1048576).toFixed(1)} MB taken while not reading`;
+  if (written > UNREAD_LIMIT) {
+    o.ok = false;
+    o.detail += ` (over ${(UNREAD_LIMIT / 1048576).toFixed(0)} MB: postern kept reading a client it could not answer)`;
+  }
+}
+
+export async function attacker(ep: Endpoints, kind: AttackerKind): Promise<HostileOutcome> {
+  const o: HostileOutcome = { kind, ok: true, detail: '' };
+  const proto: MailProto = pick(['smtp', 'imap', 'pop3'] as const);
+  let raw: net.Socket | null = null;
+  let sock: tls.TLSSocket | null = null;
+  try {
+    switch (kind) {
+      case 'unicode-pretls':
+      case 'unicode-tls': {
+        // Every line gets an answer (an error, or the backend's) or the connection ends: never silence.
+        let r: Reader;
+        let out: net.Socket;
+        if (kind === 'unicode-pretls') {
+          ({ raw, r } = await greeted(ep, proto));
+          out = raw;
+        } else {
+          ({ raw, sock, r } = await starttls(ep, proto));
+          out = sock;
+        }
+        const n = 1 + Math.floor(Math.random() * 4);
+        for (let i = 0; i < n; i++) {
+          const l = pick(ODD_LINES[proto])();
+          out.write(`${l}\r\n`);
+          try {
+            await REPLY[proto](r, 10_000, 'odd line');
+          } catch (err) {
+            if (err instanceof StepError && err.kind === 'timeout') {
+              o.ok = false;
+              o.detail = `${proto}: no answer to ${JSON.stringify(l)} within 10 s`;
+              return o;
+            }
+            break; // closed: a close is an answer
+          }
+        }
+        o.detail = `${proto}: ${n} line(s)`;
+        break;
+      }
+      case 'noread-flood-pretls': {
+        // Commands postern answers itself, to a client that never reads its answers.
+        ({ raw } = await greeted(ep, proto));
+        const cmd = pick({ smtp: ['EHLO x\r\n', 'NOOP\r\n', 'RSET\r\n'], imap: ['a CAPABILITY\r\n', 'a NOOP\r\n'], pop3: ['CAPA\r\n', 'NOOP\r\n'] }[proto]);
+        judgeUnread(o, await writeWithoutReading(raw, cmd, 64 * 1024 * 1024, 1000 + Math.random() * 2000), `${proto} ${cmd.trim()} flood before TLS`);
+        break;
+      }
+      case 'noread-flood-tls': {
+        // After TLS: commands the filter refuses itself (a second STARTTLS, XCLIENT).
+        ({ raw, sock } = await starttls(ep, proto));
+        const cmd = pick({ smtp: ['STARTTLS\r\n', 'XCLIENT NAME=x\r\n', 'XFORWARD ADDR=192.0.2.1\r\n'], imap: ['a STARTTLS\r\n'], pop3: ['STLS\r\n'] }[proto]);
+        judgeUnread(o, await writeWithoutReading(sock, cmd, 64 * 1024 * 1024, 1000 + Math.random() * 2000), `${proto} ${cmd.trim()} flood after TLS`);
+        break;
+      }
+      case 'rush-greeting': {
+        // The backend greets late (postscreen's greet_wait): postern holds the client, which
+        // writes without pause. Port 25 plaintext handoff, or after STARTTLS.
+        const handoff = Math.random() < 0.5;
+        // It writes for less time than the backend takes to greet: all it got into postern, postern holds.
+        raw = await connect(ep.smtpPort);
+        ep.slowBackend(raw.localPort!, { greetMs: 2500 + Math.random() * 1000, dataMs: 0 });
+        const r = new Reader(raw);
+        await r.smtp(15_000, 'greeting');
+        raw.write('EHLO attacker.soak.test\r\n');
+        await r.smtp(15_000, 'ehlo');
+        let out: net.Socket = raw;
+        if (handoff) raw.write('MAIL FROM:<rush@soak.test>\r\n');
+        else {
+          raw.write('STARTTLS\r\n');
+          await r.smtp(15_000, 'starttls');
+          r.detach();
+          sock = await secure(ep, { socket: raw, ...tlsOptions(ep, HOSTNAME) }, 15_000);
+          out = sock;
+        }
+        judgeUnread(o, await writeWithoutReading(out, 'NOOP rush\r\n', 64 * 1024 * 1024, 1500), `rush before the backend's greeting (${handoff ? 'plaintext handoff' : 'after TLS'})`);
+        break;
+      }
+      case 'rush-data': {
+        // DATA, then the message without waiting for a 354 that comes late. Never a "." line:
+        // nothing of it may be held as a message.
+        // It writes for less time than the backend takes to answer DATA (after that the message
+        // would flow on to the backend, as it should).
+        raw = await connect(ep.smtpPort);
+        ep.slowBackend(raw.localPort!, { greetMs: 0, dataMs: 2500 + Math.random() * 1000 });
+        const r = new Reader(raw);
+        await r.smtp(15_000, 'greeting');
+        raw.write('EHLO attacker.soak.test\r\nSTARTTLS\r\n');
+        await r.smtp(15_000, 'ehlo');
+        await r.smtp(15_000, 'starttls');
+        r.detach();
+        sock = await secure(ep, { socket: raw, ...tlsOptions(ep, HOSTNAME) }, 15_000);
+        sock.write('EHLO attacker.soak.test\r\nMAIL FROM:<rush@soak.test>\r\nRCPT TO:<rcpt@example.org>\r\nDATA\r\n');
+        judgeUnread(o, await writeWithoutReading(sock, `${'x'.repeat(998)}\r\n`, 64 * 1024 * 1024, 1500), 'rush after DATA, before the 354');
+        break;
+      }
+      case 'padded-xclient': {
+        // XCLIENT / XFORWARD padded past the filter's 4096-byte command limit (issue 14 finding 8),
+        // padding before or after the verb, its LF with it or later: 500 or 550, never forwarded.
+        const handoff = Math.random() < 0.3;
+        let r: Reader;
+        let out: net.Socket;
+        if (handoff) {
+          ({ raw, r } = await greeted(ep, 'smtp'));
+          raw.write('EHLO attacker.soak.test\r\nMAIL FROM:<pad@soak.test>\r\n');
+          await r.smtp(15_000, 'ehlo');
+          const mail = await r.smtp(15_000, 'mail');
+          if (!mail.startsWith('250')) throw new StepError('drop', `MAIL answered ${mail}`);
+          out = raw;
+        } else {
+          ({ raw, sock, r } = await starttls(ep, 'smtp'));
+          out = sock;
+        }
+        const verb = pick(['XCLIENT', 'XFORWARD', 'xclient']);
+        const pad = 4097 + Math.floor(Math.random() * 8000);
+        const form = Math.floor(Math.random() * 3);
+        if (form === 0) out.write(`${verb} NAME=padded.soak.test${' '.repeat(pad)}\r\n`);
+        else if (form === 1) out.write(`${' '.repeat(pad)}${verb} NAME=padded.soak.test\r\n`);
+        else {
+          out.write(`${verb} ${'A'.repeat(pad)}`);
+          await sleep(50);
+          out.write(' NAME=padded.soak.test\r\n');
+        }
+        const reply = await r.smtp(15_000, 'padded xclient');
+        o.detail = `${handoff ? 'handoff' : 'after TLS'}, form ${form}: ${reply.slice(0, 40)}`;
+        if (!/^(500|550) /.test(reply)) {
+          o.ok = false;
+          o.detail = `padded ${verb} (form ${form}) answered ${JSON.stringify(reply)}`;
+        }
+        break;
+      }
+    }
+  } catch (err) {
+    // An attacker being dropped is no failure of postern's.
+    o.detail = `${proto}: dropped: ${(err as Error)?.message ?? String(err)}`;
+  } finally {
+    sock?.destroy();
+    raw?.destroy();
   }
   return o;
 }

@@ -8,10 +8,19 @@
 //   - hostile connections (garbage, plaintext on the TLS port, STARTTLS injection, oversized lines,
 //     truncated ClientHellos, a hello before STARTTLS, unknown SNI on the strict listener, silent
 //     clients, resets in the middle of DATA and of a FETCH);
+//   - issue 14's attackers ("One client against everyone"), on the SMTP listener and on IMAP and
+//     POP3 STARTTLS listeners that only they use: lines with U+2028/U+2029/NEL/BOM/lone bytes in
+//     every pre-TLS dialogue and after TLS, clients that never read while they send commands
+//     postern answers itself (EHLO/NOOP/CAPABILITY/CAPA before TLS, STARTTLS/STLS/XCLIENT after),
+//     clients that write without pause while postern waits for the backend (its greeting, on the
+//     plaintext handoff and after TLS; the 354 after DATA: the SMTP backend answers those late for
+//     them), XCLIENT/XFORWARD padded past 4096 bytes;
 //   - faults: backends killed and restarted every few seconds, certificates rewritten with a
 //     freshly issued one every few seconds (SIGHUP now and then).
 // Afterwards it checks the invariants (nothing lost, nothing corrupted, nothing delivered twice,
-// no 5xx, no hang, every client verified the CA's certificate, hostile bytes never forwarded, 421 /
+// no 5xx, no hang, every client verified the CA's certificate, hostile bytes and refused commands
+// (XCLIENT, XFORWARD, STARTTLS/STLS after TLS) never reach a backend, an attacker that does not read
+// never gets more into postern than the kernel's socket buffers hold, 421 /
 // BYE while a backend was down, reloads took effect, same pid, descriptors and memory back to the
 // after-warmup baseline), prints a table and writes soak/results/latest.json. Exit 1 when any
 // invariant fails.
@@ -29,8 +38,8 @@ import { stringify } from 'yaml';
 import { createCa, issueCert, type TestCa } from '../src/pki.ts';
 import { buildOnce } from '../test/helpers/build.ts';
 import { memoryAfterGc } from '../test/helpers/inspector.ts';
-import { imapBackend, smtpBackend, type HeldMessage, type RestartableServer } from './backends.ts';
-import { HOSTILE_KINDS, HOSTNAME, hostile, imapSession, realClientHello, smtpDelivery, type Delivery, type Endpoints, type HostileOutcome, type ImapSession } from './clients.ts';
+import { imapBackend, pop3Backend, smtpBackend, type HeldMessage, type RestartableServer, type SlowPlan } from './backends.ts';
+import { ATTACKER_KINDS, HOSTILE_KINDS, HOSTNAME, attacker, hostile, imapSession, realClientHello, smtpDelivery, type Delivery, type Endpoints, type HostileOutcome, type ImapSession } from './clients.ts';
 
 const SOAK_DIR = import.meta.dirname;
 const ROOT = join(SOAK_DIR, '..');
@@ -212,11 +221,16 @@ async function main(): Promise<number> {
   await writeCert(certs);
 
   const held = new Map<string, HeldMessage>();
-  const backends: Record<'smtp' | 'imap', RestartableServer> = { smtp: smtpBackend(held), imap: imapBackend() };
+  const slowPlans = new Map<number, SlowPlan>();
+  const backends: Record<'smtp' | 'imap', RestartableServer> = { smtp: smtpBackend(held, slowPlans), imap: imapBackend() };
   await backends.smtp.start();
   await backends.imap.start();
+  // Behind the IMAP and POP3 STARTTLS listeners, which only the attackers use: never killed.
+  const attackerBackends: Record<'imap' | 'pop3', RestartableServer> = { imap: imapBackend({ starttlsListener: true }), pop3: pop3Backend() };
+  await attackerBackends.imap.start();
+  await attackerBackends.pop3.start();
 
-  const [smtpPort, imapPort, adminPort] = [await freePort(), await freePort(), await freePort()];
+  const [smtpPort, imapPort, adminPort, imapStarttlsPort, pop3Port] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
   const config = {
     log: { level: 'info' },
     admin: { listen: `127.0.0.1:${adminPort}` },
@@ -232,7 +246,10 @@ async function main(): Promise<number> {
         hostname: HOSTNAME,
         sni: 'fallback',
         requireTls: false,
-        timeouts: { handshake: '5s', connect: '2s', idle: '60s', starttls: '30s' },
+        // backendReply 10 s (default 2 min): a backend killed while postern waits for its reply
+        // to an attacker that postern had to pause leaves the session open until this deadline
+        // (see test/hostile/daemon-fuzz-findings.test.ts); the end-of-soak check waits 30 s.
+        timeouts: { handshake: '5s', connect: '2s', idle: '60s', starttls: '30s', backendReply: '10s' },
         backend: { address: `127.0.0.1:${backends.smtp.port}`, proxyProtocol: 'v2' },
       },
       {
@@ -244,6 +261,24 @@ async function main(): Promise<number> {
         sni: 'strict',
         timeouts: { handshake: '5s', connect: '2s', idle: '60s' },
         backend: { address: `127.0.0.1:${backends.imap.port}`, proxyProtocol: 'v2' },
+      },
+      {
+        name: 'imap',
+        listen: `127.0.0.1:${imapStarttlsPort}`,
+        protocol: 'imap',
+        tls: 'starttls',
+        hostname: HOSTNAME,
+        timeouts: { handshake: '5s', connect: '2s', idle: '60s', starttls: '30s', backendReply: '10s' },
+        backend: { address: `127.0.0.1:${attackerBackends.imap.port}`, proxyProtocol: 'v2' },
+      },
+      {
+        name: 'pop3',
+        listen: `127.0.0.1:${pop3Port}`,
+        protocol: 'pop3',
+        tls: 'starttls',
+        hostname: HOSTNAME,
+        timeouts: { handshake: '5s', connect: '2s', idle: '60s', starttls: '30s', backendReply: '10s' },
+        backend: { address: `127.0.0.1:${attackerBackends.pop3.port}`, proxyProtocol: 'v2' },
       },
     ],
   };
@@ -284,10 +319,22 @@ async function main(): Promise<number> {
     await sleep(200);
   }
   const started = procStatus(pid);
-  log(`postern pid ${pid} ready: smtp (STARTTLS, fallback) 127.0.0.1:${smtpPort}, imaps (strict) 127.0.0.1:${imapPort}, admin ${adminPort}; log ${logFile}`);
+  log(`postern pid ${pid} ready: smtp (STARTTLS, fallback) 127.0.0.1:${smtpPort}, imaps (strict) 127.0.0.1:${imapPort}, imap (STARTTLS) ${imapStarttlsPort}, pop3 (STARTTLS) ${pop3Port}, admin ${adminPort}; log ${logFile}`);
   await realClientHello();
 
-  const ep: Endpoints = { smtpPort, imapPort, caPem: ca.certPem, served: new Map() };
+  const ep: Endpoints = {
+    smtpPort,
+    imapPort,
+    imapStarttlsPort,
+    pop3Port,
+    caPem: ca.certPem,
+    served: new Map(),
+    slowBackend: (clientPort, plan) => {
+      slowPlans.set(clientPort, plan);
+      // A port is reused sooner or later; the plan is for this connection only.
+      setTimeout(() => slowPlans.delete(clientPort), 30_000).unref();
+    },
+  };
   const tally: Tally = { deliveries: [], imap: [], hostile: [], outages: [], restarts: { smtp: 0, imap: 0 }, certWrites: 0, sighups: 0 };
 
   /** Runs every client and fault loop until `ms` have passed; resolves when all have finished. */
@@ -334,6 +381,17 @@ async function main(): Promise<number> {
           tally.hostile.push(h);
           if (h.delivery) tally.deliveries.push(h.delivery);
         }),
+      );
+    }
+    // Issue 14's attackers, next to the good mail: Unicode lines, clients that never read, clients
+    // that write while postern waits for the backend, padded XCLIENT.
+    for (let i = 0; i < 2; i++) {
+      loops.push(
+        loop('attacker', async (note) => {
+          const kind = ATTACKER_KINDS[Math.floor(Math.random() * ATTACKER_KINDS.length)]!;
+          note(kind);
+          tally.hostile.push(await attacker(ep, kind));
+        }, [50, 300]),
       );
     }
     // Backend restarts: every 3-6 s one backend (or both) is killed and comes back 0.5-2 s later.
@@ -423,6 +481,11 @@ async function main(): Promise<number> {
     log(`${Math.round((Date.now() - t1) / 1000)} s: ${tally.deliveries.length} deliveries (${ok} ok), ${tally.imap.length} IMAP, ${tally.hostile.length} hostile, ${tally.restarts.smtp! + tally.restarts.imap!} backend kills, ${tally.certWrites} cert writes; postern RSS ${(procStatus(pid).rssKb / 1024).toFixed(1)} MB, ${procStatus(pid).fds} fds`);
   }, 10_000);
   const gcTrace: Array<{ s: number; rssMb: number; heapUsedMb: number | undefined }> = [];
+  // The highest VmRSS while the soak runs (attackers included), every 250 ms.
+  let peakRssKb = 0;
+  const peakTimer = setInterval(() => {
+    if (!exited) peakRssKb = Math.max(peakRssKb, procStatus(pid).rssKb);
+  }, 250);
   const gcTimer = INSPECT && GC_EVERY_S > 0
     ? setInterval(() => {
       void heapAfterGc(inspectPort).then((heap) => {
@@ -435,6 +498,7 @@ async function main(): Promise<number> {
     : null;
   await phase(SECONDS * 1000);
   clearInterval(progress);
+  clearInterval(peakTimer);
   if (gcTimer) clearInterval(gcTimer);
   const soakMs = Date.now() - t1;
   log('all clients finished; checking');
@@ -495,7 +559,7 @@ async function main(): Promise<number> {
   const hung = [...tally.deliveries.filter((d) => d.result === 'hung'), ...tally.imap.filter((s) => s.result === 'hung')];
   const tlsFail = [...tally.deliveries.filter((d) => d.result === 'tls'), ...tally.imap.filter((s) => s.result === 'tls')];
   const hostileBad = tally.hostile.filter((h) => !h.ok);
-  const forbidden = [...backends.smtp.stats.forbidden, ...backends.imap.stats.forbidden];
+  const forbidden = [...backends.smtp.stats.forbidden, ...backends.imap.stats.forbidden, ...attackerBackends.imap.stats.forbidden, ...attackerBackends.pop3.stats.forbidden];
   for (const d of [...perm, ...hung, ...tlsFail]) note(`${d.result}: ${d.kind} ${d.detail}`);
   for (const h of hostileBad) note(`hostile ${h.kind}: ${h.detail}`);
   for (const f of forbidden) note(`reached a backend: ${f}`);
@@ -536,7 +600,7 @@ async function main(): Promise<number> {
     { name: 'no hung session (every step answered in time)', ok: hung.length === 0, detail: String(hung.length) },
     { name: 'every good client verified the certificate against the CA', ok: tlsFail.length === 0, detail: `${tlsFail.length} TLS failures` },
     { name: 'hostile connections handled as required', ok: hostileBad.length === 0, detail: `${hostileBad.length} of ${tally.hostile.length} not` },
-    { name: 'no hostile byte reached a backend (injected lines, plaintext)', ok: forbidden.length === 0, detail: String(forbidden.length) },
+    { name: 'no hostile byte reached a backend (injected lines, plaintext; XCLIENT/XFORWARD/STARTTLS/STLS as commands)', ok: forbidden.length === 0, detail: String(forbidden.length) },
     { name: 'SMTP backend down -> 421 4.3.2 seen', ok: tally.restarts.smtp === 0 || smtp421 > 0, detail: `${smtp421} sessions, ${tally.restarts.smtp} outages` },
     { name: 'IMAP backend down -> * BYE [UNAVAILABLE] seen', ok: tally.restarts.imap === 0 || imapBye > 0, detail: `${imapBye} sessions, ${tally.restarts.imap} outages` },
     { name: 'certificate reloads took effect (several served, the last one at the end)', ok: tally.certWrites === 0 || (reloadsOk > 0 && lastServed === certs.written.at(-1) && writtenServed >= 2), detail: `${certs.written.length} written, ${writtenServed} seen by clients, reloads ok ${reloadsOk}, last served ${lastServed === certs.written.at(-1) ? 'yes' : 'no'}` },
@@ -555,6 +619,8 @@ async function main(): Promise<number> {
   checks.push({ name: 'SIGTERM: clean exit 0', ok: stopped?.code === 0, detail: JSON.stringify(stopped) });
   backends.smtp.kill();
   backends.imap.kill();
+  attackerBackends.imap.kill();
+  attackerBackends.pop3.kill();
 
   // ---- report -------------------------------------------------------------------------------
 
@@ -563,7 +629,7 @@ async function main(): Promise<number> {
   const reloads: Record<string, number> = {};
   for (const s of metrics.filter((x) => x.name === 'postern_reloads_total')) reloads[`${s.labels.trigger}/${s.labels.result}`] = s.value;
   const hostileByKind: Record<string, number> = {};
-  for (const k of HOSTILE_KINDS) hostileByKind[k] = tally.hostile.filter((h) => h.kind === k).length;
+  for (const k of [...HOSTILE_KINDS, ...ATTACKER_KINDS]) hostileByKind[k] = tally.hostile.filter((h) => h.kind === k).length;
 
   const summary = {
     when: new Date().toISOString(),
@@ -597,7 +663,16 @@ async function main(): Promise<number> {
       failedByKind: count(tally.imap.filter((s) => s.result !== 'ok' && s.variant !== 'reset'), (s) => s.kind),
       corrupted: imapCorrupt,
     },
-    hostile: { total: tally.hostile.length, byKind: hostileByKind, handledAsRequired: tally.hostile.length - hostileBad.length },
+    hostile: {
+      total: tally.hostile.length,
+      byKind: hostileByKind,
+      handledAsRequired: tally.hostile.length - hostileBad.length,
+      // Attackers that did not read: the most postern took from one of them, per kind (MB).
+      maxUnreadMb: Object.fromEntries(ATTACKER_KINDS.flatMap((k) => {
+        const xs = tally.hostile.filter((h) => h.kind === k && h.unread !== undefined).map((h) => h.unread!);
+        return xs.length ? [[k, Math.round(Math.max(...xs) / 104857.6) / 10]] : [];
+      })),
+    },
     faults: {
       backendRestarts: tally.restarts,
       outageSeconds: Math.round(tally.outages.reduce((a, o) => a + (o.to - o.from), 0) / 100) / 10,
@@ -607,7 +682,7 @@ async function main(): Promise<number> {
     },
     postern: {
       pid,
-      rssMb: { baseline: Number(mb(base.rssKb)), end: Number(mb(end.rssKb)), tolerance: RSS_TOLERANCE_MB },
+      rssMb: { baseline: Number(mb(base.rssKb)), end: Number(mb(end.rssKb)), tolerance: RSS_TOLERANCE_MB, peakDuringSoak: Number(mb(peakRssKb)) },
       rssAfterForcedGcMb: base.rssAfterGcKb !== null && end.rssAfterGcKb !== null ? { baseline: Number(mb(base.rssAfterGcKb)), end: Number(mb(end.rssAfterGcKb)) } : null,
       v8HeapAfterForcedGcMb: base.heap && end.heap ? { baseline: base.heap, end: end.heap } : null,
       rssAfterForcedGcDuringSoak: gcTrace,
@@ -642,11 +717,11 @@ function printReport(s: Record<string, any>): void {
   add('IMAP sessions', `${s.imap.sessions}: ${s.imap.ok} ok ${JSON.stringify(s.imap.okByVariant)}, ${s.imap.failed} failed`);
   for (const [k, v] of Object.entries(s.imap.failedByKind)) add(`  failed ${k}`, String(v));
   add('hostile connections', `${s.hostile.total} (${s.hostile.handledAsRequired} handled as required)`);
-  for (const [k, v] of Object.entries(s.hostile.byKind)) add(`  ${k}`, String(v));
+  for (const [k, v] of Object.entries(s.hostile.byKind)) add(`  ${k}`, `${v}${s.hostile.maxUnreadMb[k] !== undefined ? ` (at most ${s.hostile.maxUnreadMb[k]} MB taken from one while it did not read)` : ''}`);
   add('backend restarts', `smtp ${s.faults.backendRestarts.smtp}, imap ${s.faults.backendRestarts.imap} (${s.faults.outageSeconds} s down)`);
   add('certificate rewrites / SIGHUP', `${s.faults.certificateWrites} / ${s.faults.sighups}; ${s.faults.distinctCertificatesServed} distinct certificates served`);
   add('postern reloads', JSON.stringify(s.postern.reloads));
-  add('postern RSS (MB)', `${s.postern.rssMb.baseline} -> ${s.postern.rssMb.end} after settling (tolerance +${s.postern.rssMb.tolerance})`);
+  add('postern RSS (MB)', `${s.postern.rssMb.baseline} -> ${s.postern.rssMb.end} after settling (tolerance +${s.postern.rssMb.tolerance}); peak ${s.postern.rssMb.peakDuringSoak} during the soak`);
   if (s.postern.rssAfterForcedGcMb) add('postern RSS after forced GC (MB)', `${s.postern.rssAfterForcedGcMb.baseline} -> ${s.postern.rssAfterForcedGcMb.end}`);
   if (s.postern.v8HeapAfterForcedGcMb) add('postern V8 heap used after GC (MB)', `${s.postern.v8HeapAfterForcedGcMb.baseline.heapUsed} -> ${s.postern.v8HeapAfterForcedGcMb.end.heapUsed}`);
   add('postern fds', `${s.postern.fds.baseline} -> ${s.postern.fds.end} (tolerance +-${s.postern.fds.tolerance})`);
