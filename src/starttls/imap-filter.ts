@@ -14,6 +14,19 @@ const MAX_LINE = 65536;
 /** RFC 9051 section 4.3: a literal is announced by "{" number "}" (client: "{n+}" with RFC 7888) at the end of a line. */
 const CLIENT_LITERAL = /\{(\d{1,19})(\+?)\}$/;
 const SERVER_LITERAL = /\{(\d{1,19})\}$/;
+/**
+ * RFC 9051 section 9: tag = 1*<any ASTRING-CHAR except "+">. Only a command line with a valid tag,
+ * one SP and a command name is one a backend reads literals for.
+ */
+const COMMAND_START = /^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+ ([A-Za-z]+)(?: |$)/;
+/**
+ * The commands valid before authentication that take literal arguments (RFC 9051 section 6.2.3
+ * LOGIN's astrings, RFC 2971 ID's nstrings). The filter only runs before authentication, so a
+ * literal marker anywhere else is not one a backend honours: AUTHENTICATE's initial response is
+ * base64 and never a literal (RFC 4959), APPEND and the like are refused before login without
+ * reading their literal.
+ */
+const LITERAL_COMMANDS = new Set(['LOGIN', 'ID']);
 const HIDDEN = new Set(['STARTTLS', 'LOGINDISABLED']);
 /** Commands whose tagged OK ends the filtering: the session is authenticated (or compressed) from then on. */
 const SWITCHING = new Set(['LOGIN', 'AUTHENTICATE', 'COMPRESS']);
@@ -32,10 +45,10 @@ class ImapFilter implements SessionFilter {
   // client -> backend
   private clientMode: 'line' | 'long' | 'literal' | 'discard' = 'line';
   private readonly clientLine = new PartialLine();
-  private readonly clientTail = new LineTail();
   private clientLiteral = 0;
   private commandStart = true; // the next client line starts a command (not the rest of one after a literal)
   private tag = ''; // tag of the command being sent
+  private takesLiterals = false; // the command being sent is one a backend reads literals for
   private waitTag: string | null = null; // command whose synchronizing literal waits for "+"
   private waitSize = 0;
   private readonly switchTags = new Set<string>();
@@ -86,14 +99,12 @@ class ImapFilter implements SessionFilter {
       const lf = chunk.indexOf(LF, i);
       if (this.clientMode === 'long' || this.clientMode === 'discard') {
         const part = chunk.subarray(i, lf < 0 ? chunk.length : lf + 1);
-        if (this.clientMode === 'long') {
-          out.push(part);
-          this.clientTail.add(part);
-        }
+        if (this.clientMode === 'long') out.push(part);
         if (lf < 0) break;
         i = lf + 1;
-        if (this.clientMode === 'long') this.afterClientLine(this.clientTail.take().replace(/\r?\n$/, ''));
-        else this.commandStart = true;
+        // A line this long announces no literal: a backend refuses it whole (Dovecot's limit is
+        // 64 KiB), so what follows is commands, for postern too.
+        this.commandStart = true;
         this.clientMode = 'line';
         continue;
       }
@@ -119,7 +130,6 @@ class ImapFilter implements SessionFilter {
       return;
     }
     out.push(head);
-    this.clientTail.add(head);
     this.clientMode = 'long';
     this.commandStart = false;
   }
@@ -134,6 +144,8 @@ class ImapFilter implements SessionFilter {
     const sp = line.indexOf(0x20);
     const tagEnd = sp < 0 ? contentLength(line) : sp;
     this.tag = line.toString('latin1', 0, tagEnd);
+    const start = COMMAND_START.exec(line.toString('latin1', 0, Math.min(line.length, 256)));
+    this.takesLiterals = start !== null && LITERAL_COMMANDS.has(start[1]!.toUpperCase());
     if (sp < 0) return false;
     const verb = leadingWord(line.subarray(sp + 1));
     if (verb === 'STARTTLS') {
@@ -150,11 +162,17 @@ class ImapFilter implements SessionFilter {
     this.afterClientLine(line.toString('latin1', 0, contentLength(line)));
   }
 
-  /** Whether the command goes on after this line: a literal follows (RFC 9051 section 4.3, RFC 7888 section 3). */
+  /**
+   * Whether the command goes on after this line: a literal follows (RFC 9051 section 4.3, RFC 7888
+   * section 3). Only where a backend would read one: the command takes literals, the marker stands
+   * as an argument of its own (after SP or "(") and not inside a quoted string. Anything else is a
+   * complete (bad) command line to the backend, and its next bytes are commands to postern too.
+   */
   private afterClientLine(text: string): void {
-    const lit = CLIENT_LITERAL.exec(text);
-    this.commandStart = lit === null;
-    if (!lit) return;
+    const lit = this.takesLiterals ? CLIENT_LITERAL.exec(text) : null;
+    const valid = lit !== null && (text[lit.index - 1] === ' ' || text[lit.index - 1] === '(') && !insideQuotes(text, lit.index);
+    this.commandStart = !valid;
+    if (!valid) return;
     const size = Number(lit[1]);
     if (lit[2] === '+') this.startClientLiteral(size);
     else {
@@ -269,6 +287,17 @@ class ImapFilter implements SessionFilter {
     this.backendLiteral = Number(lit[1]);
     if (this.backendLiteral > 0) this.backendMode = 'literal';
   }
+}
+
+/** Whether position `at` of a command line is inside a quoted string (RFC 9051 section 4.3: "\\" escapes). */
+function insideQuotes(text: string, at: number): boolean {
+  let quoted = false;
+  for (let i = 0; i < at; i++) {
+    const c = text.charCodeAt(i);
+    if (quoted && c === 0x5c) i++;
+    else if (c === 0x22) quoted = !quoted;
+  }
+  return quoted;
 }
 
 /**

@@ -103,18 +103,44 @@ export function splitCommand(text: string): { verb: string; args: string } {
 
 /**
  * The command word a backend would run for this line, read conservatively: leading white space
- * of any kind skipped, then the run of ASCII letters, upper-cased ("  xclient\x0bNAME=a" ->
- * "XCLIENT"). Used to refuse commands after TLS, so a padded or oddly separated command is
- * still caught. Reads at most the first `max` bytes: enough to decide on a line too long to hold.
+ * of any kind and any length skipped, then the run of ASCII letters (at most `max` of them),
+ * upper-cased ("  xclient\x0bNAME=a" -> "XCLIENT"). Used to refuse commands after TLS, so a
+ * padded or oddly separated command is still caught.
  */
 export function leadingWord(line: Buffer, max = 64): string {
   let i = 0;
-  const n = Math.min(line.length, max);
-  while (i < n && (line[i] === 0x20 || (line[i]! >= 0x09 && line[i]! <= 0x0d))) i++;
+  while (i < line.length && (line[i] === 0x20 || (line[i]! >= 0x09 && line[i]! <= 0x0d))) i++;
   const start = i;
-  while (i < n && ((line[i]! | 0x20) >= 0x61 && (line[i]! | 0x20) <= 0x7a)) i++;
+  const end = Math.min(line.length, start + max);
+  while (i < end && (line[i]! | 0x20) >= 0x61 && (line[i]! | 0x20) <= 0x7a) i++;
   return line.toString('latin1', start, i).toUpperCase();
 }
+
+/**
+ * Message text with every bare LF made CRLF (RFC 5321 section 2.3.8: lines end in CRLF). A
+ * backend that ends DATA at "<LF>.<LF>" (Postfix before 3.9, the SMTP smuggling of
+ * CVE-2023-51764) and postern, which reads on to "<CR><LF>.<CR><LF>", would otherwise disagree on
+ * where the message ends, and the bytes between would reach the backend as unchecked commands.
+ * Normalised, every backend ends the message where postern does. `prevCr`: the byte before
+ * `from` was CR. Returns whether the last byte was CR. Untouched runs are pushed as views.
+ */
+export function pushCrlf(chunk: Buffer, from: number, to: number, prevCr: boolean, out: Output): boolean {
+  let start = from;
+  let lf = chunk.indexOf(LF, from);
+  while (lf >= 0 && lf < to) {
+    const cr = lf > from ? chunk[lf - 1] === CR : prevCr;
+    if (!cr) {
+      out.push(chunk.subarray(start, lf));
+      out.push(CRLF);
+      start = lf + 1;
+    }
+    lf = chunk.indexOf(LF, lf + 1);
+  }
+  out.push(chunk.subarray(start, to));
+  return to > from ? chunk[to - 1] === CR : prevCr;
+}
+
+const CRLF = Buffer.from('\r\n');
 
 /**
  * Finds the end of a dot-terminated body: CRLF "." CRLF, where the first CRLF may be the one

@@ -29,7 +29,8 @@ export function smtpDialogue(opts: DialogueOptions): Dialogue {
   // the pre-RFC 4954 form some servers still announce for old Outlook clients.
   const keywords = opts.capabilities.filter((c) => {
     const word = (c.split(' ')[0] ?? '').toUpperCase();
-    if (word === 'STARTTLS' || word === '') return false;
+    // XCLIENT and XFORWARD are refused after TLS as well: never announced.
+    if (word === 'STARTTLS' || word === 'XCLIENT' || word === 'XFORWARD' || word === '') return false;
     return !(opts.requireTls && (word === 'AUTH' || word.startsWith('AUTH=')));
   });
   if (opts.tlsAvailable) keywords.push('STARTTLS');

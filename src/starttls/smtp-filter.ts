@@ -4,7 +4,7 @@
 // are never parsed. SMTP stays filtered for the whole session: any later command line may be one
 // that postern refuses.
 import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
-import { DotTerminator, LF, Output, PartialLine, leadingWord, splitEol, contentLength } from './lines.ts';
+import { DotTerminator, LF, Output, PartialLine, leadingWord, pushCrlf, splitEol, contentLength } from './lines.ts';
 
 /**
  * A command line longer than this is not held. RFC 5321 section 4.5.3.1.4 allows 512 octets;
@@ -38,7 +38,8 @@ class SmtpFilter implements SessionFilter {
   // client -> backend
   private mode: 'cmd' | 'data' | 'bdat' | 'long' | 'discard' = 'cmd';
   private readonly clientLine = new PartialLine();
-  private readonly dot = new DotTerminator();
+  private readonly dot = new DotTerminator(true);
+  private dataCr = false; // DATA: the last byte of message text passed on was CR
   private bdatLeft = 0;
   private saslResponse = false; // the last reply was 334: the next client line is an AUTH response
   private waitingData = false; // DATA forwarded, its reply not seen yet
@@ -75,9 +76,12 @@ class SmtpFilter implements SessionFilter {
     let i = 0;
     while (i < chunk.length) {
       if (this.mode === 'data') {
-        // RFC 5321 section 4.1.1.4: the message ends at CRLF "." CRLF; dot-stuffed lines pass as sent.
+        // RFC 5321 section 4.1.1.4: the message ends at CRLF "." CRLF; dot-stuffed lines pass as
+        // sent. Bare LFs become CRLF on the way (pushCrlf), so the end is read here the way every
+        // backend will read it: an LF ends a line whether a CR came before it or not.
         const end = this.dot.scan(chunk, i);
-        out.push(chunk.subarray(i, end < 0 ? chunk.length : end));
+        const to = end < 0 ? chunk.length : end;
+        this.dataCr = pushCrlf(chunk, i, to, this.dataCr, out);
         if (end < 0) break;
         i = end;
         this.mode = 'cmd';
@@ -260,17 +264,24 @@ class SmtpFilter implements SessionFilter {
         this.expect[0] = { kind: 'reply' };
         this.mode = 'data';
         this.dot.reset();
+        this.dataCr = false;
       } else this.expect.shift();
     } else if (head) this.expect.shift();
     this.saslResponse = code === 334 && this.expect.length === 0;
-    for (const l of code === 250 ? withoutStarttls(lines) : lines) out.push(l);
+    for (const l of code === 250 ? withoutHidden(lines) : lines) out.push(l);
     while (this.expect[0]?.kind === 'local') out.push((this.expect.shift() as { text: string }).text);
   }
 }
 
-/** An EHLO reply without its STARTTLS line; the new last line gets "250 " (RFC 5321 section 4.2.1). */
-function withoutStarttls(lines: Buffer[]): Buffer[] {
-  const keep = lines.filter((l, i) => i === 0 || splitEol(l).text.slice(4).trim().toUpperCase() !== 'STARTTLS');
+/** EHLO keywords postern answers itself (refuses): never announced to the client. */
+const HIDDEN_KEYWORDS = new Set(['STARTTLS', 'XCLIENT', 'XFORWARD']);
+
+/**
+ * An EHLO reply without its STARTTLS, XCLIENT and XFORWARD lines; the new last line gets "250 "
+ * (RFC 5321 section 4.2.1).
+ */
+function withoutHidden(lines: Buffer[]): Buffer[] {
+  const keep = lines.filter((l, i) => i === 0 || !HIDDEN_KEYWORDS.has(leadingWord(l.subarray(4))));
   if (keep.length === lines.length) return lines;
   return keep.map((l, i) => {
     const { text, eol } = splitEol(l);

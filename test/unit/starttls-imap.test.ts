@@ -121,15 +121,23 @@ describe('imap filter', () => {
   it('refuses a second STARTTLS itself and does not forward it', () => {
     expect(session([GREETING, ['c', 'b7 StartTLS\r\n']])).toEqual({ toClient: 'b7 BAD TLS already active\r\n', toBackend: '' });
   });
-  it('passes an APPEND literal containing STARTTLS untouched', () => {
-    const msg = 'Subject: x\r\n\r\na STARTTLS\r\n* CAPABILITY STARTTLS\r\n.\r\n';
-    const r = session([GREETING, ['c', `a APPEND INBOX {${msg.length}}\r\n`], ['b', '+ OK\r\n'], ['c', `${msg}\r\n`], ['b', 'a OK APPEND completed\r\n'], ['c', 'b STARTTLS\r\n']]);
-    expect(r.toBackend).toBe(`a APPEND INBOX {${msg.length}}\r\n${msg}\r\n`);
-    expect(r.toClient).toBe('+ OK\r\na OK APPEND completed\r\nb BAD TLS already active\r\n');
+  it('passes a LOGIN literal containing STARTTLS untouched', () => {
+    const pass = 'x\r\na STARTTLS\r\n';
+    const r = session([GREETING, ['c', `a LOGIN user {${pass.length}}\r\n`], ['b', '+ OK\r\n'], ['c', `${pass}\r\n`], ['b', 'a NO [AUTHENTICATIONFAILED] no\r\n'], ['c', 'b STARTTLS\r\n']]);
+    expect(r.toBackend).toBe(`a LOGIN user {${pass.length}}\r\n${pass}\r\n`);
+    expect(r.toClient).toBe('+ OK\r\na NO [AUTHENTICATIONFAILED] no\r\nb BAD TLS already active\r\n');
+  });
+  it('honours a literal only where a backend reads one (LOGIN, ID; a valid tag, one SP, the marker as an argument of its own, outside quotes): elsewhere the next bytes are commands', () => {
+    for (const line of ['a APPEND INBOX {12+}', '{12+}', '* LOGIN {12+}', 'a  LOGIN {12+}', 'a LOGIN{12+}', 'a LOGIN "u {12+}', 'a AUTHENTICATE PLAIN {12+}', 'a LOGIN u{12+}']) {
+      const r = session([GREETING, ['c', `${line}\r\nb STARTTLS\r\n`]]);
+      expect(r).toEqual({ toBackend: `${line}\r\n`, toClient: 'b BAD TLS already active\r\n' });
+    }
+    const ok = session([GREETING, ['c', 'a ID ("name" {12+}\r\nb STARTTLS\r\n)\r\n']]);
+    expect(ok).toEqual({ toBackend: 'a ID ("name" {12+}\r\nb STARTTLS\r\n)\r\n', toClient: '' });
   });
   it('passes a LITERAL+ literal without waiting for a continuation', () => {
-    const r = session([GREETING, ['c', 'a APPEND INBOX {10+}\r\nb STARTTLS\r\nc STARTTLS\r\n']]);
-    expect(r).toEqual({ toBackend: 'a APPEND INBOX {10+}\r\nb STARTTLS\r\n', toClient: 'c BAD TLS already active\r\n' });
+    const r = session([GREETING, ['c', 'a LOGIN u {10+}\r\nb STARTTLS\r\nc STARTTLS\r\n']]);
+    expect(r).toEqual({ toBackend: 'a LOGIN u {10+}\r\nb STARTTLS\r\n', toClient: 'c BAD TLS already active\r\n' });
   });
   it('continues a command after its literal and sees a second literal on the same command', () => {
     const r = session([GREETING, ['c', 'a LOGIN {4+}\r\nuser {10+}\r\nb STARTTLS\r\nc STARTTLS\r\n']]);
@@ -142,7 +150,7 @@ describe('imap filter', () => {
   it('holds client bytes while a synchronizing literal waits for "+"', () => {
     const f = imapFilter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('* OK hi\r\n'));
-    f.fromClient(Buffer.from('a APPEND INBOX {3}\r\n'));
+    f.fromClient(Buffer.from('a LOGIN u {3}\r\n'));
     expect(f.ready()).toBe(false);
     f.fromBackend(Buffer.from('+ go\r\n'));
     expect(f.ready()).toBe(true);
@@ -157,15 +165,19 @@ describe('imap filter', () => {
     const r = session([GREETING, ['c', 'a AUTHENTICATE PLAIN\r\n'], ['b', '+ \r\n'], ['c', 'AHUAcA==\r\n'], ['b', 'a OK done\r\n'], ['c', 'b IDLE\r\n'], ['b', '+ idling\r\n'], ['c', 'DONE\r\n'], ['b', 'b OK IDLE done\r\n']]);
     expect(r).toEqual({ toBackend: 'a AUTHENTICATE PLAIN\r\nAHUAcA==\r\nb IDLE\r\nDONE\r\n', toClient: '+ \r\na OK done\r\n+ idling\r\nb OK IDLE done\r\n' });
   });
-  it('an untagged BAD ends the wait for "+" (Dovecot answers a literal on a line without a valid tag so): the next bytes are commands again', () => {
-    const r = session([GREETING, ['c', '{5}\r\nb NOOP\r\nc STARTTLS\r\n'], ['b', '* BAD Error in IMAP command received by server.\r\n'], ['b', 'b OK NOOP done\r\n']]);
-    expect(r).toEqual({ toBackend: '{5}\r\nb NOOP\r\n', toClient: '* BAD Error in IMAP command received by server.\r\nc BAD TLS already active\r\nb OK NOOP done\r\n' });
+  it('an untagged BAD ends the wait for "+" (RFC 9051 section 7.1.3): the next bytes are commands again', () => {
+    const r = session([GREETING, ['c', 'a LOGIN u {5}\r\nb NOOP\r\nc STARTTLS\r\n'], ['b', '* BAD Error in IMAP command received by server.\r\n'], ['b', 'b OK NOOP done\r\n']]);
+    expect(r).toEqual({ toBackend: 'a LOGIN u {5}\r\nb NOOP\r\n', toClient: '* BAD Error in IMAP command received by server.\r\nc BAD TLS already active\r\nb OK NOOP done\r\n' });
+  });
+  it('"{5}" on a line without a tag announces no literal (Dovecot refuses the line without reading one)', () => {
+    const r = session([GREETING, ['c', '{5}\r\nb NOOP\r\n'], ['b', '* BAD Error in IMAP command received by server.\r\n']]);
+    expect(r).toEqual({ toBackend: '{5}\r\nb NOOP\r\n', toClient: '* BAD Error in IMAP command received by server.\r\n' });
   });
   it('reads the bytes after a synchronizing literal only once the backend has decided: "+" makes them the literal', () => {
-    const accepted = session([GREETING, ['c', 'a APPEND INBOX {12}\r\nb STARTTLS\r\n\r\n'], ['b', '+ go\r\n']]);
-    expect(accepted.toBackend).toBe('a APPEND INBOX {12}\r\nb STARTTLS\r\n\r\n');
-    const refused = session([GREETING, ['c', 'a APPEND INBOX {12}\r\nb STARTTLS\r\n'], ['b', 'a NO [TOOBIG] no\r\n']]);
-    expect(refused).toEqual({ toBackend: 'a APPEND INBOX {12}\r\n', toClient: 'a NO [TOOBIG] no\r\nb BAD TLS already active\r\n' });
+    const accepted = session([GREETING, ['c', 'a LOGIN u {12}\r\nb STARTTLS\r\n\r\n'], ['b', '+ go\r\n']]);
+    expect(accepted.toBackend).toBe('a LOGIN u {12}\r\nb STARTTLS\r\n\r\n');
+    const refused = session([GREETING, ['c', 'a LOGIN u {12}\r\nb STARTTLS\r\n'], ['b', 'a NO [TOOBIG] no\r\n']]);
+    expect(refused).toEqual({ toBackend: 'a LOGIN u {12}\r\n', toClient: 'a NO [TOOBIG] no\r\nb BAD TLS already active\r\n' });
   });
   it('steps aside after a successful LOGIN (STARTTLS is only valid before authentication): the rest is raw both ways', () => {
     const f = imapFilter({ swallow: 0, tls: true });

@@ -167,6 +167,11 @@ describe('smtp filter', () => {
     const r = session([GREETING, ['c', 'EHLO c\r\n'], ['b', '250-backend.local\r\n250-PIPELINING\r\n250 STARTTLS\r\n']]);
     expect(r.toClient).toBe('250-backend.local\r\n250 PIPELINING\r\n');
   });
+  it('removes XCLIENT and XFORWARD from the EHLO reply (postern refuses both, so never announces them)', () => {
+    const r = session([GREETING, ['c', 'EHLO c\r\n'], ['b', '250-backend.local\r\n250-XCLIENT NAME ADDR PROTO\r\n250-PIPELINING\r\n250 XFORWARD NAME ADDR\r\n']]);
+    expect(r.toClient).toBe('250-backend.local\r\n250 PIPELINING\r\n');
+    expect(dialogue({ capabilities: ['XCLIENT NAME ADDR', 'XFORWARD NAME', 'SIZE 1'] }).onLine(line('EHLO c'))).toEqual({ kind: 'reply', text: '250-mx.example.org\r\n250-SIZE 1\r\n250 STARTTLS\r\n' });
+  });
   it('passes other replies unchanged', () => {
     const r = session([GREETING, ['c', 'HELP\r\n'], ['b', '214-Use STARTTLS\r\n214 2.0.0 see RFC 3207\r\n']]);
     expect(r.toClient).toBe('214-Use STARTTLS\r\n214 2.0.0 see RFC 3207\r\n');
@@ -192,9 +197,19 @@ describe('smtp filter', () => {
     const r = session([GREETING, ['c', 'DATA\r\n'], ['b', '354 go\r\n'], ['c', '.\r\nSTARTTLS\r\n'], ['b', '250 queued\r\n']]);
     expect(r).toEqual({ toClient: '354 go\r\n250 queued\r\n503 5.5.1 TLS already active\r\n', toBackend: 'DATA\r\n.\r\n' });
   });
-  it('does not end DATA at a bare-LF dot line', () => {
-    const r = session([GREETING, ['c', 'DATA\r\n'], ['b', '354 go\r\n'], ['c', 'a\n.\nSTARTTLS\r\n.\r\n']]);
-    expect(r.toBackend).toBe('DATA\r\na\n.\nSTARTTLS\r\n.\r\n');
+  it('makes bare LFs in message text CRLF, so a bare-LF dot line ends DATA for postern and for every backend alike (SMTP smuggling, CVE-2023-51764)', () => {
+    const r = session([GREETING, ['c', 'DATA\r\n'], ['b', '354 go\r\n'], ['c', 'a\nb\r\n\n.\nXCLIENT ADDR=1.2.3.4\r\nSTARTTLS\r\n'], ['b', '250 queued\r\n']]);
+    expect(r.toBackend).toBe('DATA\r\na\r\nb\r\n\r\n.\r\n');
+    expect(r.toClient).toBe('354 go\r\n250 queued\r\n550 5.7.0 Command not permitted through postern\r\n503 5.5.1 TLS already active\r\n');
+  });
+  it('ends DATA at "<LF>.<CR><LF>" and at "<CR><LF>.<LF>" too, and keeps a CRLF message byte for byte', () => {
+    for (const body of ['x\n.\r\n', 'x\r\n.\n']) {
+      const r = session([GREETING, ['c', 'DATA\r\n'], ['b', '354 go\r\n'], ['c', `${body}STARTTLS\r\n`], ['b', '250 queued\r\n']]);
+      expect(r.toBackend).toBe('DATA\r\nx\r\n.\r\n');
+      expect(r.toClient.endsWith('503 5.5.1 TLS already active\r\n')).toBe(true);
+    }
+    const crlf = 'Subject: a\r\n\r\nline\r\n..dot\r\n.\r\n';
+    expect(session([GREETING, ['c', 'DATA\r\n'], ['b', '354 go\r\n'], ['c', crlf]]).toBackend).toBe(`DATA\r\n${crlf}`);
   });
   it('returns to command mode when DATA is refused', () => {
     const r = session([GREETING, ['c', 'DATA\r\n'], ['b', '554 5.5.1 no valid recipients\r\n'], ['c', 'STARTTLS\r\n']]);
