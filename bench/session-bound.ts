@@ -126,7 +126,7 @@ async function open(attack: string, port: number, ca: string): Promise<{ flood()
     case 'data-flood':
       return { flood: () => floodWrite(s, `EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n${'text of the message '.repeat(50)}\r\n`), close: () => s.destroy() };
     case 'literal-flood':
-      return { flood: () => floodWrite(s, `b APPEND INBOX {999999}\r\n${'x'.repeat(1000)}`), close: () => s.destroy() };
+      return { flood: () => floodWrite(s, `b LOGIN user {999999}\r\n${'x'.repeat(1000)}`), close: () => s.destroy() };
     default:
       s.pause();
       return { flood: () => floodWrite(s, 'STARTTLS\r\nXCLIENT ADDR=192.0.2.1\r\n'), close: () => s.destroy() };

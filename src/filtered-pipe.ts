@@ -28,10 +28,11 @@ export interface PumpOptions {
   /** Called when the filter starts (true) or stops (false) waiting for the backend. */
   waiting(on: boolean): void;
   /**
-   * The backend ended its side while the filter waited for its reply (greeting, 354, "+"): the
-   * wait can never end, so neither can the session.
+   * The backend ended its side (FIN). A mail server that closes is done with the session (after
+   * 221, BYE, +OK to QUIT, or a 421): nothing the client still sends can be delivered. `waiting`:
+   * the filter was still waiting for its reply (greeting, 354, "+").
    */
-  backendGone(): void;
+  backendGone(waiting: boolean): void;
   /** Wraps every event handler: an exception in one ends the session, never the process. */
   guard<A extends unknown[]>(fn: (...args: A) => void): (...args: A) => void;
 }
@@ -107,7 +108,7 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
   });
   const onBackendEnd = guard(() => {
     client.end();
-    if (!filter.ready()) opts.backendGone();
+    opts.backendGone(!filter.ready());
   });
 
   const listen = (on: boolean) => {

@@ -138,11 +138,13 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
       pump = pumpFiltered(client, backend, filter, {
         replay: opts.replay,
         guard,
-        backendGone: () => {
-          result ??= { reason: CloseReason.backendClosed, side: 'backend', error: 'the backend closed while postern waited for its reply' };
+        backendGone: (waiting) => {
+          if (waiting) result ??= { reason: CloseReason.backendClosed, side: 'backend', error: 'the backend closed while postern waited for its reply' };
+          // Unlike a raw pipe, a filtered (mail) session does not stay half-open: what the client
+          // still sends is read and dropped, and a client that does not close within the grace
+          // (postern cannot even see it leave while it is not reading it) is closed.
           pump?.detach();
-          backend.destroy();
-          // The FIN is on its way to the client (end()); a client that does not read gets no longer.
+          backend.end();
           setTimeout(() => client.destroy(), LAST_WORDS_MS).unref();
         },
         // Waits for the backend have their own deadline: the client's bytes (which reset the idle

@@ -149,7 +149,7 @@ describe('the backend never answers a command the client must wait for', () => {
   it('imap: a synchronizing literal without a "+", octets written without pause: * BYE [UNAVAILABLE] at 2 s', async () => {
     const before = await counter('imap');
     const s = await upgradeWith('imap', { holdPlus: true });
-    s.secure.write('a APPEND INBOX {999999999}\r\n');
+    s.secure.write('a LOGIN user {999999999}\r\n');
     const t0 = performance.now();
     await new Promise((r) => setTimeout(r, 100));
     const flooding = flood(s.secure, JUNK, DEADLINE_MS + 4000);

@@ -164,7 +164,7 @@ describe('one client floods while postern waits for the backend', () => {
     const { d, backend } = await setup('imap', { name: 'imap', protocol: 'imap', tls: 'starttls' });
     const pid = d.pid;
     const s = await attackerSession(d, backend, 'imap', 'imap', { holdPlus: true });
-    s.secure.write('a APPEND INBOX {999999999}\r\n');
+    s.secure.write('a LOGIN user {999999999}\r\n');
     // Apart from the flood: this case is about waiting for the "+", not about octets sent with the line.
     await sleep(100);
     const { rss, result } = await rssDuring(pid, (signal) => flood(s.secure, JUNK, ATTACK_MS, signal));
