@@ -18,9 +18,16 @@ export const HOLD_LIMIT = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
 
 export interface FilteredPipe {
-  /** Stops the pump: client bytes are read and dropped from now on (nothing more is forwarded). */
+  /**
+   * Stops the pump: nothing more is forwarded and held bytes are dropped. The client is read and
+   * what it sends dropped, up to DRAIN_LIMIT: enough to see a normal client's FIN at once, too
+   * little to spend postern's CPU on a client that keeps sending.
+   */
   detach(): void;
 }
+
+/** Bytes read and dropped from a client after the pump stopped, before postern stops reading it. */
+const DRAIN_LIMIT = 64 * 1024;
 
 export interface PumpOptions {
   /** Commands to send the backend once its greeting is complete (plaintext handoff). */
@@ -148,9 +155,11 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
       backend.unpipe(client);
       held = [];
       heldBytes = 0;
-      // Whatever the client still sends is read and dropped: a TLS socket closed with decrypted
-      // data unread leaks native memory (see Session.close).
-      client.on('data', () => {});
+      let dropped = 0;
+      client.on('data', (c: Buffer) => {
+        dropped += c.length;
+        if (dropped > DRAIN_LIMIT) client.pause();
+      });
       client.resume();
     },
   };

@@ -141,8 +141,8 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
         backendGone: (waiting) => {
           if (waiting) result ??= { reason: CloseReason.backendClosed, side: 'backend', error: 'the backend closed while postern waited for its reply' };
           // Unlike a raw pipe, a filtered (mail) session does not stay half-open: what the client
-          // still sends is read and dropped, and a client that does not close within the grace
-          // (postern cannot even see it leave while it is not reading it) is closed.
+          // still sends is dropped (detach), and a client that does not close within the grace is
+          // closed.
           pump?.detach();
           backend.end();
           setTimeout(() => client.destroy(), LAST_WORDS_MS).unref();
