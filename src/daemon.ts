@@ -1,6 +1,6 @@
 // Wires a validated configuration to running listeners: certificates -> listeners -> signals.
 import type { ListenerConfig, PosternConfig } from './config/types.ts';
-import type { CoverageNeed } from './config/certificates.ts';
+import { coverageOf, type CoverageNeed } from './config/certificates.ts';
 import type { CertStore } from './tls/certstore.ts';
 import type { Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
@@ -146,7 +146,7 @@ export class Daemon {
    * restart would run it), and the old hostname of each listener that keeps its old settings.
    */
   coverageAfter(config: PosternConfig): CoverageNeed[] {
-    const need: CoverageNeed[] = config.listeners.map((l) => ({ listener: l.name, hostname: l.hostname, path: `${l.path}.hostname`, keptBecause: null }));
+    const need = coverageOf(config);
     for (const p of this.plan(config).listeners) {
       if (p.keptBecause === null) continue;
       const inFile = config.listeners.find((l) => l.name === p.config.name);

@@ -35,8 +35,9 @@ export interface PumpOptions {
   /** Called when the filter starts (true) or stops (false) waiting for the backend. */
   waiting(on: boolean): void;
   /**
-   * The backend ended its side (FIN). A mail server that closes is done with the session (after
-   * 221, BYE, +OK to QUIT, or a 421): nothing the client still sends can be delivered. `waiting`:
+   * The backend ended its side (FIN); the splice passes it on and closes the session. A mail server
+   * that closes is done with it (after 221, BYE, +OK to QUIT, or a 421): nothing the client still
+   * sends can be delivered. `waiting`:
    * the filter was still waiting for its reply (greeting, 354, "+").
    */
   backendGone(waiting: boolean): void;
@@ -113,10 +114,7 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
     clientEnded = true;
     feed();
   });
-  const onBackendEnd = guard(() => {
-    client.end();
-    opts.backendGone(!filter.ready());
-  });
+  const onBackendEnd = guard(() => opts.backendGone(!filter.ready()));
 
   const listen = (on: boolean) => {
     const m = on ? 'on' : 'off';

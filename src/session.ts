@@ -22,7 +22,7 @@ import { dialBackend } from './backend/connect.ts';
 import { encodeProxyV1, encodeProxyV2 } from './backend/proxy-protocol.ts';
 import { readInboundProxy } from './net/accept-proxy.ts';
 import { inNetworks, unmapped } from './net/address.ts';
-import { splice, type Splice } from './splice.ts';
+import { LAST_WORDS_MS, splice, type Splice } from './splice.ts';
 import type { Prelude } from './starttls/prelude.ts';
 import type { ProtocolWords, SessionFilter } from './starttls/types.ts';
 
@@ -76,9 +76,6 @@ export interface Ending {
  * session), in the TLS handshake (nothing can be said), or in the TLS session.
  */
 type Phase = 'plain' | 'handshake' | 'secure';
-
-/** After the last words, how long a client that does not read them may keep the socket. */
-const LAST_WORDS_MS = 2000;
 
 let nextId = 1;
 

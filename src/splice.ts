@@ -40,7 +40,7 @@ export interface Splice {
 }
 
 /** After the last words, how long a client that does not read them may keep the socket. */
-const LAST_WORDS_MS = 2000;
+export const LAST_WORDS_MS = 2000;
 
 export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Splice {
   const { idleMs, filter } = opts;
@@ -124,15 +124,20 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
   });
 
   if (filter) {
+    /** The pump stops; the client gets `words` (if any) and its FIN, and at most LAST_WORDS_MS to go. */
+    const closeClient = (words: Buffer | null) => {
+      pump?.detach();
+      if (client.writable) {
+        if (words) client.end(words);
+        else client.end();
+      }
+      setTimeout(() => client.destroy(), LAST_WORDS_MS).unref();
+    };
     const onBackendSilent = () => {
       waitTimer = null;
       result ??= { reason: CloseReason.backendReplyTimeout, side: 'backend', error: `no backend reply within ${opts.backendReplyMs} ms` };
-      pump?.detach();
       backend.destroy();
-      if (opts.silentBackendWords && client.writable) {
-        client.end(opts.silentBackendWords);
-        setTimeout(() => client.destroy(), LAST_WORDS_MS).unref();
-      } else client.destroy();
+      closeClient(opts.silentBackendWords);
     };
     try {
       pump = pumpFiltered(client, backend, filter, {
@@ -141,11 +146,9 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
         backendGone: (waiting) => {
           if (waiting) result ??= { reason: CloseReason.backendClosed, side: 'backend', error: 'the backend closed while postern waited for its reply' };
           // Unlike a raw pipe, a filtered (mail) session does not stay half-open: what the client
-          // still sends is dropped (detach), and a client that does not close within the grace is
-          // closed.
-          pump?.detach();
+          // still sends is dropped, and a client that does not close within the grace is closed.
           backend.end();
-          setTimeout(() => client.destroy(), LAST_WORDS_MS).unref();
+          closeClient(null);
         },
         // Waits for the backend have their own deadline: the client's bytes (which reset the idle
         // timer) never extend it (threats.md: "Client bytes never extend a deadline that waits on

@@ -75,7 +75,6 @@ export function imapDialogue(opts: DialogueOptions): Dialogue {
     maxLine: 8192,
     greeting: () => `* OK [CAPABILITY ${capList}] ${opts.greeting}\r\n`,
     // RFC 9051 section 7.1.5: BYE before an autologout.
-    onTimeout: () => imapWords(hostname).timeout,
     onOverlong: () => ({ kind: 'close', text: '* BAD Line too long\r\n', reason: 'line_too_long' }),
 
     onLine(buf: Buffer): DialogueAction {

@@ -45,7 +45,6 @@ export function pop3Dialogue(opts: DialogueOptions): Dialogue {
     // RFC 2449 section 4: a command line is at most 255 octets, CRLF included.
     maxLine: 255,
     greeting: () => `+OK ${opts.greeting}\r\n`,
-    onTimeout: () => pop3Words(opts.hostname).timeout,
     onOverlong: () => error('-ERR Line too long'),
 
     onLine(line: Buffer): DialogueAction {

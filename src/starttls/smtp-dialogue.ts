@@ -51,7 +51,6 @@ export function smtpDialogue(opts: DialogueOptions): Dialogue {
     // RFC 5321 section 4.5.3.1.4: a command line is at most 512 octets, CRLF included.
     maxLine: 512,
     greeting: () => `220 ${opts.greeting}\r\n`,
-    onTimeout: () => smtpWords(hostname).timeout,
     // RFC 5321 section 4.5.3.1.4 / 4.2.2: 500 with enhanced code 5.5.6 (RFC 3463 "syntax error... too long").
     onOverlong: () => error('500 5.5.6 Line too long'),
 

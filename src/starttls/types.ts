@@ -37,8 +37,6 @@ export interface Dialogue {
   onLine(line: Buffer): DialogueAction;
   /** A line longer than maxLine arrived (its bytes up to the next LF are discarded by the caller). */
   onOverlong(): DialogueAction;
-  /** The pre-TLS deadline passed or postern is shutting down: the last words before close (SMTP "421 4.4.2 ..."), may be empty. */
-  onTimeout(): string;
 }
 
 /**

@@ -57,7 +57,6 @@ export function runPrelude(setup: Setup, input: Buffer, cuts: number[], stallEve
     return {
       maxLine: d.maxLine,
       greeting: () => d.greeting(),
-      onTimeout: () => d.onTimeout(),
       onOverlong: () => {
         events.push({ kind: 'overlong' });
         return d.onOverlong();

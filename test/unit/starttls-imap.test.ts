@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { imapDialogue } from '../../src/starttls/imap-dialogue.ts';
+import { imapDialogue, imapWords } from '../../src/starttls/imap-dialogue.ts';
 import { imapFilter } from '../../src/starttls/imap-filter.ts';
 import type { DialogueOptions } from '../../src/starttls/types.ts';
 import { sessionOf, type Step } from '../helpers/filter-script.ts';
@@ -95,7 +95,7 @@ describe('imap dialogue', () => {
     expect(d.onLine(line('a BOGUS'))).toEqual({ kind: 'close', text: '* BYE Too many errors\r\n', reason: 'too_many_errors' });
   });
   it('says BYE on timeout', () => {
-    expect(dialogue().onTimeout()).toBe('* BYE imap.example.org Autologout; idle for too long\r\n');
+    expect(imapWords(base.hostname).timeout).toBe('* BYE imap.example.org Autologout; idle for too long\r\n');
   });
 });
 

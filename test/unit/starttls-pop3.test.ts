@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { pop3Dialogue } from '../../src/starttls/pop3-dialogue.ts';
+import { pop3Dialogue, pop3Words } from '../../src/starttls/pop3-dialogue.ts';
 import { pop3Filter } from '../../src/starttls/pop3-filter.ts';
 import type { DialogueOptions } from '../../src/starttls/types.ts';
 import { sessionOf, type Step } from '../helpers/filter-script.ts';
@@ -72,7 +72,7 @@ describe('pop3 dialogue', () => {
     expect(d.onLine(line('BOGUS'))).toEqual({ kind: 'close', text: '-ERR Too many errors\r\n', reason: 'too_many_errors' });
   });
   it('says -ERR on timeout', () => {
-    expect(dialogue().onTimeout()).toBe('-ERR Timeout\r\n');
+    expect(pop3Words(base.hostname).timeout).toBe('-ERR Timeout\r\n');
   });
 });
 

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { smtpDialogue } from '../../src/starttls/smtp-dialogue.ts';
+import { smtpDialogue, smtpWords } from '../../src/starttls/smtp-dialogue.ts';
 import { smtpFilter } from '../../src/starttls/smtp-filter.ts';
 import type { DialogueOptions } from '../../src/starttls/types.ts';
 import { sessionOf, type Step } from '../helpers/filter-script.ts';
@@ -129,7 +129,7 @@ describe('smtp dialogue', () => {
     expect(d.onLine(line('BOGUS'))).toEqual({ kind: 'close', text: '421 4.7.0 mx.example.org Too many errors\r\n', reason: 'too_many_errors' });
   });
   it('says 421 4.4.2 on timeout', () => {
-    expect(dialogue().onTimeout()).toBe('421 4.4.2 mx.example.org Timeout, closing connection\r\n');
+    expect(smtpWords(base.hostname).timeout).toBe('421 4.4.2 mx.example.org Timeout, closing connection\r\n');
   });
 });
 
