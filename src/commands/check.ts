@@ -1,8 +1,10 @@
 // `postern check`: validate the configuration and certificates without binding anything, and
-// show, per listener, which certificate serves its hostname.
+// show every effective value of every listener (what was written and every default it got, the
+// role-dependent ones included) with the certificate that serves its hostname.
 import { validateFile, printProblems } from './load.ts';
 import { formatConfigError } from '../config/load.ts';
-import type { CertEntry } from '../tls/certstore.ts';
+import type { CertEntry, CertStore } from '../tls/certstore.ts';
+import type { BackendConfig, HostPort, ListenerConfig } from '../config/types.ts';
 
 export function describeEntry(e: CertEntry, match: string, now: number) {
   return {
@@ -17,6 +19,83 @@ export function describeEntry(e: CertEntry, match: string, now: number) {
   };
 }
 
+const hostPort = (h: HostPort) => `${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`;
+const backendOf = (b: BackendConfig) => ({ address: hostPort(b.address), proxyProtocol: b.proxyProtocol });
+
+const UNITS: Array<[string, number]> = [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]];
+
+/** Milliseconds back in the config's own form: 600000 -> "10m", 1500 -> "1500ms". */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of UNITS) if (ms % size === 0) return `${ms / size}${unit}`;
+  return `${ms}ms`;
+}
+
+/**
+ * Every effective value of one listener, as `check --json` prints it. Durations are in
+ * milliseconds (the `...Ms` keys); the STARTTLS-only values are null on implicit listeners, and
+ * `role` is null for imap, pop3 and tls listeners (they serve only your own users).
+ */
+export function effectiveListener(l: ListenerConfig, store: CertStore, now: number) {
+  const m = store.lookup(l.hostname)!;
+  return {
+    name: l.name,
+    listen: hostPort(l.listen),
+    protocol: l.protocol,
+    tls: l.tls,
+    role: l.role,
+    hostname: l.hostname,
+    sni: l.sni,
+    serverNames: l.serverNames,
+    alpn: l.alpn,
+    minVersion: l.minVersion,
+    requireTls: l.starttls?.requireTls ?? null,
+    greeting: l.starttls?.greeting ?? null,
+    capabilities: l.starttls ? { probeIntervalMs: l.starttls.probeIntervalMs, fallback: l.starttls.fallbackCapabilities } : null,
+    timeouts: { ...l.timeouts },
+    limits: { ...l.limits },
+    backend: backendOf(l.backend),
+    routes: l.routes.map((r) => ({ serverNames: r.serverNames, backend: backendOf(r.backend) })),
+    acceptProxyProtocol: l.acceptProxyProtocol ? { from: l.acceptProxyProtocol.from.map((c) => c.text) } : null,
+    certificates: m.unit.entries.map((e) => describeEntry(e, m.match, now)),
+  };
+}
+
+type Effective = ReturnType<typeof effectiveListener>;
+
+/** One block per listener: a header line, then one line per setting. */
+export function listenerBlock(l: Effective): string {
+  const row = (key: string, value: string) => `  ${key.padEnd(20)}${value}\n`;
+  const backend = (b: { address: string; proxyProtocol: string }) => `${b.address} (proxyProtocol ${b.proxyProtocol})`;
+  const t = l.timeouts;
+  let out = `listener ${l.name}: ${l.listen} ${l.protocol}/${l.tls}${l.role ? ` role=${l.role}` : ''}\n`;
+  out += row('hostname', l.hostname);
+  out += row('sni', l.sni);
+  out += row('serverNames', l.serverNames?.join(', ') ?? 'any loaded certificate');
+  out += row('alpn', l.alpn?.join(', ') ?? 'off');
+  out += row('minVersion', l.minVersion);
+  if (l.tls === 'starttls') {
+    out += row('requireTls', String(l.requireTls));
+    out += row('greeting', JSON.stringify(l.greeting));
+    out += row('capabilities', `probe every ${formatDuration(l.capabilities!.probeIntervalMs)}; fallback ${l.capabilities!.fallback.join(', ') || '(none)'}`);
+  }
+  out += row(
+    'timeouts',
+    `handshake ${formatDuration(t.handshakeMs)}, connect ${formatDuration(t.connectMs)}, idle ${formatDuration(t.idleMs)}, starttls ${formatDuration(t.starttlsMs)}, backendReply ${formatDuration(t.backendReplyMs)}`,
+  );
+  out += row('limits', `maxConnections ${l.limits.maxConnections}, maxConnectionsPerClient ${l.limits.maxConnectionsPerClient}`);
+  out += row('backend', backend(l.backend));
+  if (l.routes.length === 0) out += row('routes', 'none');
+  for (const r of l.routes) out += row('route', `${r.serverNames.join(', ')} -> ${backend(r.backend)}`);
+  out += row('acceptProxyProtocol', l.acceptProxyProtocol ? `from ${l.acceptProxyProtocol.from.join(', ')}` : 'none');
+  for (const c of l.certificates) {
+    out +=
+      `  certificate ${c.file} (${c.match} match)\n` +
+      `    subject ${c.subject}; names ${c.names.join(', ')}\n` +
+      `    issuer ${c.issuer}; ${c.keyType}; not after ${c.notAfter} (${c.daysLeft} days left)\n`;
+  }
+  return out;
+}
+
 export function checkCommand(file: string, opts: { json: boolean }, out: NodeJS.WritableStream = process.stdout): number {
   const v = validateFile(file);
   if (!v.ok) {
@@ -28,35 +107,12 @@ export function checkCommand(file: string, opts: { json: boolean }, out: NodeJS.
     return 1;
   }
   const now = Date.now();
-  const listeners = v.config.listeners.map((l) => {
-    const m = v.store.lookup(l.hostname)!;
-    return {
-      name: l.name,
-      listen: `${l.listen.host.includes(':') ? `[${l.listen.host}]` : l.listen.host}:${l.listen.port}`,
-      protocol: l.protocol,
-      tls: l.tls,
-      sni: l.sni,
-      hostname: l.hostname,
-      alpn: l.alpn,
-      backend: `${l.backend.address.host}:${l.backend.address.port}`,
-      proxyProtocol: l.backend.proxyProtocol,
-      certificates: m.unit.entries.map((e) => describeEntry(e, m.match, now)),
-    };
-  });
+  const listeners = v.config.listeners.map((l) => effectiveListener(l, v.store, now));
   if (opts.json) {
     out.write(JSON.stringify({ ok: true, listeners, warnings: v.warnings.map(formatConfigError) }, null, 2) + '\n');
     return 0;
   }
-  for (const l of listeners) {
-    out.write(`listener ${l.name}: ${l.listen} ${l.protocol}/${l.tls} sni=${l.sni} hostname=${l.hostname} alpn=${l.alpn?.join(',') ?? 'off'} -> ${l.backend} (proxy ${l.proxyProtocol})\n`);
-    for (const c of l.certificates) {
-      out.write(
-        `  certificate ${c.file} (${c.match} match)\n` +
-          `    subject ${c.subject}; names ${c.names.join(', ')}\n` +
-          `    issuer ${c.issuer}; ${c.keyType}; not after ${c.notAfter} (${c.daysLeft} days left)\n`,
-      );
-    }
-  }
+  for (const l of listeners) out.write(listenerBlock(l));
   printProblems([], v.warnings, out);
   out.write(`${file}: OK\n`);
   return 0;

@@ -24,8 +24,9 @@ export function validateFile(file: string, need?: (config: PosternConfig) => Cov
   const loaded = loadConfigFile(file);
   if (!loaded.ok) return { ok: false, errors: loaded.errors, warnings: [] };
   const certs = checkCertificates(loaded.loaded, now, (need ?? coverageOf)(loaded.loaded.config));
-  if (certs.errors.length > 0 || !certs.store) return { ok: false, errors: certs.errors, warnings: certs.warnings, uncovered: certs.uncovered };
-  return { ok: true, config: loaded.loaded.config, store: certs.store, warnings: certs.warnings, position: loaded.loaded.position };
+  const warnings = [...loaded.loaded.warnings, ...certs.warnings].sort((a, b) => a.line - b.line || a.col - b.col);
+  if (certs.errors.length > 0 || !certs.store) return { ok: false, errors: certs.errors, warnings, uncovered: certs.uncovered };
+  return { ok: true, config: loaded.loaded.config, store: certs.store, warnings, position: loaded.loaded.position };
 }
 
 export function printProblems(errors: ConfigError[], warnings: ConfigError[], out: NodeJS.WritableStream = process.stderr) {

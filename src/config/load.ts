@@ -26,6 +26,8 @@ import type { CertificateSpec, ConfigError, HostPort, ListenerConfig, PosternCon
 
 export interface LoadedConfig {
   config: PosternConfig;
+  /** Valid but probably wrong (e.g. an MX that requires TLS); printed, never fatal. */
+  warnings: ConfigError[];
   /** line/col (1-based) of a YAML path like "listeners[1].sni" or "certificates[0].cert"; falls back to the nearest existing parent */
   position(path: string): { line: number; col: number };
 }
@@ -269,12 +271,60 @@ function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) 
           }
         }
       }
+      issues.push(...roleChecks(l, i));
       if (l.tls === 'starttls' && l.protocol === 'tls') {
         issues.push({ path: ['listeners', i, 'tls'], message: 'starttls needs protocol smtp, imap or pop3: protocol tls has no STARTTLS command (use tls: implicit)', at: 'value' });
       }
     });
   }
   return issues;
+}
+
+/** What the two roles mean, for the messages below. */
+const ROLES_EXPLAINED =
+  'role: mx (mail from other servers, usually port 25: plaintext allowed, sni fallback) or role: submission (your users, usually 587 and 465: sni strict, TLS required)';
+
+/**
+ * `role` on smtp listeners. The sni and requireTls defaults follow it, never the port number: an
+ * MX on 2525 behind `-p 25:2525` is still an MX, and a 530 to a sender without STARTTLS is a
+ * permanent error (the mail bounces).
+ */
+function roleChecks(l: Record<string, unknown>, i: number): Issue[] {
+  const at = (key: string, message: string, where: 'key' | 'value' = 'value'): Issue => ({ path: ['listeners', i, key], message, at: where });
+  if (l.protocol === 'smtp') {
+    if (!('role' in l)) {
+      return [at('role', `required for smtp listeners: write ${ROLES_EXPLAINED}. The port number no longer decides the defaults`)];
+    }
+    if (l.role === 'mx' && l.tls === 'implicit') {
+      return [
+        at(
+          'role',
+          'role: mx needs tls: starttls: other servers deliver to an MX on port 25 in plaintext and upgrade with STARTTLS (RFC 3207); SMTP with implicit TLS (port 465) is submission (RFC 8314 section 3.3): write role: submission, or tls: starttls for an MX',
+        ),
+      ];
+    }
+    return [];
+  }
+  if ('role' in l && typeof l.protocol === 'string' && ['imap', 'pop3', 'tls'].includes(l.protocol)) {
+    return [at('role', `"role" only applies to protocol: smtp listeners; a ${l.protocol} listener has one role (sni strict${l.protocol === 'tls' ? '' : ', TLS required'}): remove it`, 'key')];
+  }
+  return [];
+}
+
+/** Valid settings that are probably mistakes; the document compiled without errors. */
+function warningsOf(doc: RawDocument): Issue[] {
+  const out: Issue[] = [];
+  doc.listeners.forEach((l, i) => {
+    if (l.role === 'mx' && l.requireTls === true) {
+      out.push({
+        path: ['listeners', i, 'requireTls'],
+        message:
+          'requireTls: true on role: mx: senders without STARTTLS get 530 before MAIL, a permanent error, and their mail bounces; RFC 3207 section 4: a publicly-referenced SMTP server must not require STARTTLS. Keep it only if no MX record points here',
+        at: 'value',
+      });
+    }
+  });
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,8 +359,9 @@ function compileListener(l: RawListener, i: number, limits: ListenerConfig['limi
     listen: l.listen,
     protocol: l.protocol,
     tls: l.tls,
+    role: l.protocol === 'smtp' ? (l.role ?? null) : null,
     hostname: l.hostname,
-    sni: l.sni ?? defaultSni(l.protocol, l.tls),
+    sni: l.sni ?? defaultSni(l.role ?? null),
     serverNames: l.serverNames ?? null,
     alpn: l.alpn === false ? null : (l.alpn ?? defaultAlpn(l.protocol)),
     minVersion: l.minVersion,
@@ -323,7 +374,7 @@ function compileListener(l: RawListener, i: number, limits: ListenerConfig['limi
       l.tls === 'starttls'
         ? {
             greeting: l.greeting ?? defaultGreeting(l.protocol, l.hostname),
-            requireTls: l.requireTls ?? defaultRequireTls(l.protocol, l.listen.port),
+            requireTls: l.requireTls ?? defaultRequireTls(l.role ?? null),
             probeIntervalMs: l.capabilities.probeInterval,
             fallbackCapabilities: l.capabilities.fallback ?? defaultFallbackCapabilities(l.protocol),
           }
@@ -372,10 +423,12 @@ export function loadConfigText(text: string, file: string): LoadResult {
   for (const issue of issues) errors.push({ file, ...locator.find(issue.path, issue.at), path: formatPath(issue.path), message: issue.message });
   if (errors.length > 0 || !schema.ok) return { ok: false, errors: errors.sort(byPosition) };
 
+  const warnings = warningsOf(schema.value).map((w) => ({ file, ...locator.find(w.path, w.at), path: formatPath(w.path), message: w.message }));
   return {
     ok: true,
     loaded: {
       config: compile(schema.value, resolve(file)),
+      warnings,
       position: (path) => locator.find(parsePath(path)),
     },
   };

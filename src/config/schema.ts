@@ -5,15 +5,16 @@
 //   with our own messages (addresses, durations, names), and the defaults that do not depend on
 //   anything else (`.prefault`, so that a default goes through the same parser as a written value
 //   and shows up in the JSON Schema for editors);
-// - the defaults that depend on other fields of the listener (sni by protocol and tls mode, alpn
-//   and capabilities by protocol, requireTls by port, greeting by hostname), as functions that
-//   src/config/load.ts calls when it compiles.
+// - the defaults that depend on other fields of the listener (sni and requireTls by role, alpn
+//   and capabilities by protocol, greeting by hostname), as functions that src/config/load.ts
+//   calls when it compiles. No default depends on the port number: behind `-p 25:2525` an MX
+//   listens on 2525, and a default read from the port would turn it into submission.
 // Checks that need the whole document (duplicates, conflicts, files) live in load.ts.
 import { domainToASCII } from 'node:url';
 import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
 import { checkHostName } from '../tls/names.ts';
-import type { Cidr, HostPort, Protocol, SniPolicyName, TlsMode } from './types.ts';
+import type { Cidr, HostPort, Protocol, SmtpRole, SniPolicyName } from './types.ts';
 import { parseIPv4, parseIPv6 } from '../net/address.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -38,11 +39,13 @@ export const DEFAULT_FALLBACK_CAPABILITIES: Readonly<Record<Exclude<Protocol, 't
 };
 
 /**
- * `fallback` for SMTP with STARTTLS (port 25 deliveries: senders send no SNI or the wrong one, and
- * RFC 8461 section 5 asks a receiver to serve its certificate anyway), `strict` everywhere else.
+ * By the listener's role (null: imap, pop3, tls, which have the one role "your users").
+ * `fallback` for an MX: senders send no SNI or the wrong one, and RFC 8461 section 5 asks a
+ * receiver to serve its certificate anyway. `strict` for everything else: submission clients
+ * (RFC 6409, RFC 8314) and IMAP/POP3 clients are configured with the server's name.
  */
-export function defaultSni(protocol: Protocol, tls: TlsMode): SniPolicyName {
-  return protocol === 'smtp' && tls === 'starttls' ? 'fallback' : 'strict';
+export function defaultSni(role: SmtpRole | null): SniPolicyName {
+  return role === 'mx' ? 'fallback' : 'strict';
 }
 
 /** The protocol's own ALPN id (RFC 7301 registry: smtp, imap, pop3); none for plain `tls`. */
@@ -51,11 +54,12 @@ export function defaultAlpn(protocol: Protocol): string[] | null {
 }
 
 /**
- * RFC 3207 section 4: a publicly-referenced SMTP server (an MX, port 25) must not require TLS.
- * Everything else (submission 587, IMAP 143, POP3 110) requires it.
+ * RFC 3207 section 4: a publicly-referenced SMTP server (an MX) must not require TLS, or mail
+ * from senders without STARTTLS bounces (530 is a permanent error). Everything else (submission,
+ * RFC 8314 section 3.3; IMAP and POP3, RFC 8314 section 3.2) requires it.
  */
-export function defaultRequireTls(protocol: Protocol, listenPort: number): boolean {
-  return !(protocol === 'smtp' && listenPort === 25);
+export function defaultRequireTls(role: SmtpRole | null): boolean {
+  return role !== 'mx';
 }
 
 /** Text after `220 ` (SMTP), `* OK [CAPABILITY ...] ` (IMAP) or `+OK ` (POP3). */
@@ -359,7 +363,13 @@ const listenerSchema = z.strictObject({
   protocol: oneOf(['smtp', 'imap', 'pop3', 'tls']),
   tls: oneOf(['implicit', 'starttls']),
   hostname: dnsName,
-  sni: oneOf(['strict', 'fallback']).optional().meta({ description: 'Default: fallback for smtp with tls: starttls, strict otherwise' }),
+  role: oneOf(['mx', 'submission'])
+    .optional()
+    .meta({
+      description:
+        'protocol: smtp only, and required there. mx: mail from other servers (sni fallback, requireTls false: RFC 3207 section 4, RFC 8461 section 5); submission: your users (sni strict, requireTls true: RFC 6409, RFC 8314). The port number decides nothing',
+    }),
+  sni: oneOf(['strict', 'fallback']).optional().meta({ description: 'Default by role: fallback for role: mx, strict otherwise (submission, imap, pop3, tls)' }),
   serverNames: z
     .array(serverName)
     .min(1, { error: 'an empty list allows no name: leave serverNames out to allow every loaded certificate' })
@@ -384,7 +394,7 @@ const listenerSchema = z.strictObject({
   requireTls: z
     .boolean()
     .optional()
-    .meta({ description: 'Refuse commands that need TLS before STARTTLS. Default: false for smtp on port 25 (RFC 3207 section 4), true otherwise' }),
+    .meta({ description: 'Refuse commands that need TLS before STARTTLS. Default by role: false for role: mx (RFC 3207 section 4), true otherwise (submission, imap, pop3)' }),
   capabilities: capabilitiesSchema,
 });
 

@@ -5,6 +5,8 @@ export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
 export type Protocol = 'smtp' | 'imap' | 'pop3' | 'tls';
 export type TlsMode = 'implicit' | 'starttls';
 export type SniPolicyName = 'strict' | 'fallback';
+/** What an SMTP listener is for: mail from other servers (mx) or from your users (submission). */
+export type SmtpRole = 'mx' | 'submission';
 export type ProxyProtocolVersion = 'none' | 'v1' | 'v2';
 export type TlsMinVersion = 'TLSv1.2' | 'TLSv1.3';
 
@@ -102,6 +104,11 @@ export interface ListenerConfig {
   listen: HostPort;
   protocol: Protocol;
   tls: TlsMode;
+  /**
+   * protocol smtp: `mx` or `submission` (the sni and requireTls defaults follow it); null for
+   * imap, pop3 and tls, which serve only your own users.
+   */
+  role: SmtpRole | null;
   /** This listener's own name, lowercased, A-label form. */
   hostname: string;
   sni: SniPolicyName;
