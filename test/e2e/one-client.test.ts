@@ -221,7 +221,7 @@ describe('postscreen\'s greet pause (postscreen_greet_wait 6s) behind the port-2
   it(`a TLS client from ${ATTACKER} flooding during the pause for 4 s: postern's VmRSS grows < 64 MB; postscreen logs no PREGREET for it`, async () => {
     const own = await spawnDaemon({
       dir: pki.dir, certs: [{ cert: mail.cert, key: mail.key }], level: 'info', top: { shutdown: { drainTimeout: '1s' } },
-      listeners: [{ name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', backendPort: pf.smtpPort, extra: { requireTls: false } }],
+      listeners: [{ name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx', backendPort: pf.smtpPort }],
     });
     const raw = await connectFrom(own.port('mx'), ATTACKER);
     const pre = readStream(raw);

@@ -38,7 +38,7 @@ beforeAll(async () => {
   ]);
   const handshake = `${HANDSHAKE_MS}ms`;
   stack = await startStarttlsPostern(certs, [
-    { name: 'smtp', protocol: 'smtp', backendPort: pf.smtpPort, requireTls: false, handshake },
+    { name: 'smtp', protocol: 'smtp', role: 'mx', backendPort: pf.smtpPort, handshake },
     { name: 'imap', protocol: 'imap', backendPort: dc.imapPort, handshake },
     { name: 'pop3', protocol: 'pop3', backendPort: dc.pop3Port, handshake },
   ]);

@@ -43,10 +43,11 @@ beforeAll(async () => {
     ...postfixTls(certs.otherCert, SIZE_LIMIT),
   });
   stack = await startStarttlsPostern(certs, [
-    // Port-25 role: sni fallback (the default for smtp + starttls), plaintext allowed.
-    { name: 'smtp', protocol: 'smtp', backendPort: pf.smtpPort, requireTls: false, fallbackCapabilities: FALLBACK },
-    // Submission role: STARTTLS required before MAIL/RCPT/DATA/AUTH.
-    { name: 'submission', protocol: 'smtp', backendPort: pf.submissionPort, requireTls: true },
+    // role: mx on a high port (as behind `-p 25:2525`): sni fallback and plaintext allowed, by
+    // the role alone (no sni or requireTls key), whatever the port number.
+    { name: 'smtp', protocol: 'smtp', role: 'mx', backendPort: pf.smtpPort, fallbackCapabilities: FALLBACK },
+    // role: submission: sni strict, STARTTLS required before MAIL/RCPT/DATA/AUTH.
+    { name: 'submission', protocol: 'smtp', role: 'submission', backendPort: pf.submissionPort },
   ]);
 }, 60_000);
 
@@ -184,7 +185,7 @@ describe('swaks variants on the port-25 listener', () => {
   });
 });
 
-describe('the submission listener (requireTls true)', () => {
+describe('the submission listener (role: submission: requireTls true, sni strict, on a port that is not 587)', () => {
   it('refuses MAIL FROM before STARTTLS with 530 5.7.0 and never dials Postfix', async () => {
     const from = '127.0.0.3';
     const r = await swaks(stack.port('submission'), ['--quit-after', 'MAIL'], from);
@@ -192,6 +193,19 @@ describe('the submission listener (requireTls true)', () => {
     expect(r.stdout).toMatch(/^<\*\* +530 5\.7\.0 Must issue a STARTTLS command first$/m);
     const s = await summaryFor(stack.postern, 'submission', from);
     expect(s).toMatchObject({ backend: null, tlsVersion: null, closeReason: 'client_quit' });
+    expect(await pf.readLog()).not.toContain(`[${from}]`);
+  });
+
+  it('role: submission without an sni key is strict: openssl s_client -starttls smtp with an unknown SNI gets alert unrecognized_name (112), Postfix is never dialled', async () => {
+    const from = '127.0.0.18';
+    const s = spawnInteractive('openssl', [
+      's_client', '-starttls', 'smtp', '-connect', `127.0.0.1:${stack.port('submission')}`, '-bind', `${from}:0`,
+      '-servername', 'unknown.example.net', '-CAfile', certs.pki.caFile, '-brief',
+    ]);
+    const code = await s.exited();
+    expect(code, s.transcript()).not.toBe(0);
+    expect(s.transcript()).toMatch(/alert number 112|unrecognized name/);
+    expect(await summaryFor(stack.postern, 'submission', from)).toMatchObject({ sni: 'unknown.example.net', decision: 'refused', closeReason: 'sni_refused', backend: null, tlsVersion: null });
     expect(await pf.readLog()).not.toContain(`[${from}]`);
   });
 

@@ -105,7 +105,7 @@ beforeAll(async () => {
     listeners: [
       // A backend that greets like an MTA behind port 465.
       { name: 'smtps', protocol: 'smtp', tls: 'implicit', backendKind: 'smtp' },
-      { name: 'mx', protocol: 'smtp', tls: 'starttls', extra: { requireTls: false } },
+      { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' },
     ],
   });
   const started = Date.now();

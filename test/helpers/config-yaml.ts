@@ -9,6 +9,12 @@ export interface ListenerSpec {
   host?: string;
   protocol?: 'smtp' | 'imap' | 'pop3' | 'tls';
   tls?: 'implicit' | 'starttls';
+  /**
+   * protocol smtp: the listener's role. Default `submission` (sni strict, TLS required): the
+   * port number decides nothing, so a test that wants an MX says so. null leaves the key out (to
+   * test the error for an smtp listener without one).
+   */
+  role?: 'mx' | 'submission' | null;
   hostname?: string;
   sni?: 'strict' | 'fallback';
   serverNames?: string[];
@@ -35,6 +41,8 @@ export function listenerObject(l: ListenerSpec, index = 0): Record<string, unkno
     tls: l.tls ?? 'implicit',
     hostname: l.hostname ?? 'mail.example.org',
   };
+  const role = l.role === undefined ? ((l.protocol ?? 'smtp') === 'smtp' ? 'submission' : undefined) : l.role;
+  if (role) out.role = role;
   if (l.sni !== undefined) out.sni = l.sni;
   if (l.serverNames !== undefined) out.serverNames = l.serverNames;
   if (l.alpn !== undefined) out.alpn = l.alpn;

@@ -29,7 +29,7 @@ beforeAll(async () => {
       { name: 'smtpsfb', protocol: 'smtp', tls: 'implicit', sni: 'fallback' },
       { name: 'imaps', protocol: 'imap', tls: 'implicit' },
       { name: 'pop3s', protocol: 'pop3', tls: 'implicit' },
-      { name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', extra: { requireTls: false } },
+      { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' },
       { name: 'https', protocol: 'tls', tls: 'implicit', alpn: ['h2', 'http/1.1'] },
     ],
   });

@@ -31,7 +31,7 @@ beforeAll(async () => {
     dir: pki.dir,
     certs: [{ cert: mail.cert, key: mail.key }],
     listeners: [
-      { name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', extra: { requireTls: false } },
+      { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' },
       { name: 'imap', protocol: 'imap', tls: 'starttls' },
       { name: 'pop3', protocol: 'pop3', tls: 'starttls' },
     ],
@@ -217,7 +217,7 @@ describe('a backend that closes while postern waits for its reply', () => {
         const mx = await spawnDaemon({
           dir: pki.dir,
           certs: [{ cert: mail.cert, key: mail.key }],
-          listeners: [{ name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', backendPort: (backend.server.address() as net.AddressInfo).port, extra: { requireTls: false } }],
+          listeners: [{ name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx', backendPort: (backend.server.address() as net.AddressInfo).port }],
         });
         const c = await connectPlain(mx.port('mx'));
         await c.reader.readUntil(GREETING.smtp);

@@ -55,7 +55,7 @@ function startDaemon(): Promise<SpawnedPostern> {
     level: 'info',
     top: { shutdown: { drainTimeout: '1s' } },
     listeners: [
-      { name: 'mx', protocol: 'smtp', tls: 'starttls', backendPort: backends.smtp.port, extra: { requireTls: false, timeouts } },
+      { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx', backendPort: backends.smtp.port, extra: { timeouts } },
       { name: 'imap', protocol: 'imap', tls: 'starttls', backendPort: backends.imap.port, extra: { timeouts } },
       { name: 'pop3', protocol: 'pop3', tls: 'starttls', backendPort: backends.pop3.port, extra: { timeouts } },
     ],

@@ -106,7 +106,7 @@ describe('the raw pipe (control): flow control exists', () => {
 
 describe('one client floods while postern waits for the backend', () => {
   it('smtp after STARTTLS, the backend\'s greeting held ("220-" then silence): VmRSS grows < 64 MB; the backend gets nothing before its greeting', async () => {
-    const { d, backend } = await setup('smtp', { name: 'mx', protocol: 'smtp', tls: 'starttls', extra: { requireTls: false } });
+    const { d, backend } = await setup('smtp', { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' });
     const pid = d.pid;
     const s = await attackerSession(d, backend, 'mx', 'smtp', { greeting: 'held', greetingFirst: '220-backend.test wait\r\n' });
     s.secure.write('EHLO x\r\n');
@@ -121,7 +121,7 @@ describe('one client floods while postern waits for the backend', () => {
   }, 30_000);
 
   it('smtp plaintext handoff (port 25, MAIL before STARTTLS), the backend\'s greeting held: VmRSS grows < 64 MB; the backend gets nothing before its greeting', async () => {
-    const { d, backend } = await setup('smtp', { name: 'mx', protocol: 'smtp', tls: 'starttls', extra: { requireTls: false } });
+    const { d, backend } = await setup('smtp', { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' });
     const pid = d.pid;
     const c = await connectPlain(d.port('mx'));
     backend.plan(c.localPort, { greeting: 'held', greetingFirst: '220-backend.test wait\r\n' });
@@ -140,7 +140,7 @@ describe('one client floods while postern waits for the backend', () => {
   }, 30_000);
 
   it('smtp after STARTTLS, the 354 after DATA held: message text flooded for 3 s grows VmRSS < 64 MB; nothing of it reaches the backend before its 354', async () => {
-    const { d, backend } = await setup('smtp', { name: 'mx', protocol: 'smtp', tls: 'starttls', extra: { requireTls: false } });
+    const { d, backend } = await setup('smtp', { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' });
     const pid = d.pid;
     const s = await attackerSession(d, backend, 'mx', 'smtp', { hold354: true });
     for (const [cmd, re] of [['EHLO x', /^250 [^\r\n]*\r\n/m], ['MAIL FROM:<a@b.example>', /\r\n/], ['RCPT TO:<c@d.example>', /\r\n/]] as const) {
@@ -228,7 +228,7 @@ describe('many attackers at once', () => {
   }, 60_000);
 
   it(`smtp after STARTTLS: ${N} TLS sessions flood for 3 s while the backend holds its greeting: the daemon grows < ${N} x 256 KiB + 48 MB; no backend connection gets a byte early`, async () => {
-    const { d, backend } = await setup('smtp', { name: 'mx', protocol: 'smtp', tls: 'starttls', extra: { requireTls: false, limits: { maxConnections: 1000, maxConnectionsPerClient: 1000 } } });
+    const { d, backend } = await setup('smtp', { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx', extra: { limits: { maxConnections: 1000, maxConnectionsPerClient: 1000 } } });
     const pid = d.pid;
     const sessions: Upgraded[] = [];
     for (let i = 0; i < N; i += 10) {

@@ -24,8 +24,8 @@ let mail: CertFiles;
 let current: SpawnedPostern | null = null;
 
 const LISTENERS: HostileListener[] = [
-  { name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', extra: { requireTls: false } },
-  { name: 'sub', protocol: 'smtp', tls: 'starttls', extra: { requireTls: true } },
+  { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' },
+  { name: 'sub', protocol: 'smtp', tls: 'starttls', role: 'submission' },
   { name: 'imap', protocol: 'imap', tls: 'starttls' },
   { name: 'pop3', protocol: 'pop3', tls: 'starttls' },
 ];

@@ -23,7 +23,7 @@ const BOUND = 64 * MB;
 const ATTACK_MS = 4000;
 
 const LISTENER: Record<string, HostileListener> = {
-  mx: { name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', extra: { requireTls: false } },
+  mx: { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' },
   imap: { name: 'imap', protocol: 'imap', tls: 'starttls' },
   pop3: { name: 'pop3', protocol: 'pop3', tls: 'starttls' },
 };

@@ -42,7 +42,7 @@ beforeAll(async () => {
       { name: 'v2fb', protocol: 'smtp', sni: 'fallback', proxyProtocol: 'v2' },
       // Trusts PROXY headers only from 10.0.0.0/8: a loopback client is "the public".
       { name: 'lb', protocol: 'smtp', proxyProtocol: 'v2', extra: { acceptProxyProtocol: { from: ['10.0.0.0/8'] } } },
-      { name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', extra: { requireTls: false } },
+      { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' },
     ],
   });
   for (const l of ['v1', 'v2', 'v2fb', 'lb', 'v1mapped', 'v2mapped']) await goodClient(d, l, pki);

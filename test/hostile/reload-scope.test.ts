@@ -87,7 +87,7 @@ async function until(what: string, f: () => Promise<boolean>, timeoutMs = 10_000
   }
 }
 
-async function start(listener: { name: string; protocol: 'imap' | 'smtp'; tls: 'implicit' | 'starttls' }) {
+async function start(listener: { name: string; protocol: 'imap' | 'smtp'; tls: 'implicit' | 'starttls'; role?: 'mx' }) {
   const dir = mkdtempSync(join(pki.dir, 'scope-'));
   const pem = join(dir, 'mail.pem');
   writePem(pem, mail);
@@ -140,7 +140,7 @@ describe('SIGHUP checks the new certificates against the listeners that keep run
   }, 40_000);
 
   it('the same on an SMTP STARTTLS listener: refused, and EHLO still announces STARTTLS', async () => {
-    const { dir, pem, d } = await start({ name: 'mx', protocol: 'smtp', tls: 'starttls' });
+    const { dir, pem, d } = await start({ name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' });
     expect(await ehlo(d, 'mx')).toMatch(STARTTLS_LINE);
     const otherPem = join(dir, 'other.pem');
     writePem(otherPem, other);
@@ -165,7 +165,7 @@ describe('SIGHUP checks the new certificates against the listeners that keep run
 
 describe('a certificate change that uncovers a listener hostname is refused loudly', () => {
   it('file watch: the renewed file covers another name only -> reload_failed naming the listener and hostname, counted; STARTTLS still announced', async () => {
-    const { pem, d } = await start({ name: 'mx', protocol: 'smtp', tls: 'starttls' });
+    const { pem, d } = await start({ name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' });
     expect(await sample(d, 'postern_listener_certificate_missing', { listener: 'mx' })).toBe(0);
     writePem(pem, other);
     const line = await d.waitLog((l) => l.reason === 'reload_failed' && l.trigger === 'watch' && l.listener === 'mx', 15_000);

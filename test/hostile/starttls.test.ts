@@ -31,8 +31,8 @@ beforeAll(async () => {
     dir: pki.dir,
     certs: [{ cert: mail.cert, key: mail.key }],
     listeners: [
-      { name: 'mx', protocol: 'smtp', tls: 'starttls', sni: 'fallback', timeouts, extra: { requireTls: false } },
-      { name: 'sub', protocol: 'smtp', tls: 'starttls', sni: 'strict', timeouts, extra: { requireTls: true } },
+      { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx', timeouts },
+      { name: 'sub', protocol: 'smtp', tls: 'starttls', role: 'submission', timeouts },
       { name: 'imap', protocol: 'imap', tls: 'starttls', timeouts },
       { name: 'pop3', protocol: 'pop3', tls: 'starttls', timeouts },
     ],
@@ -275,7 +275,7 @@ listeners:
   });
 });
 
-describe('submission (requireTls) and port 25 (plaintext allowed)', () => {
+describe('submission (requireTls) and role: mx (plaintext allowed)', () => {
   it('submission: AUTH is not advertised before TLS; AUTH, MAIL, RCPT, DATA get 530 5.7.0; nothing reaches the backend', async () => {
     const base = await d.settledFds();
     const c = await connectPlain(d.port('sub'));

@@ -38,7 +38,7 @@ beforeAll(async () => {
     certs: [ec, rsa, rsaOnly].map((c) => ({ cert: c.cert, key: c.key })),
     listeners: [
       { name: 'smtps', protocol: 'smtp', tls: 'implicit' },
-      { name: 'mx', protocol: 'smtp', tls: 'starttls', extra: { requireTls: false } },
+      { name: 'mx', protocol: 'smtp', tls: 'starttls', role: 'mx' },
     ],
   });
 }, 120_000);

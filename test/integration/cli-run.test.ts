@@ -32,6 +32,7 @@ listeners:
   - name: submissions
     listen: "127.0.0.1:${port}"
     protocol: smtp
+    role: submission
     tls: implicit
     hostname: mail.example.org
     backend: { address: "127.0.0.1:${backendPort}", proxyProtocol: v2 }
@@ -44,6 +45,7 @@ listeners:
   - name: submissions
     listen: "127.0.0.1:${port}"
     protocol: smtp
+    role: submission
     tls: implicit
     hostname: mail.example.org
     sni: lenient
@@ -63,7 +65,7 @@ describe('postern CLI', () => {
   it('check on a good file prints the listener and its certificate and exits 0', () => {
     const r = cli(['check', '-c', good]);
     expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toContain(`listener submissions: 127.0.0.1:${port} smtp/implicit sni=strict hostname=mail.example.org`);
+    expect(r.stdout).toContain(`listener submissions: 127.0.0.1:${port} smtp/implicit role=submission\n  hostname            mail.example.org\n  sni                 strict\n`);
     expect(r.stdout).toMatch(/subject CN=mail\.example\.org; names mail\.example\.org/);
     expect(r.stdout).toMatch(/ECDSA P-256; not after \d{4}-\d\d-\d\dT.*\(\d+ days left\)/);
   });
@@ -71,8 +73,8 @@ describe('postern CLI', () => {
   it('check on a file with two errors prints both with file:line:col and path, exits 1', () => {
     const r = cli(['check', '-c', bad]);
     expect(r.status).toBe(1);
-    expect(r.stdout).toContain('bad.yaml:10:10 listeners[0].sni: expected "strict" or "fallback", got "lenient"');
-    expect(r.stdout).toMatch(/bad\.yaml:11:14 listeners\[0\]\.backend\.proxyProtocol: required but missing/);
+    expect(r.stdout).toContain('bad.yaml:11:10 listeners[0].sni: expected "strict" or "fallback", got "lenient"');
+    expect(r.stdout).toMatch(/bad\.yaml:12:14 listeners\[0\]\.backend\.proxyProtocol: required but missing/);
   });
 
   it('POSTERN_CONFIG is used when -c is absent', () => {

@@ -76,6 +76,7 @@ listeners:
   - name: submissions
     listen: "127.0.0.1:${smtpPort}"
     protocol: smtp
+    role: submission
     tls: implicit
     hostname: mail.example.org
     backend:
@@ -138,8 +139,8 @@ describe('postern cli', () => {
     const g = await goodConfig('good-check');
     const r = cli(['check', '-c', g.file]);
     expect(r.status, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout).toContain(`listener submissions: 127.0.0.1:${g.smtpPort} smtp/implicit sni=strict hostname=mail.example.org alpn=smtp`);
-    expect(r.stdout).toContain(`listener https: 127.0.0.1:${g.httpsPort} tls/implicit sni=fallback hostname=www.example.com alpn=off`);
+    expect(r.stdout).toMatch(new RegExp(`^listener submissions: 127\\.0\\.0\\.1:${g.smtpPort} smtp/implicit role=submission\n  hostname +mail\\.example\\.org\n  sni +strict\n`, 'm'));
+    expect(r.stdout).toMatch(new RegExp(`^listener https: 127\\.0\\.0\\.1:${g.httpsPort} tls/implicit\n  hostname +www\\.example\\.com\n  sni +fallback\n  serverNames +any loaded certificate\n  alpn +off\n`, 'm'));
     expect(r.stdout).toMatch(/\(exact match\)\n\s+subject CN=mail\.example\.org; names mail\.example\.org\n\s+issuer CN=postern test CA; ECDSA P-256; not after \d{4}-\d\d-\d\dT[\d:.]+Z \(\d+ days left\)/);
     expect(r.stdout).toMatch(/\(wildcard match\)\n\s+subject CN=\*\.example\.com; names \*\.example\.com\n\s+issuer .*not after \d{4}-\d\d-\d\dT/);
     expect(r.stdout).toContain(': OK');
@@ -154,6 +155,7 @@ listeners:
   - name: submissions
     listen: "127.0.0.1:99999"
     protocol: smtp
+    role: submission
     tls: implicit
     hostname: mail.example.org
     backend:
@@ -165,7 +167,7 @@ listeners:
     const errors = (r.stdout + r.stderr).split('\n').filter((l) => l.startsWith('error: '));
     expect(errors).toHaveLength(2);
     expect(errors[0]).toMatch(/^error: \S*two-errors\.yaml:6:13 listeners\[0\]\.listen: .+/);
-    expect(errors[1]).toMatch(/^error: \S*two-errors\.yaml:12:22 listeners\[0\]\.backend\.proxyProtocol: .*v3/);
+    expect(errors[1]).toMatch(/^error: \S*two-errors\.yaml:13:22 listeners\[0\]\.backend\.proxyProtocol: .*v3/);
     expect(r.stdout + r.stderr).toContain('2 error(s)');
   });
 
@@ -179,6 +181,7 @@ listeners:
   - name: submissions
     listen: "127.0.0.1:${port}"
     protocol: smtp
+    role: submission
     tls: implicit
     hostname: nowhere.example.net
     sni: lenient
@@ -188,7 +191,7 @@ listeners:
 `);
     const r = cli(['run', '-c', file]);
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/bad-run\.yaml:10:\d+ listeners\[0\]\.sni: /);
+    expect(r.stderr).toMatch(/bad-run\.yaml:11:\d+ listeners\[0\]\.sni: /);
     expect(r.stdout).not.toContain('"listening"');
     expect(await refused(port)).toBe('ECONNREFUSED');
   });

@@ -59,9 +59,9 @@ beforeAll(async () => {
   const listener = async (name: string) => `  - name: ${name}
     listen: "127.0.0.1:${await freePort()}"
     protocol: smtp
+    role: mx
     tls: starttls
     hostname: mail.example.org
-    requireTls: false
     backend: { address: "127.0.0.1:${backend.port}", proxyProtocol: v2 }
 `;
   p = await startPostern(

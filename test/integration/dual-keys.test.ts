@@ -33,6 +33,7 @@ listeners:
   - name: s
     listen: "127.0.0.1:${port}"
     protocol: smtp
+    role: submission
     tls: implicit
     hostname: mail.example.org
     backend: { address: "127.0.0.1:${backend.port}", proxyProtocol: v2 }

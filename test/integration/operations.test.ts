@@ -74,6 +74,7 @@ describe('limits', () => {
     const b = await startBackend({ mode: 'smtp-echo' });
     onTestFinished(() => b.close());
     const { p, port } = await postern(`    protocol: smtp
+    role: submission
     tls: starttls
     timeouts: { connect: 300ms }   # the echo backend does not answer EHLO: keep its probe short
     limits: { maxConnections: 1 }
@@ -115,6 +116,7 @@ describe('routes', () => {
 
 describe('PROXY input from a load balancer', () => {
   const lb = (b: RecordingBackend) => `    protocol: smtp
+    role: submission
     tls: implicit
     acceptProxyProtocol: { from: ["127.0.0.2/32"] }
     backend: { address: "127.0.0.1:${b.port}", proxyProtocol: v2 }
@@ -190,6 +192,7 @@ describe('drain', () => {
     const b = await startBackend({ mode: 'smtp-echo' });
     onTestFinished(() => b.close());
     const { p, port } = await postern(`    protocol: smtp
+    role: submission
     tls: starttls
     timeouts: { connect: 300ms }   # the echo backend does not answer EHLO: keep its probe short
     backend: { address: "127.0.0.1:${b.port}", proxyProtocol: v2 }

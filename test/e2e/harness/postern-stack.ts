@@ -19,6 +19,8 @@ export const PROGRAMS = ['postfix', 'dovecot', 'doveadm', 'swaks', 'openssl', 'c
 export interface StarttlsListenerSpec {
   name: string;
   protocol: 'smtp' | 'imap' | 'pop3';
+  /** Required for smtp (mx: sni fallback, plaintext allowed; submission: sni strict, TLS required); none for imap/pop3. */
+  role?: 'mx' | 'submission';
   backendPort: number;
   sni?: 'strict' | 'fallback';
   requireTls?: boolean;
@@ -62,6 +64,7 @@ export async function startStarttlsPostern(certs: StackPki, listeners: StarttlsL
       listen: `127.0.0.1:${ports[i]}`,
       protocol: l.protocol,
       tls: 'starttls',
+      ...(l.role ? { role: l.role } : {}),
       hostname: HOSTNAME,
       ...(l.sni ? { sni: l.sni } : {}),
       backend: { address: `127.0.0.1:${l.backendPort}`, proxyProtocol: 'v2' },
