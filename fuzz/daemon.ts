@@ -117,7 +117,9 @@ const PROTOCOL: Record<ListenerName, 'smtp' | 'imap' | 'pop3'> = { mx: 'smtp', s
 async function startDaemon(): Promise<Daemon> {
   if (!opts.bin) buildOnce();
   // A build from before timeouts.backendReply existed refuses the key.
-  const hasBackendReply = readFileSync(join(dirname(BIN), '..', 'dist', 'config', 'schema.js'), 'utf8').includes('backendReply');
+  const schemaJs = readFileSync(join(dirname(BIN), '..', 'dist', 'config', 'schema.js'), 'utf8');
+  const hasBackendReply = schemaJs.includes('backendReply');
+  const hasRole = schemaJs.includes("'submission'");
   const pki = await makePki();
   const cert = await pki.issue('mail', { names: [HOSTNAME, 'example.org'] });
   const backends = {} as Record<ListenerName, ScriptedBackend>;
@@ -145,8 +147,10 @@ async function startDaemon(): Promise<Daemon> {
     limits: { maxConnectionsPerClient: 5000 },
     certificates: [{ cert: cert.cert, key: cert.key }],
     listeners: [
-      listener('mx', { tls: 'starttls', requireTls: false }),
-      listener('submission', { tls: 'starttls', requireTls: true }),
+      // Builds from before the listener role refuse the key; both forms give what these
+      // listeners have always had (sni fallback on both; plaintext allowed on mx only).
+      listener('mx', hasRole ? { role: 'mx', tls: 'starttls' } : { tls: 'starttls', requireTls: false }),
+      listener('submission', hasRole ? { role: 'submission', tls: 'starttls', sni: 'fallback' } : { tls: 'starttls', requireTls: true }),
       listener('imap', { tls: 'starttls' }),
       listener('pop3', { tls: 'starttls' }),
       listener('smtps', { tls: 'implicit' }),

@@ -242,10 +242,9 @@ async function main(): Promise<number> {
         name: 'smtp',
         listen: `127.0.0.1:${smtpPort}`,
         protocol: 'smtp',
+        role: 'mx', // sni fallback, plaintext allowed
         tls: 'starttls',
         hostname: HOSTNAME,
-        sni: 'fallback',
-        requireTls: false,
         // backendReply 10 s (default 2 min): a backend killed while postern waits for its reply
         // to an attacker that postern had to pause leaves the session open until this deadline
         // (see test/hostile/daemon-fuzz-findings.test.ts); the end-of-soak check waits 30 s.

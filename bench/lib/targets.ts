@@ -78,6 +78,7 @@ listeners:
   - name: smtp
     listen: "${host}:${ports.smtpProxy}"
     protocol: smtp
+    role: submission
     tls: starttls
     hostname: ${ctx.sni}
     minVersion: TLSv1.3

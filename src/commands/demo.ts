@@ -45,6 +45,7 @@ export async function startDemo(opts: DemoOptions, logDestination: NodeJS.Writab
   - name: ${name}
     listen: "${opts.host}:${port}"
     protocol: smtp
+    role: ${name === 'smtp-starttls' ? 'mx' : 'submission'}
     hostname: mail.example.org
     backend: { address: "${opts.host}:${backendPort}", proxyProtocol: v2 }
 ${extra}`;
@@ -52,7 +53,7 @@ ${extra}`;
 certificates:
   - { cert: mail.pem, key: mail.key }
   - { cert: wild.pem, key: wild.key }
-listeners:${listenerYaml('strict', at(1), '    tls: implicit\n    sni: strict')}${listenerYaml('fallback', at(2), '    tls: implicit\n    sni: fallback')}${listenerYaml('smtp-starttls', at(3), '    tls: starttls\n    sni: fallback\n    requireTls: false\n    greeting: mail.example.org ESMTP postern demo')}`;
+listeners:${listenerYaml('strict', at(1), '    tls: implicit\n    sni: strict')}${listenerYaml('fallback', at(2), '    tls: implicit\n    sni: fallback')}${listenerYaml('smtp-starttls', at(3), '    tls: starttls\n    greeting: mail.example.org ESMTP postern demo')}`;
   const file = join(dir, 'postern.yaml');
   writeFileSync(file, yaml);
   const loaded = loadConfigText(yaml, file);
@@ -91,7 +92,7 @@ Certificates: mail.example.org and *.example.com, from a throwaway CA: ${ca}
 Listeners (all SMTP in front of a built-in backend that prints what postern told it):
   strict         ${h}:${p('strict')}          implicit TLS, sni: strict
   fallback       ${h}:${p('fallback')}          implicit TLS, sni: fallback
-  smtp-starttls  ${h}:${p('smtp-starttls')}          STARTTLS, sni: fallback (port-25 style)
+  smtp-starttls  ${h}:${p('smtp-starttls')}          STARTTLS, role: mx (sni fallback, plaintext allowed)
 
 Try (each opens a session; type QUIT or press Ctrl-D to leave):
 

@@ -361,14 +361,14 @@ const listenerSchema = z.strictObject({
   name: listenerName,
   listen: listenAddress,
   protocol: oneOf(['smtp', 'imap', 'pop3', 'tls']),
-  tls: oneOf(['implicit', 'starttls']),
-  hostname: dnsName,
   role: oneOf(['mx', 'submission'])
     .optional()
     .meta({
       description:
         'protocol: smtp only, and required there. mx: mail from other servers (sni fallback, requireTls false: RFC 3207 section 4, RFC 8461 section 5); submission: your users (sni strict, requireTls true: RFC 6409, RFC 8314). The port number decides nothing',
     }),
+  tls: oneOf(['implicit', 'starttls']),
+  hostname: dnsName,
   sni: oneOf(['strict', 'fallback']).optional().meta({ description: 'Default by role: fallback for role: mx, strict otherwise (submission, imap, pop3, tls)' }),
   serverNames: z
     .array(serverName)

@@ -58,6 +58,9 @@ function listenerWith(changes: Record<string, string | null>): string {
     else if (changes[key] !== null) out.push(`${key}: ${changes[key]}`);
   }
   for (const [key, value] of Object.entries(changes)) if (!BASE.some((l) => l.startsWith(`${key}:`)) && value !== null) out.push(`${key}: ${value}`);
+  // An smtp listener needs a role; it goes last so that every other line keeps its number. A
+  // test of the role itself says `role: ...` (or null for none).
+  if ((changes.protocol ?? 'smtp') === 'smtp' && !('role' in changes)) out.push('role: submission');
   return oneListener(...out);
 }
 
@@ -65,7 +68,7 @@ function listenerOf(changes: Record<string, string | null>): ListenerConfig {
   return load(listenerWith(changes)).config.listeners[0]!;
 }
 
-const LISTENER_KEYS = 'name, listen, protocol, tls, hostname, sni, serverNames, alpn, minVersion, backend, routes, acceptProxyProtocol, limits, timeouts, greeting, requireTls, capabilities';
+const LISTENER_KEYS = 'name, listen, protocol, role, tls, hostname, sni, serverNames, alpn, minVersion, backend, routes, acceptProxyProtocol, limits, timeouts, greeting, requireTls, capabilities';
 
 describe('config errors', () => {
   it('a bad enum value names the allowed values and the value given', () => {
@@ -176,35 +179,35 @@ describe('config errors', () => {
 
   describe('listener names and listen addresses', () => {
     const two = (a: string[], b: string[]) => `${CERTS}listeners:\n${[a, b].map((l) => l.map((x, i) => (i === 0 ? `  - ${x}` : `    ${x}`)).join('\n')).join('\n')}\n`;
-    const tail = BASE.slice(2);
+    const tail = [...BASE.slice(2), 'role: submission'];
 
     it('duplicate listener names', () => {
       expect(errorsOf(two(['name: smtp', 'listen: "127.0.0.1:25"', ...tail], ['name: smtp', 'listen: "127.0.0.1:26"', ...tail]))).toEqual([
-        'postern.yaml:11:11 listeners[1].name: duplicate listener name "smtp": already used by listeners[0] (line 5)',
+        'postern.yaml:12:11 listeners[1].name: duplicate listener name "smtp": already used by listeners[0] (line 5)',
       ]);
     });
 
     it('the same listen address twice', () => {
       expect(errorsOf(two(['name: a', 'listen: "127.0.0.1:465"', ...tail], ['name: b', 'listen: "127.0.0.1:465"', ...tail]))).toEqual([
-        'postern.yaml:12:13 listeners[1].listen: "127.0.0.1:465" is already used by listener "a" (listeners[0], line 6)',
+        'postern.yaml:13:13 listeners[1].listen: "127.0.0.1:465" is already used by listener "a" (listeners[0], line 6)',
       ]);
     });
 
     it('0.0.0.0 conflicts with a specific IPv4 address on the same port', () => {
       expect(errorsOf(two(['name: a', 'listen: "0.0.0.0:465"', ...tail], ['name: b', 'listen: "127.0.0.1:465"', ...tail]))).toEqual([
-        'postern.yaml:12:13 listeners[1].listen: "127.0.0.1:465" conflicts with "0.0.0.0:465" of listener "a" (listeners[0], line 6): 0.0.0.0 already covers every IPv4 address on port 465',
+        'postern.yaml:13:13 listeners[1].listen: "127.0.0.1:465" conflicts with "0.0.0.0:465" of listener "a" (listeners[0], line 6): 0.0.0.0 already covers every IPv4 address on port 465',
       ]);
     });
 
     it('[::] conflicts with 0.0.0.0 on the same port (Linux dual-stack)', () => {
       expect(errorsOf(two(['name: a', 'listen: "0.0.0.0:465"', ...tail], ['name: b', 'listen: "[::]:465"', ...tail]))).toEqual([
-        'postern.yaml:12:13 listeners[1].listen: "[::]:465" conflicts with "0.0.0.0:465" of listener "a" (listeners[0], line 6): [::] also accepts IPv4 connections on port 465 (dual-stack, the Linux default)',
+        'postern.yaml:13:13 listeners[1].listen: "[::]:465" conflicts with "0.0.0.0:465" of listener "a" (listeners[0], line 6): [::] also accepts IPv4 connections on port 465 (dual-stack, the Linux default)',
       ]);
     });
 
     it('IPv6 addresses are compared in canonical form', () => {
       expect(errorsOf(two(['name: a', 'listen: "[::1]:465"', ...tail], ['name: b', 'listen: "[0:0:0:0:0:0:0:1]:465"', ...tail]))).toEqual([
-        'postern.yaml:12:13 listeners[1].listen: "[0:0:0:0:0:0:0:1]:465" is already used by listener "a" (listeners[0], line 6)',
+        'postern.yaml:13:13 listeners[1].listen: "[0:0:0:0:0:0:0:1]:465" is already used by listener "a" (listeners[0], line 6)',
       ]);
     });
 
@@ -361,6 +364,46 @@ describe('config errors', () => {
     });
   });
 
+  describe('role (smtp listeners)', () => {
+    it('an smtp listener without role (the old shape) is refused at its mapping, naming both roles and saying what to write', () => {
+      expect(errorsOf(listenerWith({ tls: 'starttls', listen: '"0.0.0.0:25"', role: null }))).toEqual([
+        'postern.yaml:5:5 listeners[0].role: required for smtp listeners: write role: mx (mail from other servers, usually port 25: plaintext allowed, sni fallback) or role: submission (your users, usually 587 and 465: sni strict, TLS required). The port number no longer decides the defaults',
+      ]);
+    });
+
+    it('role on an imap, pop3 or tls listener is refused at its key', () => {
+      expect(errorsOf(listenerWith({ protocol: 'imap', tls: 'starttls', role: 'submission' }))).toEqual([
+        'postern.yaml:11:5 listeners[0].role: "role" only applies to protocol: smtp listeners; a imap listener has one role (sni strict, TLS required): remove it',
+      ]);
+      expect(errorsOf(listenerWith({ protocol: 'pop3', role: 'mx' }))).toEqual([
+        'postern.yaml:11:5 listeners[0].role: "role" only applies to protocol: smtp listeners; a pop3 listener has one role (sni strict, TLS required): remove it',
+      ]);
+      expect(errorsOf(listenerWith({ protocol: 'tls', role: 'mx' }))).toEqual([
+        'postern.yaml:11:5 listeners[0].role: "role" only applies to protocol: smtp listeners; a tls listener has one role (sni strict): remove it',
+      ]);
+    });
+
+    it('role: mx with tls: implicit is refused with the reason', () => {
+      expect(errorsOf(listenerWith({ role: 'mx' }))).toEqual([
+        'postern.yaml:11:11 listeners[0].role: role: mx needs tls: starttls: other servers deliver to an MX on port 25 in plaintext and upgrade with STARTTLS (RFC 3207); SMTP with implicit TLS (port 465) is submission (RFC 8314 section 3.3): write role: submission, or tls: starttls for an MX',
+      ]);
+    });
+
+    it('a role that is neither mx nor submission names both', () => {
+      expect(errorsOf(listenerWith({ tls: 'starttls', role: 'relay' }))).toEqual(['postern.yaml:11:11 listeners[0].role: expected "mx" or "submission", got "relay"']);
+    });
+
+    it('role: mx with requireTls: true loads, with a warning at requireTls (RFC 3207 section 4)', () => {
+      const loaded = load(listenerWith({ tls: 'starttls', role: 'mx', requireTls: 'true' }));
+      expect(loaded.config.listeners[0]!.starttls?.requireTls).toBe(true);
+      expect(loaded.warnings.map((w) => formatConfigError(w).replace(`${dir}/`, ''))).toEqual([
+        'postern.yaml:12:17 listeners[0].requireTls: requireTls: true on role: mx: senders without STARTTLS get 530 before MAIL, a permanent error, and their mail bounces; RFC 3207 section 4: a publicly-referenced SMTP server must not require STARTTLS. Keep it only if no MX record points here',
+      ]);
+      expect(load(listenerWith({ tls: 'starttls', role: 'mx' })).warnings).toEqual([]);
+      expect(load(listenerWith({ tls: 'starttls', role: 'submission', requireTls: 'true' })).warnings).toEqual([]);
+    });
+  });
+
   it('every error in a file is reported, sorted by line', () => {
     const yaml = `log: { level: loud }
 certificates:
@@ -386,6 +429,7 @@ listeners:
     expect(errorsOf(yaml)).toEqual([
       'postern.yaml:1:15 log.level: expected "fatal", "error", "warn", "info", "debug" or "trace", got "loud"',
       `postern.yaml:4:10 certificates[0].key: file not found: ${join(dir, 'certs', 'nokey.pem')}`,
+      expect.stringMatching(/^postern\.yaml:6:5 listeners\[0\]\.role: required for smtp listeners: write role: mx /),
       'postern.yaml:11:10 listeners[0].sni: expected "strict" or "fallback", got "lenient"',
       'postern.yaml:13:23 listeners[0].timeouts.idle: got a bare number (10): use a unit, e.g. 10s (units: ms, s, m, h, d)',
       'postern.yaml:14:11 listeners[1].name: duplicate listener name "a": already used by listeners[0] (line 6)',
@@ -404,13 +448,22 @@ listeners:
 });
 
 describe('config defaults', () => {
-  it('sni: fallback for smtp + starttls, strict otherwise', () => {
-    expect(listenerOf({ tls: 'starttls' }).sni).toBe('fallback');
-    expect(listenerOf({}).sni).toBe('strict');
+  it('sni by role: fallback for role: mx, strict for submission, imap, pop3 and tls; an sni key overrides', () => {
+    expect(listenerOf({ tls: 'starttls', role: 'mx' }).sni).toBe('fallback');
+    expect(listenerOf({ tls: 'starttls', role: 'submission' }).sni).toBe('strict');
+    expect(listenerOf({ role: 'submission' }).sni).toBe('strict');
     expect(listenerOf({ protocol: 'imap', tls: 'starttls' }).sni).toBe('strict');
     expect(listenerOf({ protocol: 'pop3', tls: 'starttls' }).sni).toBe('strict');
     expect(listenerOf({ protocol: 'tls' }).sni).toBe('strict');
-    expect(listenerOf({ tls: 'starttls', sni: 'strict' }).sni).toBe('strict');
+    expect(listenerOf({ tls: 'starttls', role: 'mx', sni: 'strict' }).sni).toBe('strict');
+    expect(listenerOf({ tls: 'starttls', role: 'submission', sni: 'fallback' }).sni).toBe('fallback');
+  });
+
+  it('role is compiled for smtp listeners, null for the others', () => {
+    expect(listenerOf({ tls: 'starttls', role: 'mx' }).role).toBe('mx');
+    expect(listenerOf({}).role).toBe('submission');
+    expect(listenerOf({ protocol: 'imap' }).role).toBeNull();
+    expect(listenerOf({ protocol: 'tls' }).role).toBeNull();
   });
 
   it('alpn by protocol; none for tls', () => {
@@ -425,13 +478,15 @@ describe('config defaults', () => {
     expect(listenerOf({ alpn: 'false' }).alpn).toBeNull();
   });
 
-  it('requireTls: false for smtp on port 25, true otherwise', () => {
-    expect(listenerOf({ tls: 'starttls', listen: '"0.0.0.0:25"' }).starttls?.requireTls).toBe(false);
-    expect(listenerOf({ tls: 'starttls', listen: '"0.0.0.0:587"' }).starttls?.requireTls).toBe(true);
-    expect(listenerOf({ tls: 'starttls', listen: '"0.0.0.0:2525"' }).starttls?.requireTls).toBe(true);
+  it('requireTls by role, never by port: false for role: mx, true for submission, imap and pop3; a requireTls key overrides', () => {
+    for (const port of [25, 2525, 587, 10025]) {
+      expect(listenerOf({ tls: 'starttls', role: 'mx', listen: `"0.0.0.0:${port}"` }).starttls?.requireTls, `mx on ${port}`).toBe(false);
+      expect(listenerOf({ tls: 'starttls', role: 'submission', listen: `"0.0.0.0:${port}"` }).starttls?.requireTls, `submission on ${port}`).toBe(true);
+    }
     expect(listenerOf({ tls: 'starttls', protocol: 'imap', listen: '"0.0.0.0:143"' }).starttls?.requireTls).toBe(true);
-    expect(listenerOf({ tls: 'starttls', listen: '"0.0.0.0:25"', requireTls: 'true' }).starttls?.requireTls).toBe(true);
-    expect(listenerOf({ tls: 'starttls', listen: '"0.0.0.0:587"', requireTls: 'false' }).starttls?.requireTls).toBe(false);
+    expect(listenerOf({ tls: 'starttls', protocol: 'pop3', listen: '"0.0.0.0:110"' }).starttls?.requireTls).toBe(true);
+    expect(listenerOf({ tls: 'starttls', role: 'mx', requireTls: 'true' }).starttls?.requireTls).toBe(true);
+    expect(listenerOf({ tls: 'starttls', role: 'submission', requireTls: 'false' }).starttls?.requireTls).toBe(false);
   });
 
   it('greeting: "<hostname> ESMTP" for smtp, "ready" for imap and pop3', () => {
@@ -480,6 +535,7 @@ listeners:
   - name: smtp
     listen: "[::]:25"
     protocol: smtp
+    role: mx
     tls: starttls
     hostname: mail.example.org
     sni: fallback
@@ -509,6 +565,7 @@ listeners:
           listen: { host: '::', port: 25 },
           protocol: 'smtp',
           tls: 'starttls',
+          role: 'mx',
           hostname: 'mail.example.org',
           sni: 'fallback',
           serverNames: ['*.example.org', 'mail.example.net'],
@@ -561,6 +618,7 @@ listeners:
   - name: submissions              # unique; used in logs and metrics
     listen: "0.0.0.0:465"          # host:port; "[::]:465" for IPv6
     protocol: smtp                 # smtp | imap | pop3 | tls
+    role: submission               # smtp only: mx | submission
     tls: implicit                  # implicit | starttls (starttls: next issue)
     hostname: mail.example.org     # this listener's own name
     sni: strict                    # strict | fallback
@@ -577,6 +635,7 @@ listeners:
         listen: { host: '0.0.0.0', port: 465 },
         protocol: 'smtp',
         tls: 'implicit',
+        role: 'submission',
         hostname: 'mail.example.org',
         sni: 'strict',
         serverNames: ['*.example.org'],
@@ -604,15 +663,16 @@ listeners:
     expect(config.certificates).toEqual([
       { cert: join(dir, 'certs', 'mail.example.org', 'fullchain.pem'), key: join(dir, 'certs', 'mail.example.org', 'privkey.pem'), path: 'certificates[0]' },
     ]);
-    expect(config.listeners.map((l) => [l.name, l.listen.port, l.protocol, l.tls, l.sni, l.alpn, l.starttls?.requireTls ?? null])).toEqual([
-      ['smtp', 25, 'smtp', 'starttls', 'fallback', ['smtp'], false],
-      ['submission', 587, 'smtp', 'starttls', 'strict', ['smtp'], true],
-      ['submissions', 465, 'smtp', 'implicit', 'strict', ['smtp'], null],
-      ['imap', 143, 'imap', 'starttls', 'strict', ['imap'], true],
-      ['imaps', 993, 'imap', 'implicit', 'strict', ['imap'], null],
-      ['pop3s', 995, 'pop3', 'implicit', 'strict', ['pop3'], null],
-      ['https', 443, 'tls', 'implicit', 'strict', ['h2', 'http/1.1'], null],
+    expect(config.listeners.map((l) => [l.name, l.listen.port, l.protocol, l.tls, l.role, l.sni, l.alpn, l.starttls?.requireTls ?? null])).toEqual([
+      ['smtp', 25, 'smtp', 'starttls', 'mx', 'fallback', ['smtp'], false],
+      ['submission', 587, 'smtp', 'starttls', 'submission', 'strict', ['smtp'], true],
+      ['submissions', 465, 'smtp', 'implicit', 'submission', 'strict', ['smtp'], null],
+      ['imap', 143, 'imap', 'starttls', null, 'strict', ['imap'], true],
+      ['imaps', 993, 'imap', 'implicit', null, 'strict', ['imap'], null],
+      ['pop3s', 995, 'pop3', 'implicit', null, 'strict', ['pop3'], null],
+      ['https', 443, 'tls', 'implicit', null, 'strict', ['h2', 'http/1.1'], null],
     ]);
+    expect(r.loaded.warnings).toEqual([]);
     expect(config.listeners.every((l) => l.backend.proxyProtocol === 'v2' && l.backend.address.host === '127.0.0.1')).toBe(true);
   });
 
@@ -625,7 +685,7 @@ listeners:
 });
 
 describe('certificate sources', () => {
-  const LISTENER = `listeners:\n  - ${BASE.join('\n    ')}\n`;
+  const LISTENER = `listeners:\n  - ${[...BASE, 'role: submission'].join('\n    ')}\n`;
   it('a certbot live/ folder and a combined pem file compile to absolute paths', () => {
     mkdirSync(join(dir, 'live'));
     const c = load(`certificates:\n  - dir: live\n  - pem: certs/fullchain.pem\n${LISTENER}`).config.certificates;
@@ -654,7 +714,7 @@ shutdown: { drainTimeout: 5s }
 limits: { maxConnections: 500, maxConnectionsPerClient: 7 }
 workers: 2
 listeners:
-  - ${BASE.join('\n    ')}
+  - ${[...BASE, 'role: submission'].join('\n    ')}
     limits: { maxConnectionsPerClient: 3 }
     routes:
       - serverNames: [www.example.com, "*.example.net"]
@@ -675,8 +735,8 @@ listeners:
     ]);
   });
   it('workers: auto is one per CPU; bad values are named', () => {
-    expect(load(`${CERTS}workers: auto\nlisteners:\n  - ${BASE.join('\n    ')}\n`).config.workers).toBeGreaterThanOrEqual(1);
-    expect(errorsOf(`${CERTS}workers: lots\nlisteners:\n  - ${BASE.join('\n    ')}\n`)).toEqual(['postern.yaml:4:10 workers: expected "auto" or a number of processes, got "lots"']);
+    expect(load(`${CERTS}workers: auto\nlisteners:\n  - ${[...BASE, 'role: submission'].join('\n    ')}\n`).config.workers).toBeGreaterThanOrEqual(1);
+    expect(errorsOf(`${CERTS}workers: lots\nlisteners:\n  - ${[...BASE, 'role: submission'].join('\n    ')}\n`)).toEqual(['postern.yaml:4:10 workers: expected "auto" or a number of processes, got "lots"']);
   });
   it('a bad network in acceptProxyProtocol is named', () => {
     expect(errorsOf(listenerWith({ acceptProxyProtocol: '{ from: ["10.0.0.0/33"] }' }))).toEqual(['postern.yaml:11:35 listeners[0].acceptProxyProtocol.from[0]: "10.0.0.0/33": the prefix must be 0-32']);
