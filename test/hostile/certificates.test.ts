@@ -51,6 +51,7 @@ listeners:
   - name: smtps
     listen: "127.0.0.1:${port}"
     protocol: smtp
+    role: submission
     tls: implicit
     hostname: mail.example.org
     backend: { address: "127.0.0.1:9", proxyProtocol: v2 }

@@ -264,6 +264,7 @@ listeners:
   - name: mx
     listen: "127.0.0.1:${port}"
     protocol: smtp
+    role: mx
     tls: starttls
     hostname: mail.example.org
     backend: { address: "127.0.0.1:9", proxyProtocol: v2 }
