@@ -48,7 +48,8 @@ function textValue(v: unknown): string {
 /**
  * One pino JSON line -> `<time> <LEVEL> <msg> key=value ...\n`, the keys in pino's order, fields
  * without a value (null) left out, a nested object's fields as `key.sub=value` (an error:
- * `err.message=... err.stack="..."`), a list as one quoted JSON string. Line breaks inside values
+ * `err.message=... err.stack="..."`), a list of names as `a,b`, any other list as one quoted
+ * JSON string. Line breaks inside values
  * stay escaped, so an event is always one line.
  */
 export function textLine(json: string): string {
@@ -69,7 +70,8 @@ function fields(prefix: string, o: Record<string, unknown>): string {
   let out = '';
   for (const [k, v] of Object.entries(o)) {
     if (v === null || v === undefined) continue;
-    if (typeof v === 'object' && !Array.isArray(v)) out += fields(`${prefix}${k}.`, v as Record<string, unknown>);
+    if (Array.isArray(v) && v.every((x) => typeof x === 'string' || typeof x === 'number')) out += ` ${prefix}${k}=${textValue(v.join(','))}`;
+    else if (typeof v === 'object' && !Array.isArray(v)) out += fields(`${prefix}${k}.`, v as Record<string, unknown>);
     else out += ` ${prefix}${k}=${textValue(v)}`;
   }
   return out;
