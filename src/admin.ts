@@ -1,7 +1,8 @@
 // The admin HTTP endpoint (`admin: { listen: ... }`): /metrics in Prometheus text format,
 // /healthz (the process is alive and answering) and /readyz (every listener bound, certificates
 // loaded and covering every listener's hostname, backends reachable) with a JSON body saying what
-// is not ready. GET and HEAD only.
+// is not ready; /readyz?listener=NAME asks the same of one listener (several: all of them).
+// GET and HEAD only.
 //
 // A liveness probe that goes unanswered restarts the pod and drops every mail session, so idle
 // connections must never crowd the probes out: a connection gets 2 s to send a complete request
@@ -26,8 +27,13 @@ export interface MetricsSource {
 
 export interface Readiness {
   ready: boolean;
+  /** The listeners asked about (`/readyz?listener=NAME`), or null: all of them. */
+  scope: string[] | null;
   listeners: Array<{ name: string; bound: boolean }>;
   certificates: { loaded: number };
+  /** Whether backends are checked (and so count for readiness), and how often. */
+  backendChecks: { enabled: boolean; intervalMs: number | null };
+  /** The backends of the listeners in scope; empty when the checks are off. */
   backends: BackendStatus[];
   /** What is not ready, one sentence each; empty when ready. */
   problems: string[];
@@ -35,33 +41,62 @@ export interface Readiness {
 
 export interface ReadinessInput {
   listeners: Array<{ name: string; bound: boolean }>;
+  /**
+   * Every configured listener name, for telling an unknown name from one not reported yet (the
+   * supervisor before its workers report); default: the names in `listeners`.
+   */
+  names?: string[];
   /** Number of loaded certificate entries. */
   certificates: number;
   /** Listeners whose hostname no loaded certificate covers (a STARTTLS one cannot offer TLS). */
   certificatesMissing?: Array<{ listener: string; hostname: string }>;
+  /** `backendChecks.interval`; null: off, and backends do not count. */
+  backendChecks: { intervalMs: number | null };
   backends: BackendStatus[];
+  /** Problems of the whole process, whatever the scope (workers not running). */
+  problems?: string[];
+}
+
+/** `?listener=a&listener=b` or `?listener=a,b`; null when none is given. */
+export function scopeOf(params: URLSearchParams): string[] | null {
+  const names = params.getAll('listener').flatMap((v) => v.split(','));
+  return names.length === 0 ? null : [...new Set(names)];
+}
+
+/** The names in `scope` that no configured listener has. */
+export function unknownListeners(input: ReadinessInput, scope: readonly string[]): string[] {
+  const known = new Set(input.names ?? input.listeners.map((l) => l.name));
+  return scope.filter((n) => !known.has(n));
 }
 
 /**
- * Ready when every listener is bound, a certificate is loaded and covers every listener's
- * hostname, and every backend answered.
+ * Ready when the listeners in scope (all of them by default) are bound, a certificate is loaded
+ * and covers their hostnames, and their backends (the listener's own and its routes') answered
+ * the last check, when backends are checked. A scope lets a probe ask for one listener: an IMAP
+ * backend that is down then does not take port 25 out of its Service.
  */
-export function readinessOf(input: ReadinessInput): Readiness {
-  const problems: string[] = [];
-  if (input.listeners.length === 0) problems.push('no listeners');
-  for (const l of input.listeners) if (!l.bound) problems.push(`listener "${l.name}" is not bound`);
+export function readinessOf(input: ReadinessInput, scope: readonly string[] | null = null): Readiness {
+  const inScope = (name: string) => scope === null || scope.includes(name);
+  const checks = input.backendChecks.intervalMs !== null;
+  const listeners = input.listeners.filter((l) => inScope(l.name));
+  const backends = checks ? input.backends.filter((b) => inScope(b.listener)) : [];
+  const problems: string[] = [...(input.problems ?? [])];
+  if (input.listeners.length === 0 && scope === null) problems.push('no listeners');
+  for (const l of listeners) if (!l.bound) problems.push(`listener "${l.name}" is not bound`);
   if (input.certificates <= 0) problems.push('no certificates loaded');
-  for (const m of input.certificatesMissing ?? []) problems.push(`listener "${m.listener}": no loaded certificate covers its hostname "${m.hostname}"`);
-  for (const b of input.backends) {
+  for (const m of input.certificatesMissing ?? []) if (inScope(m.listener)) problems.push(`listener "${m.listener}": no loaded certificate covers its hostname "${m.hostname}"`);
+  for (const b of backends) {
     if (b.reachable) continue;
     if (b.checkedAt === null) problems.push(`backend ${b.address} (listener "${b.listener}") not checked yet`);
     else problems.push(`backend ${b.address} (listener "${b.listener}") unreachable: ${b.error ?? 'unknown error'}`);
   }
   return {
     ready: problems.length === 0,
-    listeners: input.listeners.map((l) => ({ name: l.name, bound: l.bound })),
+    scope: scope === null ? null : [...scope],
+    listeners: listeners.map((l) => ({ name: l.name, bound: l.bound })),
     certificates: { loaded: input.certificates },
-    backends: input.backends,
+    backendChecks: { enabled: checks, intervalMs: input.backendChecks.intervalMs },
+    backends,
     problems,
   };
 }
@@ -69,7 +104,8 @@ export function readinessOf(input: ReadinessInput): Readiness {
 export interface AdminOptions {
   listen: HostPort;
   metrics: Metrics | MetricsSource;
-  readiness: () => Readiness | Promise<Readiness>;
+  /** The state /readyz judges; the endpoint applies `?listener=` to it. */
+  readiness: () => ReadinessInput | Promise<ReadinessInput>;
   log: Logger;
 }
 
@@ -351,19 +387,27 @@ export async function startAdmin(opts: AdminOptions): Promise<AdminServer> {
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     req.resume(); // a body, if any, is of no interest
-    let path: string;
+    let url: URL;
     try {
-      path = new URL(req.url ?? '/', 'http://admin').pathname;
+      url = new URL(req.url ?? '/', 'http://admin');
     } catch {
       return json(res, 400, { error: 'bad request' });
     }
+    const path = url.pathname;
     if (!PATHS.has(path)) return json(res, 404, { error: 'not found', paths: [...PATHS] });
     if (req.method !== 'GET' && req.method !== 'HEAD') return json(res, 405, { error: 'method not allowed' }, { Allow: 'GET, HEAD' });
     switch (path) {
       case '/healthz':
         return json(res, 200, { status: 'ok' });
       case '/readyz': {
-        const r = await opts.readiness();
+        const input = await opts.readiness();
+        const scope = scopeOf(url.searchParams);
+        const unknown = scope === null ? [] : unknownListeners(input, scope);
+        if (unknown.length > 0) {
+          const listeners = [...new Set(input.names ?? input.listeners.map((l) => l.name))];
+          return json(res, 404, { error: `no listener named ${unknown.map((n) => JSON.stringify(n)).join(', ')}`, unknown, listeners });
+        }
+        const r = readinessOf(input, scope);
         return json(res, r.ready ? 200 : 503, r);
       }
       default: {

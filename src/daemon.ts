@@ -24,6 +24,9 @@ export interface ReloadPlan {
   needsRestart: string[];
 }
 
+/** Top-level settings only a restart applies. */
+const RESTART_ONLY = ['log', 'admin', 'backendChecks', 'shutdown', 'workers'] as const;
+
 export class Daemon {
   readonly listeners: Listener[] = [];
   readonly metrics: Metrics;
@@ -138,6 +141,9 @@ export class Daemon {
       listeners.push({ config: next, keptBecause: null, newPath: next.path });
     }
     for (const name of byName.keys()) needsRestart.push(`listener "${name}" was added`);
+    // Process-wide settings are read once at start (the logger, the admin endpoint, the backend
+    // check timer, the drain, the workers): a change is named rather than silently ignored.
+    for (const key of RESTART_ONLY) if (JSON.stringify(config[key]) !== JSON.stringify(this.applied[key])) needsRestart.push(`${key} changed`);
     return { listeners, needsRestart };
   }
 
@@ -159,12 +165,14 @@ export class Daemon {
   /**
    * Applies a reloaded configuration: certificates and each listener's policy, names, ALPN,
    * backend, timeouts and STARTTLS options take effect for new connections. What only a restart
-   * can change (listen address, protocol, tls mode, added or removed listeners) is returned.
+   * can change (listen address, protocol, tls mode, added or removed listeners, the top-level
+   * log, admin, backendChecks, shutdown and workers) is returned.
    */
   apply(config: PosternConfig, store: CertStore): string[] {
     const plan = this.plan(config);
     plan.listeners.forEach((p, i) => (this.listeners[i]!.env.listener = p.config));
-    this.applied = config;
+    // The process-wide settings stay what the process runs with (named again on the next reload).
+    this.applied = { ...config, ...Object.fromEntries(RESTART_ONLY.map((k) => [k, this.applied[k]])) };
     this.setStore(store);
     return plan.needsRestart;
   }

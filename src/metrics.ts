@@ -1,6 +1,19 @@
 // Prometheus metrics. Names and labels are public API: add, never rename.
 // Every refusal's reason code is a label value here and a field in the log line.
-import { Counter, Histogram, Registry, Gauge } from 'prom-client';
+import { Counter, Histogram, Registry, Gauge, collectDefaultMetrics } from 'prom-client';
+import { version } from './version.ts';
+
+/**
+ * How prom-client's process metrics are combined over workers (src/cluster.ts sums every
+ * registry by default). Summing is right for CPU seconds, memory and GC, and wrong for a
+ * per-process limit: EMFILE happens in one process, so the worker with the most open descriptors
+ * against the lowest limit is what an alert needs. prom-client itself omits the start time and
+ * takes the first version, and averages the event-loop lag.
+ */
+const PROCESS_AGGREGATORS: Readonly<Record<string, 'max' | 'min'>> = {
+  process_open_fds: 'max',
+  process_max_fds: 'min',
+};
 
 export class Metrics {
   readonly registry = new Registry();
@@ -85,6 +98,40 @@ export class Metrics {
     aggregator: 'max',
     registers: [this.registry],
   });
+  readonly plaintextSessions = new Counter({
+    name: 'postern_plaintext_sessions_total',
+    help: 'Sessions of a STARTTLS listener handed to the backend without TLS (the client never sent STARTTLS), by listener',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
+  readonly buildInfo = new Gauge({
+    name: 'postern_build_info',
+    help: 'Always 1; the labels say which postern (package version) runs on which Node.js',
+    labelNames: ['version', 'node'] as const,
+    // With workers: one process's 1, not the number of workers.
+    aggregator: 'max',
+    registers: [this.registry],
+  });
+  private processMetrics = false;
+
+  constructor() {
+    this.buildInfo.set({ version: version(), node: process.version }, 1);
+  }
+
+  /**
+   * prom-client's process_* and nodejs_* metrics on this registry. Called once by `postern run`
+   * (not by every Metrics: each call starts an event-loop delay monitor and a GC observer for
+   * the life of the process, which the many registries of the tests do not need).
+   */
+  collectProcessMetrics(): void {
+    if (this.processMetrics) return;
+    this.processMetrics = true;
+    collectDefaultMetrics({ register: this.registry });
+    for (const [name, aggregator] of Object.entries(PROCESS_AGGREGATORS)) {
+      const m = this.registry.getSingleMetric(name) as unknown as { aggregator?: string } | undefined;
+      if (m) m.aggregator = aggregator;
+    }
+  }
   readonly starttlsInjections = new Counter({
     name: 'postern_starttls_injections_total',
     help: 'Bytes pipelined after STARTTLS that were discarded (CVE-2011-0411), by listener',

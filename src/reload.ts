@@ -192,7 +192,7 @@ export class Reloader {
     // half-edited YAML is never picked up by a certificate renewal.
     if (v.config) {
       const restart = daemon.apply(v.config, v.store);
-      for (const r of restart) log.warn({ reason: 'needs_restart' }, `${r}: needs a restart; the running listener keeps its old settings`);
+      for (const r of restart) log.warn({ reason: 'needs_restart' }, `${r}: needs a restart; until then the old settings stay`);
       if (v.position) this.position = v.position;
     } else daemon.setStore(v.store);
     logCertificates(log, daemon);

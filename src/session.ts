@@ -331,6 +331,7 @@ async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
         return { reason: p.reason, side: 'client', detail: p.detail, words: p.words };
       case 'handoff':
         // Plaintext session (port 25 without STARTTLS): the backend gets it from this line on.
+        metrics.plaintextSessions.inc({ listener: l.name });
         s.disarm();
         if (p.pending.length > 0) s.socket.unshift(p.pending);
         return proxy(s, s.socket, p.filter, p.replay, null);

@@ -11,7 +11,7 @@ import { Reloader, logCertificates } from '../reload.ts';
 import { Supervisor, type WorkerStatus } from '../cluster.ts';
 import type { PosternConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
-import { startAdmin, readinessOf, type Readiness } from '../admin.ts';
+import { startAdmin, type ReadinessInput } from '../admin.ts';
 import { BackendHealth, healthTargets } from '../backend/health.ts';
 
 export async function runCommand(file: string): Promise<number> {
@@ -39,7 +39,7 @@ function logFatalErrors(log: Logger) {
 }
 
 async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Promise<number> {
-  const log = createLogger(v.config.log.level);
+  const log = createLogger(v.config.log.level, 1, v.config.log.format);
   logFatalErrors(log);
   const worker = cluster.isWorker;
   if (!worker) for (const w of v.warnings) log.warn({ file: w.file, path: w.path }, formatConfigError(w));
@@ -48,36 +48,37 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
     daemon = await Daemon.start({ config: v.config, store: v.store, log, preludeFor });
     if (!worker) logCertificates(log, daemon);
   } catch (err) {
+    // A log line like every other once the logger exists: one stream, one format.
     const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
-    process.stderr.write(`postern: cannot listen on ${e.address ?? '?'}:${e.port ?? '?'}: ${e.code ?? e.message}\n`);
+    log.fatal({ reason: 'listen_failed', listen: `${e.address ?? '?'}:${e.port ?? '?'}`, error: e.code ?? e.message }, `cannot listen on ${e.address ?? '?'}:${e.port ?? '?'}: ${e.code ?? e.message}`);
     return 1;
   }
+  // process_* and nodejs_*: with workers, each worker's, combined by the supervisor.
+  daemon.metrics.collectProcessMetrics();
 
   // SIGHUP, or a change in a certificate folder, reloads: build everything new, then swap.
   const reloader = new Reloader({ file, daemon, log, position: v.position });
   reloader.watch(v.config);
-  process.on('SIGHUP', () => void reloader.reload('sighup'));
 
   // Each process checks the backends itself, so /readyz and postern_backend_up speak for it.
-  const health = new BackendHealth(() => healthTargets(daemon.listeners.map((l) => l.env.listener)), {
-    intervalMs: 10_000,
+  // backendChecks.interval: off: no checks, and backends do not count for /readyz.
+  const intervalMs = v.config.backendChecks.intervalMs;
+  const health = intervalMs === null ? null : new BackendHealth(() => healthTargets(daemon.listeners.map((l) => l.env.listener)), {
+    intervalMs,
     timeoutMs: Math.max(...v.config.listeners.map((l) => l.timeouts.connectMs)),
     log,
     metrics: daemon.metrics,
   });
-  health.start();
+  health?.start();
+  // A reload may move backends: check them at once rather than call them "not checked yet"
+  // (503) until the next round, up to an interval later.
+  process.on('SIGHUP', () => void reloader.reload('sighup').then((ok) => (ok ? health?.check() : undefined)));
   let admin: { close(): Promise<void> } | null = null;
   if (v.config.admin && !worker) {
-    const readiness = () =>
-      readinessOf({
-        listeners: daemon.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
-        certificates: daemon.certificates.entries.length,
-        certificatesMissing: daemon.certificatesMissing(),
-        backends: health.status(),
-      });
+    const readiness = (): ReadinessInput => ({ ...processState(daemon, health), backendChecks: { intervalMs } });
     admin = await openAdmin(v.config, log, { metrics: daemon.metrics, readiness });
     if (!admin) {
-      health.stop();
+      health?.stop();
       await daemon.stop();
       return 1;
     }
@@ -89,9 +90,9 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
     AggregatorRegistry.setRegistries([daemon.metrics.registry]);
     // prom-client answers the primary's metric requests once an AggregatorRegistry exists here.
     new AggregatorRegistry();
-    const report = () => process.send?.(workerStatus(daemon, health));
+    const report = () => process.send?.({ type: 'postern:status', ...processState(daemon, health) } satisfies WorkerStatus);
     report();
-    void health.first.then(report);
+    void health?.first.then(report);
     statusTimer = setInterval(report, 2000);
     statusTimer.unref();
   }
@@ -117,7 +118,7 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
     process.on('SIGINT', () => (worker ? undefined : stop('SIGINT')));
   });
   if (statusTimer) clearInterval(statusTimer);
-  health.stop();
+  health?.stop();
   // The admin endpoint stayed up during the drain: /readyz said 503 (listeners unbound).
   await admin?.close();
   reloader.unwatch();
@@ -128,18 +129,18 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   return 0;
 }
 
-function workerStatus(daemon: Daemon, health: BackendHealth): WorkerStatus {
+/** What this process knows for /readyz (a worker sends it to the supervisor). */
+export function processState(daemon: Daemon, health: BackendHealth | null): Omit<WorkerStatus, 'type'> {
   return {
-    type: 'postern:status',
     listeners: daemon.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
     certificates: daemon.certificates.entries.length,
     certificatesMissing: daemon.certificatesMissing(),
-    backends: health.status(),
+    backends: health?.status() ?? [],
   };
 }
 
 async function runSupervisor(config: PosternConfig): Promise<number> {
-  const log = createLogger(config.log.level);
+  const log = createLogger(config.log.level, 1, config.log.format);
   logFatalErrors(log);
   const sup = new Supervisor({ workers: config.workers, log, stopTimeoutMs: config.shutdown.drainTimeoutMs + 5000 });
   log.info({ workers: config.workers }, 'starting workers');
@@ -149,7 +150,7 @@ async function runSupervisor(config: PosternConfig): Promise<number> {
     // /metrics sums the workers' registries over IPC (prom-client's AggregatorRegistry).
     const aggregator = new AggregatorRegistry();
     const metrics = { contentType: aggregator.contentType, metrics: () => aggregator.clusterMetrics() };
-    admin = await openAdmin(config, log, { metrics, readiness: () => supervisorReadiness(sup, config.workers) });
+    admin = await openAdmin(config, log, { metrics, readiness: () => supervisorReadiness(sup, config) });
     if (!admin) {
       await sup.stop();
       return 1;
@@ -182,24 +183,23 @@ async function openAdmin(config: PosternConfig, log: Logger, src: Pick<Parameter
   try {
     return await startAdmin({ listen, log, ...src });
   } catch (err) {
-    process.stderr.write(`postern: cannot listen on admin ${listen.host}:${listen.port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}\n`);
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    log.fatal({ reason: 'listen_failed', listen: `${listen.host}:${listen.port}`, error: code }, `cannot listen on admin ${listen.host}:${listen.port}: ${code}`);
     return null;
   }
 }
 
-/** Ready when every worker is up and reports every listener bound and its backends reachable. */
-function supervisorReadiness(sup: Supervisor, workers: number): Readiness {
+/** Ready when every worker is up and reports the listeners in scope bound and their backends reachable. */
+function supervisorReadiness(sup: Supervisor, config: PosternConfig): ReadinessInput {
   const all: WorkerStatus[] = [...sup.status.values()];
   const missing = new Map(all.flatMap((w) => w.certificatesMissing).map((m) => [m.listener, m]));
-  const r = readinessOf({
+  return {
     listeners: all.flatMap((w) => w.listeners),
+    names: config.listeners.map((l) => l.name),
     certificates: Math.min(...all.map((w) => w.certificates), all.length ? Infinity : 0),
     certificatesMissing: [...missing.values()],
+    backendChecks: { intervalMs: config.backendChecks.intervalMs },
     backends: all.flatMap((w) => w.backends),
-  });
-  if (all.length < workers) {
-    r.ready = false;
-    r.problems.unshift(`${all.length} of ${workers} workers running`);
-  }
-  return r;
+    problems: all.length < config.workers ? [`${all.length} of ${config.workers} workers running`] : [],
+  };
 }

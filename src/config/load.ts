@@ -344,8 +344,9 @@ function compile(doc: RawDocument, file: string): PosternConfig {
   };
   return {
     file,
-    log: { level: doc.log.level },
+    log: { level: doc.log.level, format: doc.log.format },
     admin: doc.admin ? { listen: doc.admin.listen } : null,
+    backendChecks: { intervalMs: doc.backendChecks.interval },
     shutdown: { drainTimeoutMs: doc.shutdown.drainTimeout },
     workers: doc.workers === 'auto' ? availableParallelism() : doc.workers,
     certificates,

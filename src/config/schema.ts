@@ -22,6 +22,14 @@ import { parseIPv4, parseIPv6 } from '../net/address.ts';
 
 export const DEFAULTS = {
   logLevel: 'info',
+  logFormat: 'json',
+  /**
+   * Backend reachability checks for /readyz and postern_backend_up. 30 s, not 10 s: each check is
+   * a connect and close in every backend's own log (2,880 lines a day per backend, not 8,640), a
+   * real session meets a dead backend at once anyway (backend_unreachable), and 30 s is within
+   * what a readiness probe with failureThreshold 2-3 reacts in.
+   */
+  backendCheckInterval: '30s',
   minVersion: 'TLSv1.2',
   timeouts: { handshake: '10s', connect: '5s', idle: '10m', starttls: '1m', backendReply: '2m' },
   probeInterval: '5m',
@@ -92,6 +100,19 @@ export function parseDuration(text: string): Parsed<number> {
   if (ms === 0) return bad(`expected a duration greater than zero, got ${JSON.stringify(text)}`);
   if (ms > MAX_TIMER_MS) return bad(`${JSON.stringify(text)} is too long: at most 24d`);
   return ok(ms);
+}
+
+/** Shortest backend check interval: more often is load on the backends, not information. */
+export const MIN_BACKEND_CHECK_MS = 1000;
+export const BACKEND_CHECK_HINT = 'expected a duration such as 30s, or off to turn the checks off';
+
+/** `backendChecks.interval`: a duration of at least 1s, or off (YAML `off` or `false`). */
+export function parseCheckInterval(value: string | false): Parsed<number | null> {
+  if (value === false || value === 'off') return ok(null);
+  const d = parseDuration(value);
+  if (!d.ok) return bad(`${d.message}; or off to turn the checks off`);
+  if (d.value < MIN_BACKEND_CHECK_MS) return bad(`${JSON.stringify(value)} is too often: at least 1s (each check is a connection in the backend's log), or off`);
+  return ok(d.value);
 }
 
 export const LISTEN_EXAMPLE = 'expected host:port, e.g. "0.0.0.0:465" or "[::]:465"';
@@ -228,6 +249,18 @@ function parsedString<T>(parse: (s: string) => Parsed<T>, typeError: (input: unk
 const duration = parsedString(parseDuration, (input) =>
   typeof input === 'number' ? `got a bare number (${input}): ${DURATION_HINT}` : `expected a duration such as 10s, got ${describeValue(input)}`,
 ).meta({ description: 'A duration with a unit: 250ms, 10s, 5m, 1h, 1d', pattern: '^[0-9]+(ms|s|m|h|d)$' });
+
+const checkInterval = z
+  .union([z.literal(false), z.string()], {
+    error: (iss) => (iss.input === undefined ? undefined : `${BACKEND_CHECK_HINT}, got ${describeValue(iss.input)}`),
+  })
+  .transform((v, ctx): number | null => {
+    const r = parseCheckInterval(v);
+    if (r.ok) return r.value;
+    ctx.issues.push({ code: 'custom', message: r.message, input: v });
+    return z.NEVER;
+  })
+  .meta({ description: `How often every backend is checked (a TCP connect with a PROXY header, then close): a duration of at least 1s, or off (default ${DEFAULTS.backendCheckInterval})` });
 
 const listenAddress = parsedString(
   (s) => parseHostPort(s, false),
@@ -400,10 +433,21 @@ const listenerSchema = z.strictObject({
 
 export const documentSchema = z
   .strictObject({
-    log: z.strictObject({ level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).prefault(DEFAULTS.logLevel) }).prefault({}),
+    log: z
+      .strictObject({
+        level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).prefault(DEFAULTS.logLevel),
+        format: oneOf(['json', 'text'])
+          .prefault(DEFAULTS.logFormat)
+          .meta({ description: `json: one JSON object per line; text: "<time> <LEVEL> <message> key=value ..." per line (default ${DEFAULTS.logFormat}). Both on stdout` }),
+      })
+      .prefault({}),
     certificates: z.array(certificateSchema).min(1, { error: 'at least one certificate is required' }).meta({ description: 'Certificates ({cert, key}, {dir} or {pem}); the names each serves come from its SANs' }),
     listeners: z.array(listenerSchema).min(1, { error: 'at least one listener is required' }),
     admin: z.strictObject({ listen: listenAddress }).optional().meta({ description: 'HTTP endpoint with /metrics, /healthz and /readyz; off when absent' }),
+    backendChecks: z
+      .strictObject({ interval: checkInterval.prefault(DEFAULTS.backendCheckInterval) })
+      .prefault({})
+      .meta({ description: 'Backend reachability checks behind /readyz and postern_backend_up; with interval: off, /readyz does not consider backends' }),
     shutdown: z.strictObject({ drainTimeout: duration.prefault(DEFAULTS.drainTimeout) }).prefault({}).meta({ description: 'On SIGTERM: stop accepting, let sessions finish up to drainTimeout (default 30s)' }),
     limits: limitsSchema.prefault({}).meta({ description: 'Defaults for every listener\'s limits' }),
     workers: z

@@ -2,6 +2,7 @@
 // addresses are parsed, durations are milliseconds, names are lowercased, paths are absolute.
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+export type LogFormat = 'json' | 'text';
 export type Protocol = 'smtp' | 'imap' | 'pop3' | 'tls';
 export type TlsMode = 'implicit' | 'starttls';
 export type SniPolicyName = 'strict' | 'fallback';
@@ -133,9 +134,11 @@ export interface ListenerConfig {
 export interface PosternConfig {
   /** Absolute path of the YAML file this came from. */
   file: string;
-  log: { level: LogLevel };
+  log: { level: LogLevel; format: LogFormat };
   /** The admin HTTP endpoint (/metrics, /healthz, /readyz); null when off. */
   admin: { listen: HostPort } | null;
+  /** Backend reachability checks (/readyz, postern_backend_up); intervalMs null: off. */
+  backendChecks: { intervalMs: number | null };
   shutdown: { drainTimeoutMs: number };
   /** Worker processes; 1 runs everything in this process. */
   workers: number;

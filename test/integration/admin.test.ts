@@ -10,7 +10,8 @@ import { startPostern, type RunningPostern } from '../helpers/postern.ts';
 import { startBackend } from '../helpers/backend.ts';
 import { freePort } from '../helpers/ports.ts';
 import { tlsOk, tlsTry, readUntil, readToEnd } from '../helpers/clients.ts';
-import { startAdmin, readinessOf, type Readiness } from '../../src/admin.ts';
+import { startAdmin, readinessOf, scopeOf, unknownListeners, type Readiness, type ReadinessInput } from '../../src/admin.ts';
+import { processState } from '../../src/commands/run.ts';
 import { BackendHealth, healthTargets } from '../../src/backend/health.ts';
 import { createLogger } from '../../src/log.ts';
 import { Metrics } from '../../src/metrics.ts';
@@ -32,12 +33,7 @@ async function admin(p: RunningPostern) {
   health.start();
   onTestFinished(() => health.stop());
   await health.first;
-  const readiness = (): Readiness =>
-    readinessOf({
-      listeners: d.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
-      certificates: d.certificates.entries.length,
-      backends: health.status(),
-    });
+  const readiness = (): ReadinessInput => ({ ...processState(d, health), backendChecks: { intervalMs: 60_000 } });
   const server = await startAdmin({ listen: { host: '127.0.0.1', port: 0 }, metrics: d.metrics, readiness, log: quiet });
   onTestFinished(() => server.close());
   const base = `http://127.0.0.1:${server.port}`;
@@ -212,6 +208,70 @@ listeners:
     expect(bare.connections[0]!.data.length).toBe(0);
   });
 
+  it('/readyz?listener=NAME judges one listener: a down IMAP backend leaves the MX listener ready; an unknown name is a 404', async () => {
+    const mx = await startBackend({ mode: 'echo', proxy: true });
+    const imap = await startBackend({ mode: 'echo', proxy: true });
+    onTestFinished(async () => {
+      await mx.close();
+      await imap.close();
+    });
+    const [p1, p2] = [await freePort(), await freePort()];
+    const p = await startPostern(
+      pki.dir,
+      `log: { level: fatal }
+certificates:
+  - { cert: ${mail.cert}, key: ${mail.key} }
+listeners:
+  - name: mx
+    listen: "127.0.0.1:${p1}"
+    protocol: tls
+    tls: implicit
+    hostname: mail.example.org
+    backend: { address: "127.0.0.1:${mx.port}", proxyProtocol: v2 }
+  - name: imap
+    listen: "127.0.0.1:${p2}"
+    protocol: tls
+    tls: implicit
+    hostname: mail.example.org
+    backend: { address: "127.0.0.1:${imap.port}", proxyProtocol: v2 }
+`,
+    );
+    onTestFinished(() => p.stop());
+    const a = await admin(p);
+    expect((await a.get('/readyz?listener=mx')).status).toBe(200);
+    expect((await a.get('/readyz?listener=imap')).status).toBe(200);
+
+    await imap.close();
+    await a.health.check();
+    const all = await a.get('/readyz');
+    expect(all.status).toBe(503);
+    const one = await a.get('/readyz?listener=mx');
+    expect(one.status).toBe(200);
+    const r = (await one.json()) as Readiness;
+    expect(r).toMatchObject({ ready: true, scope: ['mx'], listeners: [{ name: 'mx', bound: true }], backendChecks: { enabled: true, intervalMs: 60_000 }, problems: [] });
+    expect(r.backends.map((b) => [b.listener, b.address, b.reachable])).toEqual([['mx', `127.0.0.1:${mx.port}`, true]]);
+
+    const down = await a.get('/readyz?listener=imap');
+    expect(down.status).toBe(503);
+    expect(((await down.json()) as Readiness).problems).toEqual([`backend 127.0.0.1:${imap.port} (listener "imap") unreachable: ECONNREFUSED`]);
+    // Several listeners: ready only when all of them are.
+    expect((await a.get('/readyz?listener=mx&listener=imap')).status).toBe(503);
+    expect((await a.get('/readyz?listener=mx,imap')).status).toBe(503);
+    expect((await a.get('/readyz?listener=mx&listener=mx')).status).toBe(200);
+
+    const unknown = await a.get('/readyz?listener=pop3&listener=mx');
+    expect(unknown.status).toBe(404);
+    expect(unknown.headers.get('content-type')).toContain('application/json');
+    expect(await unknown.json()).toEqual({ error: 'no listener named "pop3"', unknown: ['pop3'], listeners: ['mx', 'imap'] });
+    expect((await a.get('/readyz?listener=')).status).toBe(404);
+    expect((await a.get('/readyz?listener=pop3', { method: 'HEAD' })).status).toBe(404);
+
+    // The MX listener itself unbound: its own answer says so.
+    await p.daemon.listener('mx').close();
+    const unbound = (await (await a.get('/readyz?listener=mx')).json()) as Readiness;
+    expect(unbound.problems).toEqual(['listener "mx" is not bound']);
+  });
+
   it('answers 404, 405 and 400 without falling over', async () => {
     const s = await scenario(pki, { certs: [mail], listener: { protocol: 'tls', sni: 'strict' } });
     const a = await admin(s.postern);
@@ -240,7 +300,7 @@ listeners:
 });
 
 describe('admin endpoint connection limits (issue 14, finding 7)', () => {
-  const ready = (): Readiness => readinessOf({ listeners: [{ name: 'l', bound: true }], certificates: 1, backends: [] });
+  const ready = (): ReadinessInput => ({ listeners: [{ name: 'l', bound: true }], certificates: 1, backendChecks: { intervalMs: null }, backends: [] });
 
   it('pipelined requests on one keep-alive connection are all answered; the connection is closed about 2 s after the last response', async () => {
     const server = await startAdmin({ listen: { host: '127.0.0.1', port: 0 }, metrics: new Metrics(), readiness: ready, log: quiet });
@@ -274,20 +334,23 @@ describe('admin endpoint connection limits (issue 14, finding 7)', () => {
 });
 
 describe('readinessOf', () => {
+  const CHECKS = { intervalMs: 30_000 };
   const backend = (reachable: boolean, checkedAt: string | null, error: string | null = null) => ({ listener: 'smtp', address: '10.0.0.5:25', reachable, error, checkedAt });
 
   it('is ready when everything is', () => {
-    expect(readinessOf({ listeners: [{ name: 'smtp', bound: true }], certificates: 2, backends: [backend(true, 'now')] })).toEqual({
+    expect(readinessOf({ listeners: [{ name: 'smtp', bound: true }], certificates: 2, backendChecks: CHECKS, backends: [backend(true, 'now')] })).toEqual({
       ready: true,
+      scope: null,
       listeners: [{ name: 'smtp', bound: true }],
       certificates: { loaded: 2 },
+      backendChecks: { enabled: true, intervalMs: 30_000 },
       backends: [backend(true, 'now')],
       problems: [],
     });
   });
 
   it('names every problem', () => {
-    const r = readinessOf({ listeners: [{ name: 'smtp', bound: false }], certificates: 0, backends: [backend(false, null), { ...backend(false, 'now', 'ETIMEDOUT'), address: '[::1]:143', listener: 'imap' }] });
+    const r = readinessOf({ listeners: [{ name: 'smtp', bound: false }], certificates: 0, backendChecks: CHECKS, backends: [backend(false, null), { ...backend(false, 'now', 'ETIMEDOUT'), address: '[::1]:143', listener: 'imap' }] });
     expect(r.ready).toBe(false);
     expect(r.problems).toEqual([
       'listener "smtp" is not bound',
@@ -295,7 +358,44 @@ describe('readinessOf', () => {
       'backend 10.0.0.5:25 (listener "smtp") not checked yet',
       'backend [::1]:143 (listener "imap") unreachable: ETIMEDOUT',
     ]);
-    expect(readinessOf({ listeners: [], certificates: 1, backends: [] }).problems).toEqual(['no listeners']);
+    expect(readinessOf({ listeners: [], certificates: 1, backendChecks: CHECKS, backends: [] }).problems).toEqual(['no listeners']);
+  });
+
+  const two: ReadinessInput = {
+    listeners: [{ name: 'smtp', bound: true }, { name: 'imap', bound: true }],
+    certificates: 1,
+    certificatesMissing: [{ listener: 'imap', hostname: 'imap.example.org' }],
+    backendChecks: CHECKS,
+    backends: [backend(true, 'now'), { ...backend(false, 'now', 'ECONNREFUSED'), address: '10.0.0.6:143', listener: 'imap' }],
+  };
+
+  it('a scope judges only its listeners: their binding, hostname coverage and backends', () => {
+    expect(readinessOf(two).ready).toBe(false);
+    const smtp = readinessOf(two, ['smtp']);
+    expect(smtp).toMatchObject({ ready: true, scope: ['smtp'], listeners: [{ name: 'smtp', bound: true }], backends: [backend(true, 'now')], problems: [] });
+    expect(readinessOf(two, ['imap']).problems).toEqual([
+      'listener "imap": no loaded certificate covers its hostname "imap.example.org"',
+      'backend 10.0.0.6:143 (listener "imap") unreachable: ECONNREFUSED',
+    ]);
+    expect(readinessOf(two, ['smtp', 'imap']).ready).toBe(false);
+    // What concerns the whole process counts for every scope.
+    expect(readinessOf({ ...two, certificates: 0 }, ['smtp']).problems).toEqual(['no certificates loaded']);
+    expect(readinessOf({ ...two, problems: ['1 of 2 workers running'] }, ['smtp']).problems).toEqual(['1 of 2 workers running']);
+  });
+
+  it('with backend checks off, backends do not count and the answer says so', () => {
+    const r = readinessOf({ ...two, certificatesMissing: [], backendChecks: { intervalMs: null } });
+    expect(r).toMatchObject({ ready: true, backendChecks: { enabled: false, intervalMs: null }, backends: [], problems: [] });
+  });
+
+  it('reads the scope from repeated or comma-separated listener parameters, and names the unknown ones', () => {
+    expect(scopeOf(new URLSearchParams(''))).toBeNull();
+    expect(scopeOf(new URLSearchParams('verbose=1'))).toBeNull();
+    expect(scopeOf(new URLSearchParams('listener=smtp&listener=imap'))).toEqual(['smtp', 'imap']);
+    expect(scopeOf(new URLSearchParams('listener=smtp,imap&listener=smtp'))).toEqual(['smtp', 'imap']);
+    expect(unknownListeners(two, ['smtp', 'pop3', ''])).toEqual(['pop3', '']);
+    // The supervisor knows the configured names before any worker has reported.
+    expect(unknownListeners({ ...two, listeners: [], names: ['smtp'] }, ['smtp'])).toEqual([]);
   });
 });
 
@@ -319,8 +419,9 @@ describe('startAdmin', () => {
 
   it('rejects when the address is taken', async () => {
     const m = new Metrics();
-    const first = await startAdmin({ listen: { host: '127.0.0.1', port: 0 }, metrics: m, readiness: () => readinessOf({ listeners: [], certificates: 0, backends: [] }), log: quiet });
+    const none = (): ReadinessInput => ({ listeners: [], certificates: 0, backendChecks: { intervalMs: null }, backends: [] });
+    const first = await startAdmin({ listen: { host: '127.0.0.1', port: 0 }, metrics: m, readiness: none, log: quiet });
     onTestFinished(() => first.close());
-    await expect(startAdmin({ listen: { host: '127.0.0.1', port: first.port }, metrics: m, readiness: () => readinessOf({ listeners: [], certificates: 0, backends: [] }), log: quiet })).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    await expect(startAdmin({ listen: { host: '127.0.0.1', port: first.port }, metrics: m, readiness: none, log: quiet })).rejects.toMatchObject({ code: 'EADDRINUSE' });
   });
 });

@@ -10,7 +10,8 @@ import { makePki, type TestPki, type CertFiles } from '../helpers/certs.ts';
 import { startPostern } from '../helpers/postern.ts';
 import { startBackend } from '../helpers/backend.ts';
 import { freePort } from '../helpers/ports.ts';
-import { startAdmin, readinessOf, type Readiness } from '../../src/admin.ts';
+import { startAdmin, type Readiness } from '../../src/admin.ts';
+import { processState } from '../../src/commands/run.ts';
 import { buildCertStore, type CertStore } from '../../src/tls/certstore.ts';
 import { loadConfigText } from '../../src/config/load.ts';
 import type { PosternConfig } from '../../src/config/types.ts';
@@ -68,13 +69,7 @@ describe('a listener whose hostname no loaded certificate covers', () => {
       listen: { host: '127.0.0.1', port: 0 },
       metrics: d.metrics,
       log: createLogger('fatal'),
-      readiness: () =>
-        readinessOf({
-          listeners: d.listeners.map((l) => ({ name: l.env.listener.name, bound: l.server.listening })),
-          certificates: d.certificates.entries.length,
-          certificatesMissing: d.certificatesMissing(),
-          backends: [],
-        }),
+      readiness: () => ({ ...processState(d, null), backendChecks: { intervalMs: null } }),
     });
     onTestFinished(() => admin.close());
     const gauge = async (listener: string) => (await d.metrics.listenerCertificateMissing.get()).values.find((v) => v.labels.listener === listener)?.value;

@@ -209,6 +209,19 @@ describe('certificate reload', () => {
     expect(await s.reloader.reload('sighup')).toBe(true);
     expect((await handshake2(s.port, s.ca.certPem, 'other.example.net')).error).toBeNull();
   });
+
+  it('SIGHUP names a changed log format or backend check interval as needing a restart, and reloads the rest', async () => {
+    const s = await setup();
+    const yaml = readFileSync(s.file, 'utf8').replace('log: { level: info }', 'log: { level: info, format: text }\nbackendChecks: { interval: off }');
+    writeFileSync(s.file, yaml);
+    expect(await s.reloader.reload('sighup')).toBe(true);
+    const restart = s.logs.filter((l) => l.reason === 'needs_restart').map((l) => l.msg);
+    expect(restart).toEqual(['log changed: needs a restart; until then the old settings stay', 'backendChecks changed: needs a restart; until then the old settings stay']);
+    // Still running with the old ones: the next reload names them again.
+    expect(s.daemon.config.log).toEqual({ level: 'info', format: 'json' });
+    expect(await s.reloader.reload('sighup')).toBe(true);
+    expect(s.logs.filter((l) => l.reason === 'needs_restart')).toHaveLength(4);
+  });
 });
 
 function handshake2(port: number, ca: string, servername: string): Promise<{ error: string | null }> {

@@ -87,6 +87,26 @@ listeners:
     }
     expect(ready.status).toBe(200);
     expect(((await ready.json()) as { listeners: unknown[] }).listeners).toHaveLength(2);
+    expect((await fetch(`http://127.0.0.1:${adminPort}/readyz?listener=t`)).status).toBe(200);
+    expect((await fetch(`http://127.0.0.1:${adminPort}/readyz?listener=nope`)).status).toBe(404);
+    // Process metrics over two workers: CPU and memory summed, descriptors of the fullest worker
+    // against the lowest limit (EMFILE is per process), one build_info, not one per worker.
+    const sample = (text: string, name: string) => {
+      const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+      return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
+    };
+    const again = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+    expect(sample(again, 'postern_build_info')).toBe(1);
+    expect(sample(again, 'nodejs_version_info')).toBe(1);
+    expect(sample(again, 'process_resident_memory_bytes')).toBeGreaterThan(0);
+    expect(sample(again, 'process_cpu_seconds_total')).toBeGreaterThan(0);
+    const open = sample(again, 'process_open_fds')!;
+    const max = sample(again, 'process_max_fds')!;
+    expect(open).toBeGreaterThan(0);
+    expect(open).toBeLessThan(max);
+    expect(max).toBe(Number(execFileSync('sh', ['-c', 'ulimit -n'], { encoding: 'utf8' }).trim()));
+    const types = again.split('\n').filter((l) => l.startsWith('# TYPE '));
+    expect(new Set(types).size).toBe(types.length);
 
     process.kill(workerPids[0]!, 'SIGKILL');
     await waitFor(() => lines.some((l) => l.msg === 'worker died; starting a replacement'), 'the death to be logged');

@@ -93,7 +93,7 @@ describe('config errors', () => {
   it('an unknown top-level key', () => {
     expect(errorsOf(`${CERTS}listener: []\n`)).toEqual([
       'postern.yaml:1:1 listeners: required but missing',
-      'postern.yaml:4:1 listener: unknown key "listener" (did you mean "listeners"?); allowed keys: log, certificates, listeners, admin, shutdown, limits, workers',
+      'postern.yaml:4:1 listener: unknown key "listener" (did you mean "listeners"?); allowed keys: log, certificates, listeners, admin, backendChecks, shutdown, limits, workers',
     ]);
   });
 
@@ -519,7 +519,8 @@ describe('config defaults', () => {
 
   it('log level info, minVersion TLSv1.2, serverNames any', () => {
     const { config } = load(listenerWith({}));
-    expect(config.log).toEqual({ level: 'info' });
+    expect(config.log).toEqual({ level: 'info', format: 'json' });
+    expect(config.backendChecks).toEqual({ intervalMs: 30_000 });
     expect(config.listeners[0]).toMatchObject({ minVersion: 'TLSv1.2', serverNames: null });
   });
 });
@@ -554,8 +555,9 @@ listeners:
 `;
     expect(load(yaml).config).toEqual({
       file,
-      log: { level: 'debug' },
+      log: { level: 'debug', format: 'json' },
       admin: null,
+      backendChecks: { intervalMs: 30_000 },
       shutdown: { drainTimeoutMs: 30_000 },
       workers: 1,
       certificates: [{ cert: join(dir, 'certs', 'fullchain.pem'), key: join(dir, 'certs', 'privkey.pem'), path: 'certificates[0]' }],
@@ -679,7 +681,7 @@ listeners:
   it('a JSON Schema of the document for editors', () => {
     const schema = configJsonSchema() as { type: string; required: string[]; additionalProperties: boolean; properties: Record<string, unknown> };
     expect(schema).toMatchObject({ type: 'object', additionalProperties: false, required: ['certificates', 'listeners'] });
-    expect(Object.keys(schema.properties)).toEqual(['log', 'certificates', 'listeners', 'admin', 'shutdown', 'limits', 'workers']);
+    expect(Object.keys(schema.properties)).toEqual(['log', 'certificates', 'listeners', 'admin', 'backendChecks', 'shutdown', 'limits', 'workers']);
     expect(JSON.stringify(schema)).toContain('"required":["name","listen","protocol","tls","hostname","backend"]');
   });
 });
@@ -734,6 +736,36 @@ listeners:
       [4, 32, 'c0000207'],
     ]);
   });
+  it('log.format and backendChecks.interval compile; off and false turn the checks off', () => {
+    const listeners = `listeners:\n  - ${BASE.join('\n    ')}\n`;
+    const c = load(`${CERTS}log: { format: text }\nbackendChecks: { interval: 2m }\n${listeners}`).config;
+    expect(c.log).toEqual({ level: 'info', format: 'text' });
+    expect(c.backendChecks).toEqual({ intervalMs: 120_000 });
+    expect(load(`${CERTS}backendChecks: { interval: off }\n${listeners}`).config.backendChecks).toEqual({ intervalMs: null });
+    expect(load(`${CERTS}backendChecks: { interval: false }\n${listeners}`).config.backendChecks).toEqual({ intervalMs: null });
+    expect(load(`${CERTS}backendChecks: { interval: 1s }\n${listeners}`).config.backendChecks).toEqual({ intervalMs: 1000 });
+  });
+
+  it('bad log.format and backendChecks values are named with file:line and path', () => {
+    const listeners = `listeners:\n  - ${BASE.join('\n    ')}\n`;
+    expect(errorsOf(`${CERTS}log: { format: pretty }\n${listeners}`)).toEqual(['postern.yaml:4:16 log.format: expected "json" or "text", got "pretty"']);
+    expect(errorsOf(`${CERTS}backendChecks:\n  interval: 500ms\n${listeners}`)).toEqual([
+      'postern.yaml:5:13 backendChecks.interval: "500ms" is too often: at least 1s (each check is a connection in the backend\'s log), or off',
+    ]);
+    expect(errorsOf(`${CERTS}backendChecks:\n  interval: 30\n${listeners}`)).toEqual([
+      'postern.yaml:5:13 backendChecks.interval: expected a duration such as 30s, or off to turn the checks off, got 30',
+    ]);
+    expect(errorsOf(`${CERTS}backendChecks:\n  interval: true\n${listeners}`)).toEqual([
+      'postern.yaml:5:13 backendChecks.interval: expected a duration such as 30s, or off to turn the checks off, got true',
+    ]);
+    expect(errorsOf(`${CERTS}backendChecks:\n  interval: often\n${listeners}`)).toEqual([
+      'postern.yaml:5:13 backendChecks.interval: expected a duration such as 250ms, 10s, 5m, 1h or 1d, got "often"; or off to turn the checks off',
+    ]);
+    expect(errorsOf(`${CERTS}backendChecks:\n  every: 30s\n${listeners}`)).toEqual([
+      'postern.yaml:5:3 backendChecks.every: unknown key "every"; allowed keys: interval',
+    ]);
+  });
+
   it('workers: auto is one per CPU; bad values are named', () => {
     expect(load(`${CERTS}workers: auto\nlisteners:\n  - ${[...BASE, 'role: submission'].join('\n    ')}\n`).config.workers).toBeGreaterThanOrEqual(1);
     expect(errorsOf(`${CERTS}workers: lots\nlisteners:\n  - ${[...BASE, 'role: submission'].join('\n    ')}\n`)).toEqual(['postern.yaml:4:10 workers: expected "auto" or a number of processes, got "lots"']);

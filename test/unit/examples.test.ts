@@ -396,11 +396,17 @@ describe('examples/kubernetes/', () => {
     for (const svc of ofKind('Service')) expect(labels).toMatchObject(obj(obj(svc.spec, 'Service spec').selector, 'Service selector'));
   });
 
-  it('probes readiness on /readyz and liveness on /healthz at the admin port', () => {
+  it('probes readiness on /readyz of the MX listener and liveness on /healthz at the admin port', () => {
     const { container, config } = k();
     const ready = obj(obj(container.readinessProbe, 'readinessProbe').httpGet, 'readinessProbe.httpGet');
     const live = obj(obj(container.livenessProbe, 'livenessProbe').httpGet, 'livenessProbe.httpGet');
-    expect(ready.path).toBe('/readyz');
+    const url = new URL(str(ready.path, 'readinessProbe.httpGet.path'), 'http://pod');
+    expect(url.pathname).toBe('/readyz');
+    // Issue 15: one Service carries every port, so the one readiness asks about the port-25
+    // listener only; a down IMAP backend must not take the MX out of the Service.
+    const mx = config.listeners.find((l) => l.listen.port === 25);
+    expect(mx, 'a listener on port 25').toBeDefined();
+    expect(url.searchParams.getAll('listener')).toEqual([mx!.name]);
     expect(live.path).toBe('/healthz');
     const admin = config.admin!.listen;
     expect(admin.host).not.toBe('127.0.0.1'); // the kubelet probes the pod's address
