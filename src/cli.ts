@@ -1,7 +1,6 @@
 // Command line: parses flags and calls into run / check / demo. Nothing else lives here.
-// Each command's module is loaded when that command runs: the demo's certificate authority
-// (@peculiar/x509 and its dependencies) alone is ~4 MB of V8 heap, which a running daemon would
-// otherwise carry and walk through in every full GC.
+// Each command's module is loaded when that command runs, so a running daemon carries only the
+// code it runs (every module loaded is V8 heap that each full GC walks through).
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 
