@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
 import { stringify } from 'yaml';
-import { createCa, issueCert } from '../src/pki.ts';
+import { createCa, issueCert } from '../test/helpers/pki.ts';
 import { buildOnce } from '../test/helpers/build.ts';
 
 const ROOT = join(import.meta.dirname, '..');

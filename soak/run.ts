@@ -35,7 +35,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { stringify } from 'yaml';
-import { createCa, issueCert, type TestCa } from '../src/pki.ts';
+import { createCa, issueCert, type TestCa } from '../test/helpers/pki.ts';
 import { buildOnce } from '../test/helpers/build.ts';
 import { memoryAfterGc } from '../test/helpers/inspector.ts';
 import { imapBackend, pop3Backend, smtpBackend, type HeldMessage, type RestartableServer, type SlowPlan } from './backends.ts';

@@ -1,8 +1,11 @@
 // Command line: parses flags and calls into run / check / demo. Nothing else lives here.
-// Each command's module is loaded when that command runs: the demo's certificate authority
-// (@peculiar/x509 and its dependencies) alone is ~4 MB of V8 heap, which a running daemon would
-// otherwise carry and walk through in every full GC.
+// Each command's module is loaded when that command runs, so a running daemon carries only the
+// code it runs (every module loaded is V8 heap that each full GC walks through).
+import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
+
+/** postern's own package.json (next to dist/ and src/), whatever the working directory or npm script. */
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
 const configOption = () =>
   new Option('-c, --config <file>', 'configuration file').env('POSTERN_CONFIG').default('./postern.yaml');
@@ -10,7 +13,7 @@ const configOption = () =>
 const program = new Command()
   .name('postern')
   .description('A TLS front door for mail servers: per-listener SNI policy, STARTTLS, PROXY protocol to the backend.')
-  .version(process.env.npm_package_version ?? '0.1.0');
+  .version(pkg.version);
 
 program
   .command('run')
@@ -51,6 +54,31 @@ program
   .action(async (opts: { host: string }) => {
     const { demoCommand } = await import('./commands/demo.ts');
     process.exitCode = await demoCommand(opts);
+  });
+
+program
+  .command('schema')
+  .description('print the JSON Schema of postern.yaml (for editors: the package also ships it as postern.schema.json)')
+  .option('--write <file>', 'write it to this file (atomically: a temporary file, then a rename) instead of stdout')
+  .action(async (opts: { write?: string }) => {
+    const { configJsonSchema } = await import('./config/schema.ts');
+    const text = JSON.stringify(configJsonSchema(), null, 2) + '\n';
+    if (opts.write === undefined) return void process.stdout.write(text);
+    const { writeFileSync, renameSync } = await import('node:fs');
+    const tmp = `${opts.write}.${process.pid}.tmp`;
+    writeFileSync(tmp, text);
+    renameSync(tmp, opts.write);
+  });
+
+program
+  .command('health')
+  .description("probe the admin endpoint's /healthz (the admin address comes from the configuration); exit 0 when it answers 200")
+  .addOption(configOption())
+  .option('--url <url>', 'probe this URL instead of the configured admin address')
+  .option('--timeout <ms>', 'give up after this many milliseconds', '3000')
+  .action(async (opts: { config: string; url?: string; timeout: string }) => {
+    const { healthCommand } = await import('./commands/health.ts');
+    process.exitCode = await healthCommand(opts.config, { url: opts.url, timeoutMs: Number(opts.timeout) });
   });
 
 await program.parseAsync(process.argv);

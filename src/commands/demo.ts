@@ -1,12 +1,13 @@
 // `postern demo`: everything in one process on loopback, nothing to configure. A throwaway CA and
-// certificates (written to a temporary folder so that openssl can verify against the CA), small
-// built-in backends, and listeners that show the strict and the fallback policy.
+// certificates made with the openssl command (in a temporary folder, so that openssl s_client can
+// verify against the CA), small built-in backends, and listeners that show the strict and the
+// fallback policy.
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfigText, formatConfigError } from '../config/load.ts';
 import { checkCertificates } from '../config/certificates.ts';
-import { createCa, issueCert } from '../pki.ts';
+import { makeDemoCertificates } from '../demo/ca.ts';
 import { createLogger } from '../log.ts';
 import { Daemon } from '../daemon.ts';
 import { startDemoBackend } from '../demo/backend.ts';
@@ -26,14 +27,15 @@ export interface DemoHandle {
 
 export async function startDemo(opts: DemoOptions, logDestination: NodeJS.WritableStream | number = 1): Promise<DemoHandle> {
   const dir = mkdtempSync(join(tmpdir(), 'postern-demo-'));
-  const ca = await createCa('postern demo CA');
-  const mail = await issueCert(ca, { names: ['mail.example.org'] });
-  const wild = await issueCert(ca, { names: ['*.example.com'] });
-  writeFileSync(join(dir, 'ca.pem'), ca.certPem);
-  writeFileSync(join(dir, 'mail.pem'), mail.chainPem);
-  writeFileSync(join(dir, 'mail.key'), mail.keyPem, { mode: 0o600 });
-  writeFileSync(join(dir, 'wild.pem'), wild.chainPem);
-  writeFileSync(join(dir, 'wild.key'), wild.keyPem, { mode: 0o600 });
+  try {
+    makeDemoCertificates(dir, [
+      { file: 'mail', names: ['mail.example.org'] },
+      { file: 'wild', names: ['*.example.com'] },
+    ]);
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
 
   const base = opts.basePort ?? 8460;
   const at = (n: number) => base + n;

@@ -38,11 +38,25 @@ function logFatalErrors(log: Logger) {
   });
 }
 
+/**
+ * postern needs one privilege, binding ports below 1024 (CAP_NET_BIND_SERVICE); as root a bug
+ * could do anything. One line at startup says so; the systemd unit and the Docker image run it
+ * as an unprivileged user that holds only that capability.
+ */
+export function warnIfRoot(log: Logger, uid = process.getuid?.()) {
+  if (uid !== 0) return;
+  log.warn(
+    { reason: 'running_as_root' },
+    'running as root: postern needs only CAP_NET_BIND_SERVICE to bind ports below 1024; run it as a dedicated user with that capability (examples/systemd/postern.service, or the Docker image: setcap cap_net_bind_service=+ep on node)',
+  );
+}
+
 async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Promise<number> {
   const log = createLogger(v.config.log.level, 1, v.config.log.format);
   logFatalErrors(log);
   const worker = cluster.isWorker;
   if (!worker) for (const w of v.warnings) log.warn({ file: w.file, path: w.path }, formatConfigError(w));
+  if (!worker) warnIfRoot(log);
   let daemon: Daemon;
   try {
     daemon = await Daemon.start({ config: v.config, store: v.store, log, preludeFor });

@@ -2,7 +2,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createCa, issueCert, type IssueOptions, type TestCa } from '../../src/pki.ts';
+import { createCa, issueCert, type IssueOptions, type TestCa } from './pki.ts';
 
 export interface CertFiles {
   cert: string;

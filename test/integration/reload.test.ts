@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import tls from 'node:tls';
 import net from 'node:net';
 import { Writable } from 'node:stream';
-import { createCa, issueCert, type TestCa } from '../../src/pki.ts';
+import { createCa, issueCert, type TestCa } from '../helpers/pki.ts';
 import { validateFile } from '../../src/commands/load.ts';
 import { createLogger } from '../../src/log.ts';
 import { Daemon } from '../../src/daemon.ts';

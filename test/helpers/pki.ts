@@ -1,5 +1,6 @@
-// Throwaway certificate authorities and certificates, made in memory. Used by `postern demo`
-// and by the tests (certificates are generated per run, never committed with an expiry date).
+// Throwaway certificate authorities and certificates, made in memory, for the tests, the soak and
+// the benchmarks (generated per run, never committed with an expiry date). `postern demo` makes
+// its CA with the openssl command instead (src/demo/ca.ts), so @peculiar/x509 is a dev dependency.
 // @peculiar/x509 resolves its algorithm providers through tsyringe, which needs this polyfill.
 import 'reflect-metadata';
 import { webcrypto } from 'node:crypto';
