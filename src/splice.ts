@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import { CloseReason, type Side } from './errors.ts';
 import type { SessionFilter } from './starttls/types.ts';
 import { pumpFiltered, type FilteredPipe } from './filtered-pipe.ts';
+import { endGracefully } from './net/last-words.ts';
 
 export interface SpliceResult {
   reason: CloseReason;
@@ -39,8 +40,7 @@ export interface Splice {
   stop(): void;
 }
 
-/** After the last words, how long a client that does not read them may keep the socket. */
-export const LAST_WORDS_MS = 2000;
+export { LAST_WORDS_MS } from './net/last-words.ts';
 
 export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Splice {
   const { idleMs, filter } = opts;
@@ -55,11 +55,20 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
     rejectDone = reject;
   });
 
-  const destroyBoth = () => {
-    client.destroy();
-    backend.destroy();
-  };
   let pump: FilteredPipe | null = null;
+  /**
+   * postern ends the session itself (idle timeout, shutdown): the backend is closed, the client
+   * gets an orderly end (close_notify on TLS) and at most LAST_WORDS_MS to go.
+   */
+  const closeBoth = () => {
+    pump?.detach();
+    client.unpipe(backend);
+    backend.unpipe(client);
+    backend.destroy();
+    // What the client still sends is dropped (bounded by the pump's drain cap, or by LAST_WORDS_MS).
+    if (!pump) client.resume();
+    endGracefully(client, null);
+  };
   /**
    * One session's fault stays in it: nothing more is forwarded, the backend is closed, and `done`
    * rejects at once; the session closes the client (with the protocol's "try later").
@@ -120,18 +129,14 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
   // sees both directions, because every byte either way is read from or written to it.
   client.setTimeout(idleMs, () => {
     result ??= { reason: CloseReason.idleTimeout, side: 'local', error: null };
-    destroyBoth();
+    closeBoth();
   });
 
   if (filter) {
     /** The pump stops; the client gets `words` (if any) and its FIN, and at most LAST_WORDS_MS to go. */
     const closeClient = (words: Buffer | null) => {
       pump?.detach();
-      if (client.writable) {
-        if (words) client.end(words);
-        else client.end();
-      }
-      setTimeout(() => client.destroy(), LAST_WORDS_MS).unref();
+      endGracefully(client, words);
     };
     const onBackendSilent = () => {
       waitTimer = null;
@@ -175,7 +180,7 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
     done,
     stop() {
       result ??= { reason: CloseReason.shutdown, side: 'local', error: null };
-      destroyBoth();
+      closeBoth();
     },
   };
 }

@@ -114,7 +114,7 @@ describe('routes', () => {
 });
 
 describe('PROXY input from a load balancer', () => {
-  const lb = (b: RecordingBackend) => `    protocol: smtp
+  const lb = (b: RecordingBackend) => `    protocol: tls
     tls: implicit
     acceptProxyProtocol: { from: ["127.0.0.2/32"] }
     backend: { address: "127.0.0.1:${b.port}", proxyProtocol: v2 }
