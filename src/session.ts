@@ -446,12 +446,14 @@ async function proxy(s: Session, client: Socket, filter: SessionFilter | null, r
   const headerLength = (header?.length ?? 0) + Buffer.byteLength(replay);
   const raw = s.socket;
   const silent = s.say('backendSilent');
+  const down = s.say('backendDown');
   const sp = splice(client, backend, {
     idleMs: l.timeouts.idleMs,
     backendReplyMs: l.timeouts.backendReplyMs,
     filter,
     replay,
     silentBackendWords: silent === null ? null : Buffer.from(silent),
+    ungreetedBackendWords: filter && l.tls === 'implicit' && down !== null ? Buffer.from(down) : null,
     resetClient: () => (raw.destroyed ? client.destroy() : raw.resetAndDestroy()),
   });
   s.spliced(sp);

@@ -27,6 +27,12 @@ export interface SpliceOptions {
   /** What the client is told when the backend does not answer in time (the protocol's "try later"). */
   silentBackendWords: Buffer | null;
   /**
+   * Implicit TLS: what the client is told when the backend closes before its greeting (the
+   * protocol's "backend not available"); the client has heard nothing else. Null after STARTTLS
+   * (the client has postern's greeting) and on raw sessions.
+   */
+  ungreetedBackendWords?: Buffer | null;
+  /**
    * Resets the client's TCP connection. A TLSSocket's own handle is the TLS layer, which cannot
    * send a RST (ERR_INVALID_HANDLE_TYPE); the raw socket beneath it can.
    */
@@ -153,7 +159,7 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
           // Unlike a raw pipe, a filtered (mail) session does not stay half-open: what the client
           // still sends is dropped, and a client that does not close within the grace is closed.
           backend.end();
-          closeClient(null);
+          closeClient(filter.greeted() ? null : (opts.ungreetedBackendWords ?? null));
         },
         // Waits for the backend have their own deadline: the client's bytes (which reset the idle
         // timer) never extend it (threats.md: "Client bytes never extend a deadline that waits on

@@ -109,7 +109,10 @@ async function startControlledBackend(): Promise<ControlledBackend> {
  */
 interface FlappingBackend {
   port: number;
-  /** Kills and restarts the backend every few ms until `ms` have passed. */
+  /**
+   * Kills and restarts the backend every few ms until `ms` have passed; every 10th time it stays
+   * up for 100 ms, long enough for whole sessions however loaded the machine is.
+   */
   flap(ms: number): Promise<number>;
   close(): Promise<void>;
 }
@@ -149,7 +152,7 @@ async function startFlappingBackend(): Promise<FlappingBackend> {
     async flap(ms) {
       let kills = 0;
       for (const until = Date.now() + ms; Date.now() < until; kills++) {
-        await sleep(3 + Math.random() * 10);
+        await sleep(kills % 10 === 9 ? 100 : 3 + Math.random() * 10);
         kill();
         await sleep(Math.random() * 3);
         await start();
@@ -517,18 +520,22 @@ describe('a backend that dies and comes back', () => {
       }
     };
     const [kills] = await Promise.all([flapping.flap(8000), ...Array.from({ length: 40 }, client)]);
-    console.log('FLAPDEBUG', kills, JSON.stringify({ ...outcomes, other: outcomes.other.slice(0, 10), otherCount: outcomes.other.length }));
     expect(d.child.exitCode, `postern exited: ${d.stderr().slice(-2000)}`).toBeNull();
     expect(d.child.signalCode).toBeNull();
     expect(d.pid).toBe(pid);
-    expect(kills).toBeGreaterThan(100);
+    // How many times the backend flapped depends on how loaded the machine is (this process also
+    // runs the 40 TLS clients: on 2 busy cores it managed 38-60 kills in 8 s, ~700 when idle), so
+    // the count is not the measure; what matters is that every state of the backend was met:
+    // sessions answered (up), refused with 421 (down), reset (killed mid-session).
+    expect(kills).toBeGreaterThanOrEqual(20);
     expect(outcomes.other).toEqual([]);
     expect(outcomes.answered).toBeGreaterThan(0);
     expect(outcomes.goodbye).toBeGreaterThan(0);
+    expect(outcomes.reset).toBeGreaterThan(0);
     // Every session was closed and counted under a stable reason.
     const reasons = (await d.metrics()).filter((m) => m.name === 'postern_connections_total' && m.labels.listener === 'flap-smtp').map((m) => m.labels.reason);
     expect(reasons.length).toBeGreaterThan(0);
-    for (const r of reasons) expect(['done', 'backend_unreachable', 'backend_error', 'client_error', 'client_gone', 'handshake_failed']).toContain(r);
+    for (const r of reasons) expect(['done', 'backend_unreachable', 'backend_closed', 'backend_error', 'client_error', 'client_gone', 'handshake_failed']).toContain(r);
     // One summary line per session; taking them all also keeps later tests, which find their
     // line by client port, from meeting one of these (thousands of ports were used here).
     let summaries = 0;
