@@ -67,6 +67,7 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
    * gets an orderly end (close_notify on TLS) and at most LAST_WORDS_MS to go.
    */
   const closeBoth = () => {
+    client.setTimeout(0);
     pump?.detach();
     client.unpipe(backend);
     backend.unpipe(client);
