@@ -7,7 +7,7 @@ import { CloseReason } from './errors.ts';
 import { clientKey } from './net/address.ts';
 import type { Prelude } from './starttls/prelude.ts';
 import type { ProtocolWords } from './starttls/types.ts';
-import { wordsFor } from './starttls/protocols.ts';
+import { implicitFilterFor, wordsFor } from './starttls/protocols.ts';
 import type { ListenerConfig } from './config/types.ts';
 
 export type { Prelude };
@@ -67,6 +67,7 @@ export class Listener {
     let release: (() => void) | null = null;
     const deps: SessionDeps = {
       prelude: this.prelude,
+      implicitFilter: () => implicitFilterFor(session.listener),
       admit: (s) => {
         const r = this.admit(s);
         if (typeof r === 'function') {

@@ -23,6 +23,7 @@ import { encodeProxyV1, encodeProxyV2 } from './backend/proxy-protocol.ts';
 import { readInboundProxy } from './net/accept-proxy.ts';
 import { inNetworks, unmapped } from './net/address.ts';
 import { LAST_WORDS_MS, splice, type Splice } from './splice.ts';
+import { endGracefully } from './net/last-words.ts';
 import type { Prelude } from './starttls/prelude.ts';
 import type { ProtocolWords, SessionFilter } from './starttls/types.ts';
 
@@ -37,6 +38,8 @@ export interface SessionEnv {
 /** What the listener gives each session: its prelude and its limits. */
 export interface SessionDeps {
   prelude: Prelude | null;
+  /** Implicit TLS listeners of a mail protocol: the after-TLS filter (null for protocol tls: raw). */
+  implicitFilter?: () => SessionFilter | null;
   /** Counts the session against the limits (by its real client): a refusal's reason, or null. */
   admit(s: Session): CloseReason | null;
 }
@@ -242,6 +245,12 @@ export class Session {
     // And bytes already received on the TCP socket are read and dropped: closing with unread
     // data makes the kernel send a reset, which can destroy the last words in flight.
     if (!this.tlsSocket) this.socket.resume();
+    if (this.tlsSocket && this.phase === 'secure') {
+      // Inside TLS: the words, close_notify, then the FIN; the TCP socket beneath goes last.
+      const raw = this.socket;
+      endGracefully(this.tlsSocket, words, () => raw.destroy());
+      return;
+    }
     if (words && s.writable) {
       // Flush the last words, then close at once: no waiting for the peer's FIN.
       s.write(words);
@@ -404,6 +413,8 @@ async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
   sum.cipher = shaken.cipher;
   metrics.handshakes.inc({ listener: l.name, version: shaken.version ?? 'unknown', result: 'ok' });
 
+  // Implicit TLS: the backend's greeting goes to the client, filtered as after STARTTLS.
+  filter ??= deps.implicitFilter?.() ?? null;
   return proxy(s, hs.socket, filter, '', shaken.opensslCipher);
 }
 
@@ -436,12 +447,14 @@ async function proxy(s: Session, client: Socket, filter: SessionFilter | null, r
   const headerLength = (header?.length ?? 0) + Buffer.byteLength(replay);
   const raw = s.socket;
   const silent = s.say('backendSilent');
+  const down = s.say('backendDown');
   const sp = splice(client, backend, {
     idleMs: l.timeouts.idleMs,
     backendReplyMs: l.timeouts.backendReplyMs,
     filter,
     replay,
     silentBackendWords: silent === null ? null : Buffer.from(silent),
+    ungreetedBackendWords: filter && l.tls === 'implicit' && down !== null ? Buffer.from(down) : null,
     resetClient: () => (raw.destroyed ? client.destroy() : raw.resetAndDestroy()),
   });
   s.spliced(sp);

@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import { CloseReason, type Side } from './errors.ts';
 import type { SessionFilter } from './starttls/types.ts';
 import { pumpFiltered, type FilteredPipe } from './filtered-pipe.ts';
+import { endGracefully } from './net/last-words.ts';
 
 export interface SpliceResult {
   reason: CloseReason;
@@ -26,6 +27,12 @@ export interface SpliceOptions {
   /** What the client is told when the backend does not answer in time (the protocol's "try later"). */
   silentBackendWords: Buffer | null;
   /**
+   * Implicit TLS: what the client is told when the backend closes before its greeting (the
+   * protocol's "backend not available"); the client has heard nothing else. Null after STARTTLS
+   * (the client has postern's greeting) and on raw sessions.
+   */
+  ungreetedBackendWords?: Buffer | null;
+  /**
    * Resets the client's TCP connection. A TLSSocket's own handle is the TLS layer, which cannot
    * send a RST (ERR_INVALID_HANDLE_TYPE); the raw socket beneath it can.
    */
@@ -39,8 +46,7 @@ export interface Splice {
   stop(): void;
 }
 
-/** After the last words, how long a client that does not read them may keep the socket. */
-export const LAST_WORDS_MS = 2000;
+export { LAST_WORDS_MS } from './net/last-words.ts';
 
 export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Splice {
   const { idleMs, filter } = opts;
@@ -55,11 +61,21 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
     rejectDone = reject;
   });
 
-  const destroyBoth = () => {
-    client.destroy();
-    backend.destroy();
-  };
   let pump: FilteredPipe | null = null;
+  /**
+   * postern ends the session itself (idle timeout, shutdown): the backend is closed, the client
+   * gets an orderly end (close_notify on TLS) and at most LAST_WORDS_MS to go.
+   */
+  const closeBoth = () => {
+    client.setTimeout(0);
+    pump?.detach();
+    client.unpipe(backend);
+    backend.unpipe(client);
+    backend.destroy();
+    // What the client still sends is dropped (bounded by the pump's drain cap, or by LAST_WORDS_MS).
+    if (!pump) client.resume();
+    endGracefully(client, null);
+  };
   /**
    * One session's fault stays in it: nothing more is forwarded, the backend is closed, and `done`
    * rejects at once; the session closes the client (with the protocol's "try later").
@@ -120,18 +136,14 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
   // sees both directions, because every byte either way is read from or written to it.
   client.setTimeout(idleMs, () => {
     result ??= { reason: CloseReason.idleTimeout, side: 'local', error: null };
-    destroyBoth();
+    closeBoth();
   });
 
   if (filter) {
     /** The pump stops; the client gets `words` (if any) and its FIN, and at most LAST_WORDS_MS to go. */
     const closeClient = (words: Buffer | null) => {
       pump?.detach();
-      if (client.writable) {
-        if (words) client.end(words);
-        else client.end();
-      }
-      setTimeout(() => client.destroy(), LAST_WORDS_MS).unref();
+      endGracefully(client, words);
     };
     const onBackendSilent = () => {
       waitTimer = null;
@@ -148,7 +160,7 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
           // Unlike a raw pipe, a filtered (mail) session does not stay half-open: what the client
           // still sends is dropped, and a client that does not close within the grace is closed.
           backend.end();
-          closeClient(null);
+          closeClient(filter.greeted() ? null : (opts.ungreetedBackendWords ?? null));
         },
         // Waits for the backend have their own deadline: the client's bytes (which reset the idle
         // timer) never extend it (threats.md: "Client bytes never extend a deadline that waits on
@@ -175,7 +187,7 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
     done,
     stop() {
       result ??= { reason: CloseReason.shutdown, side: 'local', error: null };
-      destroyBoth();
+      closeBoth();
     },
   };
 }

@@ -41,6 +41,7 @@ class ImapFilter implements SessionFilter {
   private greetingDone = false;
   private swallow: number; // tagged completions still to drop (with the untagged lines before them)
   private readonly tls: boolean;
+  private readonly forwardGreeting: boolean;
   private raw = false; // authenticated or compressed: nothing more to rewrite
   // client -> backend
   private clientMode: 'line' | 'long' | 'literal' | 'discard' = 'line';
@@ -62,6 +63,7 @@ class ImapFilter implements SessionFilter {
   constructor(opts: FilterOptions) {
     this.swallow = opts.swallow;
     this.tls = opts.tls;
+    this.forwardGreeting = opts.forwardGreeting === true;
   }
 
   greeted(): boolean {
@@ -245,8 +247,13 @@ class ImapFilter implements SessionFilter {
       this.greetingDone = true;
       // RFC 9051 section 7.1.5 / 7.1.1: a BYE (or anything but OK / PREAUTH) greeting means the
       // backend refused; the client must see it. PREAUTH: authenticated from the start.
-      if (!/^\* (OK|PREAUTH)\b/i.test(text)) out.push(line);
-      else if (/^\* PREAUTH\b/i.test(text) && this.swallow === 0) this.raw = true;
+      // On an implicit TLS listener every greeting reaches the client, its [CAPABILITY ...]
+      // code without STARTTLS/LOGINDISABLED like any later capability list.
+      if (this.forwardGreeting) {
+        const rewritten = withoutHiddenCapabilities(text);
+        out.push(rewritten === text ? line : Buffer.from(rewritten + eol, 'latin1'));
+      } else if (!/^\* (OK|PREAUTH)\b/i.test(text)) out.push(line);
+      if (/^\* PREAUTH\b/i.test(text) && this.swallow === 0) this.raw = true;
       this.afterBackendLine(text);
       return;
     }

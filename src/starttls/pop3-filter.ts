@@ -25,6 +25,7 @@ class Pop3Filter implements SessionFilter {
   private greetingDone = false;
   private swallow: number; // status lines still to drop
   private readonly stlsAnswer: string;
+  private readonly forwardGreeting: boolean;
   private raw = false; // logged in: nothing more to rewrite
   /**
    * An AUTH exchange waits for the backend (RFC 5034 section 4: the client sends each response
@@ -44,6 +45,7 @@ class Pop3Filter implements SessionFilter {
 
   constructor(opts: FilterOptions) {
     this.swallow = opts.swallow;
+    this.forwardGreeting = opts.forwardGreeting === true;
     // RFC 2595 section 4: STLS after TLS is refused; on a plaintext session handed to the backend
     // TLS can no longer start.
     this.stlsAnswer = opts.tls ? '-ERR TLS already active\r\n' : '-ERR [SYS/TEMP] STLS not available now\r\n';
@@ -215,8 +217,9 @@ class Pop3Filter implements SessionFilter {
     const ok = text.startsWith('+OK');
     if (!this.greetingDone) {
       this.greetingDone = true;
-      // A -ERR greeting (the backend refuses) must reach the client.
-      if (!ok) out.push(line);
+      // A -ERR greeting (the backend refuses) must reach the client; on an implicit TLS listener
+      // every greeting does (its APOP timestamp too, RFC 1939 section 7).
+      if (!ok || this.forwardGreeting) out.push(line);
       return;
     }
     if (this.swallow > 0) {

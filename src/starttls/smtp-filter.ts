@@ -29,6 +29,7 @@ class SmtpFilter implements SessionFilter {
   private greetingDone = false;
   private swallow: number;
   private readonly starttlsAnswer: string;
+  private readonly forwardGreeting: boolean;
   private readonly expect: Expect[] = [];
   // backend -> client
   private readonly backendLine = new PartialLine();
@@ -46,6 +47,7 @@ class SmtpFilter implements SessionFilter {
 
   constructor(opts: FilterOptions) {
     this.swallow = opts.swallow;
+    this.forwardGreeting = opts.forwardGreeting === true;
     // RFC 3207 section 4.2: after TLS, STARTTLS is a bad sequence; on a plaintext session that
     // postern handed to the backend, TLS cannot start any more: 454, "temporary reason".
     this.starttlsAnswer = opts.tls ? '503 5.5.1 TLS already active\r\n' : '454 4.7.0 TLS not available due to temporary reason\r\n';
@@ -248,8 +250,10 @@ class SmtpFilter implements SessionFilter {
   private completeReply(code: number, lines: Buffer[], out: Output): void {
     if (!this.greetingDone) {
       this.greetingDone = true;
-      // The client already has postern's 220; a refusal (4xx/5xx) must still reach it.
-      if (code < 200 || code >= 300) for (const l of lines) out.push(l);
+      // After STARTTLS the client already has postern's 220; a refusal (4xx/5xx) must still reach
+      // it. On an implicit TLS listener the backend's greeting is the client's first reply
+      // (RFC 8314 section 3.3: the SMTP session starts once TLS is up).
+      if (this.forwardGreeting || code < 200 || code >= 300) for (const l of lines) out.push(l);
       return;
     }
     if (this.swallow > 0) {

@@ -109,6 +109,12 @@ export interface FilterOptions {
    * rather than "already active" (RFC 3207 section 4: 454 4.7.0).
    */
   tls: boolean;
+  /**
+   * Implicit TLS (465, 993, 995): postern has said nothing, so the backend's greeting is the
+   * client's first line and is forwarded (IMAP's [CAPABILITY ...] code stripped as any other
+   * capability list). Absent or false after STARTTLS or a handoff: the client already had postern's.
+   */
+  forwardGreeting?: boolean;
 }
 
 /** Outstanding pipelined commands a filter tracks before it waits for replies (RFC 2920 sets no limit; Postfix's smtpd_recipient_limit is 1000). */

@@ -37,7 +37,10 @@ export function listenerObject(l: ListenerSpec, index = 0): Record<string, unkno
   const out: Record<string, unknown> = {
     name: l.name ?? (index === 0 ? 'l' : `l${index}`),
     listen: `${l.host ?? '127.0.0.1'}:${l.port}`,
-    protocol: l.protocol ?? 'smtp',
+    // Unstated, a listener is raw TLS that negotiates ALPN "smtp" (the old implicit smtp
+    // listener's behaviour): the backends here are echo servers, not mail servers, and an implicit
+    // smtp/imap/pop3 listener now filters its sessions (issue 15).
+    protocol: l.protocol ?? 'tls',
     tls: l.tls ?? 'implicit',
     hostname: l.hostname ?? 'mail.example.org',
   };
@@ -46,6 +49,7 @@ export function listenerObject(l: ListenerSpec, index = 0): Record<string, unkno
   if (l.sni !== undefined) out.sni = l.sni;
   if (l.serverNames !== undefined) out.serverNames = l.serverNames;
   if (l.alpn !== undefined) out.alpn = l.alpn;
+  else if (l.protocol === undefined) out.alpn = ['smtp'];
   if (l.minVersion !== undefined) out.minVersion = l.minVersion;
   out.backend = { address: `${l.backendHost ?? '127.0.0.1'}:${l.backendPort}`, proxyProtocol: l.proxyProtocol ?? 'v2' };
   if (l.timeouts !== undefined) out.timeouts = l.timeouts;

@@ -224,6 +224,13 @@ export interface LogLine {
   [k: string]: unknown;
 }
 
+/** What an echo backend behind an implicit mail listener says first. */
+export const BACKEND_GREETING: Record<MailProtocol, string> = {
+  smtp: '220 backend.test ESMTP\r\n',
+  imap: '* OK backend ready\r\n',
+  pop3: '+OK backend ready\r\n',
+};
+
 export type BackendKind = 'echo' | 'sink' | 'smtp-echo' | MailProtocol;
 
 /** One listener: config-yaml's ListenerSpec, with the port and backend filled in when absent. */
@@ -232,7 +239,10 @@ export type HostileListener = Omit<ListenerSpec, 'port' | 'backendPort'> & {
   port?: number;
   /** An existing backend port; otherwise a recording backend of `backendKind` is started. */
   backendPort?: number;
-  /** Default: the protocol's mail backend for STARTTLS listeners, 'echo' for implicit TLS. */
+  /**
+   * Default: the protocol's mail backend for STARTTLS listeners, 'echo' for implicit TLS (which
+   * first sends BACKEND_GREETING on an smtp/imap/pop3 listener).
+   */
   backendKind?: BackendKind;
   /** Further listener keys as YAML (requireTls, acceptProxyProtocol, limits, timeouts.starttls...). */
   extra?: Record<string, unknown>;
@@ -332,9 +342,15 @@ export async function spawnDaemon(opts: DaemonOptions): Promise<SpawnedPostern> 
   for (const [i, l] of opts.listeners.entries()) {
     let backendPort = l.backendPort;
     if (backendPort === undefined) {
-      const kind = l.backendKind ?? (l.tls === 'starttls' ? (l.protocol as MailProtocol) ?? 'smtp' : 'echo');
+      const mail = l.protocol === 'smtp' || l.protocol === 'imap' || l.protocol === 'pop3' ? l.protocol : null;
+      const kind = l.backendKind ?? (l.tls === 'starttls' ? mail ?? 'smtp' : 'echo');
       const proxy = (l.proxyProtocol ?? 'v2') !== 'none';
-      const b = kind === 'smtp' || kind === 'imap' || kind === 'pop3' ? await startMailBackend(kind, { proxy }) : await startBackend({ mode: kind, proxy });
+      // An implicit smtp/imap/pop3 listener filters its sessions, which start with the backend's
+      // greeting (issue 15): its echo backend greets in the protocol's words first.
+      const greeting = l.tls !== 'starttls' && mail && kind === 'echo' ? BACKEND_GREETING[mail] : null;
+      const b = kind === 'smtp' || kind === 'imap' || kind === 'pop3' ? await startMailBackend(kind, { proxy })
+        : greeting ? await startBackend({ mode: 'smtp-echo', proxy, greeting })
+        : await startBackend({ mode: kind, proxy });
       backends.set(l.name, b);
       backendPort = b.port;
     }
@@ -550,8 +566,8 @@ export interface GoodClientOptions {
  * Proves postern still serves: TLS (implicit, or after STARTTLS) with SNI, verified against the
  * test CA, then a round trip through postern to the listener's recording backend, which must
  * have received the token under a PROXY header naming this client. Resolves with the client port.
- * Implicit listeners need an echoing backend ('echo' or 'smtp-echo'); STARTTLS listeners the mail
- * backend (the default).
+ * Implicit listeners need an echoing backend ('echo' or 'smtp-echo'; on a mail protocol it greets
+ * first, and the token line goes through the filter); STARTTLS listeners the mail backend (the default).
  */
 export async function goodClient(d: SpawnedPostern, listener: string, pki: TestPki, opts: GoodClientOptions = {}): Promise<number> {
   const port = d.port(listener);

@@ -109,7 +109,10 @@ async function startControlledBackend(): Promise<ControlledBackend> {
  */
 interface FlappingBackend {
   port: number;
-  /** Kills and restarts the backend every few ms until `ms` have passed. */
+  /**
+   * Kills and restarts the backend every few ms until `ms` have passed; every 10th time it stays
+   * up for 100 ms, long enough for whole sessions however loaded the machine is.
+   */
   flap(ms: number): Promise<number>;
   close(): Promise<void>;
 }
@@ -124,7 +127,9 @@ async function startFlappingBackend(): Promise<FlappingBackend> {
         conns.add(c);
         c.on('error', () => {});
         c.on('close', () => conns.delete(c));
-        // Answers the session's first line (after the PROXY header) and closes.
+        // Greets (the implicit smtp listener forwards the greeting, issue 15), answers the
+        // session's first line (after the PROXY header) and closes.
+        c.write('220 flap.example ESMTP\r\n');
         let got = '';
         c.on('data', (b: Buffer) => {
           got += b.toString('latin1');
@@ -147,7 +152,7 @@ async function startFlappingBackend(): Promise<FlappingBackend> {
     async flap(ms) {
       let kills = 0;
       for (const until = Date.now() + ms; Date.now() < until; kills++) {
-        await sleep(3 + Math.random() * 10);
+        await sleep(kills % 10 === 9 ? 100 : 3 + Math.random() * 10);
         kill();
         await sleep(Math.random() * 3);
         await start();
@@ -506,10 +511,11 @@ describe('a backend that dies and comes back', () => {
         s.write('EHLO flap.example\r\n');
         const r = await readToEnd(s, 5000);
         const got = r.data.toString('latin1');
-        // A backend reset in the middle of a session reaches the client as a reset.
-        if (got === '250 flap.example ok\r\n' && r.error === null) outcomes.answered++;
+        // A backend reset in the middle of a session (before or after its greeting) reaches the
+        // client as a reset.
+        if (got === '220 flap.example ESMTP\r\n250 flap.example ok\r\n' && r.error === null) outcomes.answered++;
         else if (got === '421 4.3.2 mail.example.org Service not available\r\n' && r.error === null) outcomes.goodbye++;
-        else if (got === '' && r.error === 'ECONNRESET') outcomes.reset++;
+        else if ((got === '' || got === '220 flap.example ESMTP\r\n') && r.error === 'ECONNRESET') outcomes.reset++;
         else outcomes.other.push(`${JSON.stringify(got)} ${r.error}`);
       }
     };
@@ -517,14 +523,19 @@ describe('a backend that dies and comes back', () => {
     expect(d.child.exitCode, `postern exited: ${d.stderr().slice(-2000)}`).toBeNull();
     expect(d.child.signalCode).toBeNull();
     expect(d.pid).toBe(pid);
-    expect(kills).toBeGreaterThan(100);
+    // How many times the backend flapped depends on how loaded the machine is (this process also
+    // runs the 40 TLS clients: on 2 busy cores it managed 38-60 kills in 8 s, ~700 when idle), so
+    // the count is not the measure; what matters is that every state of the backend was met:
+    // sessions answered (up), refused with 421 (down), reset (killed mid-session).
+    expect(kills).toBeGreaterThanOrEqual(20);
     expect(outcomes.other).toEqual([]);
     expect(outcomes.answered).toBeGreaterThan(0);
     expect(outcomes.goodbye).toBeGreaterThan(0);
+    expect(outcomes.reset).toBeGreaterThan(0);
     // Every session was closed and counted under a stable reason.
     const reasons = (await d.metrics()).filter((m) => m.name === 'postern_connections_total' && m.labels.listener === 'flap-smtp').map((m) => m.labels.reason);
     expect(reasons.length).toBeGreaterThan(0);
-    for (const r of reasons) expect(['done', 'backend_unreachable', 'backend_error', 'client_error', 'client_gone', 'handshake_failed']).toContain(r);
+    for (const r of reasons) expect(['done', 'backend_unreachable', 'backend_closed', 'backend_error', 'client_error', 'client_gone', 'handshake_failed']).toContain(r);
     // One summary line per session; taking them all also keeps later tests, which find their
     // line by client port, from meeting one of these (thousands of ports were used here).
     let summaries = 0;

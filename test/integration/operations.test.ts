@@ -115,8 +115,7 @@ describe('routes', () => {
 });
 
 describe('PROXY input from a load balancer', () => {
-  const lb = (b: RecordingBackend) => `    protocol: smtp
-    role: submission
+  const lb = (b: RecordingBackend) => `    protocol: tls
     tls: implicit
     acceptProxyProtocol: { from: ["127.0.0.2/32"] }
     backend: { address: "127.0.0.1:${b.port}", proxyProtocol: v2 }

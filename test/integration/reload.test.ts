@@ -69,7 +69,8 @@ certificates:
 listeners:
   - name: imaps
     listen: "127.0.0.1:${port}"
-    protocol: imap
+    protocol: tls
+    alpn: [imap]
     tls: implicit
     hostname: ${NAME}
     backend: { address: "127.0.0.1:${backend.port}", proxyProtocol: v2 }
@@ -261,7 +262,7 @@ describe('kubernetes secret mount', () => {
       return p;
     })();
     const file = join(dir, 'postern.yaml');
-    writeFileSync(file, `certificates:\n  - { cert: tls/tls.crt, key: tls/tls.key }\nlisteners:\n  - name: imaps\n    listen: "127.0.0.1:${port}"\n    protocol: imap\n    tls: implicit\n    hostname: ${NAME}\n    backend: { address: "127.0.0.1:${backend.port}", proxyProtocol: v2 }\n`);
+    writeFileSync(file, `certificates:\n  - { cert: tls/tls.crt, key: tls/tls.key }\nlisteners:\n  - name: imaps\n    listen: "127.0.0.1:${port}"\n    protocol: tls\n    alpn: [imap]\n    tls: implicit\n    hostname: ${NAME}\n    backend: { address: "127.0.0.1:${backend.port}", proxyProtocol: v2 }\n`);
     const v = validateFile(file);
     if (!v.ok) throw new Error(JSON.stringify(v.errors));
     const quiet = new Writable({ write(_c, _e, cb) { cb(); } });

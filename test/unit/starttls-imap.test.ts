@@ -230,3 +230,19 @@ describe('imap filter', () => {
     expect([out.buffer === big.buffer, out.length]).toEqual([true, big.length]);
   });
 });
+
+describe('imap filter on an implicit TLS listener (forwardGreeting)', () => {
+  const implicit = (steps: Step[]) => sessionOf(() => imapFilter({ swallow: 0, tls: true, forwardGreeting: true }), steps);
+  it("forwards the backend's greeting with STARTTLS and LOGINDISABLED stripped from its [CAPABILITY], answers STARTTLS with BAD", () => {
+    const r = implicit([GREETING, ['c', 'a STARTTLS\r\n'], ['c', 'b CAPABILITY\r\n'], ['b', '* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\nb OK done\r\n']]);
+    expect(r).toEqual({
+      toBackend: 'b CAPABILITY\r\n',
+      toClient: '* OK [CAPABILITY IMAP4rev1] Dovecot ready.\r\na BAD TLS already active\r\n* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nb OK done\r\n',
+    });
+  });
+  it('a PREAUTH greeting is forwarded and the session is raw from then on', () => {
+    const f = imapFilter({ swallow: 0, tls: true, forwardGreeting: true });
+    expect(f.fromBackend(Buffer.from('* PREAUTH [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n'))!.toString()).toBe('* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n');
+    expect(f.passthrough()).toBe(true);
+  });
+});

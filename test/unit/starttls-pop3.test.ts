@@ -163,3 +163,16 @@ describe('pop3 filter', () => {
     expect([out.buffer === big.buffer, out.length]).toEqual([true, big.length]);
   });
 });
+
+describe('pop3 filter on an implicit TLS listener (forwardGreeting)', () => {
+  const implicit = (steps: Step[]) => sessionOf(() => pop3Filter({ swallow: 0, tls: true, forwardGreeting: true }), steps);
+  it("forwards the backend's greeting (its APOP timestamp too), hides STLS in CAPA and answers it with -ERR", () => {
+    const r = implicit([
+      ['b', '+OK ready <1896.697170952@dbc.mtview.ca.us>\r\n'],
+      ['c', 'CAPA\r\n'],
+      ['b', '+OK\r\nUSER\r\nSTLS\r\n.\r\n'],
+      ['c', 'STLS\r\n'],
+    ]);
+    expect(r).toEqual({ toBackend: 'CAPA\r\n', toClient: '+OK ready <1896.697170952@dbc.mtview.ca.us>\r\n+OK\r\nUSER\r\n.\r\n-ERR TLS already active\r\n' });
+  });
+});

@@ -311,3 +311,19 @@ describe('smtp filter refuses identity-forwarding commands', () => {
     }
   });
 });
+
+describe('smtp filter on an implicit TLS listener (forwardGreeting)', () => {
+  const implicit = (steps: Step[]) => sessionOf(() => smtpFilter({ swallow: 0, tls: true, forwardGreeting: true }), steps);
+  it("forwards the backend's greeting (multi-line too), hides STARTTLS in EHLO and answers it with 503", () => {
+    const r = implicit([
+      ['b', '220-mx.example.org ESMTP\r\n220 mx.example.org ready\r\n'],
+      ['c', 'EHLO c\r\n'],
+      ['b', '250-mx.example.org\r\n250-PIPELINING\r\n250 STARTTLS\r\n'],
+      ['c', 'STARTTLS\r\n'],
+    ]);
+    expect(r).toEqual({ toBackend: 'EHLO c\r\n', toClient: '220-mx.example.org ESMTP\r\n220 mx.example.org ready\r\n250-mx.example.org\r\n250 PIPELINING\r\n503 5.5.1 TLS already active\r\n' });
+  });
+  it('without forwardGreeting (after STARTTLS) the 220 is still dropped', () => {
+    expect(sessionOf(() => smtpFilter({ swallow: 0, tls: true }), [['b', '220 mx ready\r\n']])).toEqual({ toBackend: '', toClient: '' });
+  });
+});
