@@ -44,7 +44,7 @@ function listener(name: string, port: number, haproxy: boolean): string {
   }`;
 }
 
-function dovecotConf(dir: string, opts: DovecotOptions, mail: { uid: number; gid: number }): string {
+export function dovecotConf(dir: string, opts: DovecotOptions, mail: { uid: number; gid: number }): string {
   const ssl = opts.sslRequired
     ? `ssl = required\nssl_cert = <${dir}/cert.pem\nssl_key = <${dir}/key.pem\ndisable_plaintext_auth = yes`
     : 'ssl = no\ndisable_plaintext_auth = no';

@@ -87,7 +87,7 @@ maillog_file_prefixes = ${dir}
 ${opts.mainCfExtra ?? ''}`;
 }
 
-function masterCf(opts: PostfixOptions): string {
+export function masterCf(opts: PostfixOptions): string {
   // chroot column "n" everywhere: there is no chroot jail inside the queue directory.
   const proxy = opts.proxyProtocol ? `\n  -o smtpd_upstream_proxy_protocol=${opts.proxyProtocol}` : '';
   const smtp = opts.postscreen

@@ -7,7 +7,7 @@ import path from 'node:path';
 
 const SBIN_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin'];
 
-function findProgram(name: string): string | null {
+export function findProgram(name: string): string | null {
   const dirs = [...(process.env.PATH ?? '').split(path.delimiter).filter(Boolean), ...SBIN_DIRS];
   for (const dir of dirs) {
     const candidate = path.join(dir, name);
