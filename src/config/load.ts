@@ -306,7 +306,7 @@ function roleChecks(l: Record<string, unknown>, i: number): Issue[] {
     return [];
   }
   if ('role' in l && typeof l.protocol === 'string' && ['imap', 'pop3', 'tls'].includes(l.protocol)) {
-    return [at('role', `"role" only applies to protocol: smtp listeners; a ${l.protocol} listener has one role (sni strict${l.protocol === 'tls' ? '' : ', TLS required'}): remove it`, 'key')];
+    return [at('role', `"role" only applies to protocol: smtp listeners; ${l.protocol === 'imap' ? 'an' : 'a'} ${l.protocol} listener has one role (sni strict${l.protocol === 'tls' ? '' : ', TLS required'}): remove it`, 'key')];
   }
   return [];
 }

@@ -393,14 +393,14 @@ export const STARTTLS_ONLY_KEYS = ['greeting', 'requireTls', 'capabilities'] as 
 const listenerSchema = z.strictObject({
   name: listenerName,
   listen: listenAddress,
-  protocol: oneOf(['smtp', 'imap', 'pop3', 'tls']),
+  protocol: oneOf(['smtp', 'imap', 'pop3', 'tls']).meta({ description: 'What the clients speak: smtp, imap, pop3, or tls (any TLS service, piped as it is)' }),
   role: oneOf(['mx', 'submission'])
     .optional()
     .meta({
       description:
         'protocol: smtp only, and required there. mx: mail from other servers (sni fallback, requireTls false: RFC 3207 section 4, RFC 8461 section 5); submission: your users (sni strict, requireTls true: RFC 6409, RFC 8314). The port number decides nothing',
     }),
-  tls: oneOf(['implicit', 'starttls']),
+  tls: oneOf(['implicit', 'starttls']).meta({ description: 'implicit (TLS from the first byte: 465, 993, 995, 443) or starttls (postern speaks the plaintext dialogue up to STARTTLS: 25, 587, 143, 110)' }),
   hostname: dnsName,
   sni: oneOf(['strict', 'fallback']).optional().meta({ description: 'Default by role: fallback for role: mx, strict otherwise (submission, imap, pop3, tls)' }),
   serverNames: z
@@ -415,20 +415,20 @@ const listenerSchema = z.strictObject({
     .optional()
     .meta({ description: 'Acceptable ALPN protocols in preference order, or false. Default: [smtp], [imap], [pop3] by protocol; none for tls' }),
   minVersion: oneOf(['TLSv1.2', 'TLSv1.3']).prefault(DEFAULTS.minVersion).meta({ description: 'Lowest TLS version accepted (default TLSv1.2)' }),
-  backend: backendSchema,
+  backend: backendSchema.meta({ description: 'Where the plaintext goes: address and PROXY protocol version' }),
   routes: z.array(routeSchema).optional().meta({ description: 'SNI-based backends: the first route whose serverNames cover the SNI wins, the listener backend otherwise' }),
   acceptProxyProtocol: z
     .strictObject({ from: z.array(cidr).min(1, { error: 'list the load balancer networks that send PROXY headers' }) })
     .optional()
     .meta({ description: 'postern behind an L4 load balancer: a PROXY v1/v2 header is required from these networks and refused from all others' }),
-  limits: limitsSchema.prefault({}),
-  timeouts: timeoutsSchema,
+  limits: limitsSchema.prefault({}).meta({ description: "This listener's connection limits; unset values come from the top-level limits" }),
+  timeouts: timeoutsSchema.meta({ description: 'Deadlines of this listener\'s sessions' }),
   greeting: greeting.optional(),
   requireTls: z
     .boolean()
     .optional()
     .meta({ description: 'Refuse commands that need TLS before STARTTLS. Default by role: false for role: mx (RFC 3207 section 4), true otherwise (submission, imap, pop3)' }),
-  capabilities: capabilitiesSchema,
+  capabilities: capabilitiesSchema.meta({ description: 'STARTTLS listeners: how the backend\'s capabilities are learned for the pre-TLS dialogue' }),
 });
 
 export const documentSchema = z

@@ -33,15 +33,14 @@ beforeAll(async () => {
     name, listen: `127.0.0.1:${port}`, protocol: 'smtp', tls, hostname: HOSTNAME,
     backend: { address: `127.0.0.1:${backendPort}`, proxyProtocol }, ...extra,
   });
-  // No `role` yet: the port-25 behaviour is spelled out (requireTls false, sni fallback).
   const config = {
     log: { level: 'debug' },
     certificates: [certs.otherCert, certs.hostCert].map((c) => ({ cert: c.cert, key: c.key })),
     listeners: [
-      smtp('mx', listen[0]!, 'starttls', mxPort!, 'v2', { requireTls: false, sni: 'fallback' }),
-      smtp('mx-v1', listen[1]!, 'starttls', mxPort!, 'v1', { requireTls: false, sni: 'fallback' }),
-      smtp('submission', listen[2]!, 'starttls', submissionPort!, 'v2', { requireTls: true, sni: 'strict' }),
-      smtp('submissions', listen[3]!, 'implicit', submissionPort!, 'v2', { sni: 'strict' }),
+      smtp('mx', listen[0]!, 'starttls', mxPort!, 'v2', { role: 'mx' }),
+      smtp('mx-v1', listen[1]!, 'starttls', mxPort!, 'v1', { role: 'mx' }),
+      smtp('submission', listen[2]!, 'starttls', submissionPort!, 'v2', { role: 'submission' }),
+      smtp('submissions', listen[3]!, 'implicit', submissionPort!, 'v2', { role: 'submission' }),
     ],
   };
   postern = await startPostern(certs.pki.dir, stringify(config));

@@ -36,10 +36,10 @@ beforeAll(async () => {
     log: { level: 'debug' },
     certificates: [certs.otherCert, certs.hostCert].map((c) => ({ cert: c.cert, key: c.key })),
     listeners: [
-      listener('smtps', ports[0]!, 'smtp', 'implicit', pf.submissionPort),
+      listener('smtps', ports[0]!, 'smtp', 'implicit', pf.submissionPort, { role: 'submission' }),
       listener('imaps', ports[1]!, 'imap', 'implicit', dc.imapPort),
       listener('pop3s', ports[2]!, 'pop3', 'implicit', dc.pop3Port),
-      listener('mx', ports[3]!, 'smtp', 'starttls', pf.smtpPort, { requireTls: false }),
+      listener('mx', ports[3]!, 'smtp', 'starttls', pf.smtpPort, { role: 'mx' }),
     ],
   }));
 }, 60_000);

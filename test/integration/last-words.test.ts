@@ -96,6 +96,7 @@ function nodeClient(port: number): Promise<{ events: string[]; text: string }> {
 describe('last words over TLS end with close_notify, then FIN', () => {
   it('backend down on an implicit smtp listener: 421, close_notify (openssl s_client)', async () => {
     const { p, port } = await postern(`    protocol: smtp
+    role: submission
     backend: { address: "127.0.0.1:${await freePort()}", proxyProtocol: v2 }
 `);
     const out = await sClient(port).output;
@@ -142,6 +143,7 @@ describe('last words over TLS end with close_notify, then FIN', () => {
     const b = await startBackend({ mode: 'smtp-echo' });
     onTestFinished(() => b.close());
     const { p, port } = await postern(`    protocol: smtp
+    role: submission
     backend: { address: "127.0.0.1:${b.port}", proxyProtocol: v2 }
 `);
     const c = sClient(port);

@@ -99,9 +99,9 @@ listeners:
   - name: mx
     listen: "127.0.0.1:${mxPort}"
     protocol: smtp
+    role: mx
     tls: starttls
     hostname: mail.example.org
-    requireTls: false
     backend: { address: "127.0.0.1:${backend.port}", proxyProtocol: v2 }
   - name: imap
     listen: "127.0.0.1:${imapPort}"

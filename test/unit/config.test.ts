@@ -373,7 +373,7 @@ describe('config errors', () => {
 
     it('role on an imap, pop3 or tls listener is refused at its key', () => {
       expect(errorsOf(listenerWith({ protocol: 'imap', tls: 'starttls', role: 'submission' }))).toEqual([
-        'postern.yaml:11:5 listeners[0].role: "role" only applies to protocol: smtp listeners; a imap listener has one role (sni strict, TLS required): remove it',
+        'postern.yaml:11:5 listeners[0].role: "role" only applies to protocol: smtp listeners; an imap listener has one role (sni strict, TLS required): remove it',
       ]);
       expect(errorsOf(listenerWith({ protocol: 'pop3', role: 'mx' }))).toEqual([
         'postern.yaml:11:5 listeners[0].role: "role" only applies to protocol: smtp listeners; a pop3 listener has one role (sni strict, TLS required): remove it',
@@ -737,7 +737,7 @@ listeners:
     ]);
   });
   it('log.format and backendChecks.interval compile; off and false turn the checks off', () => {
-    const listeners = `listeners:\n  - ${BASE.join('\n    ')}\n`;
+    const listeners = `listeners:\n  - ${[...BASE, 'role: submission'].join('\n    ')}\n`;
     const c = load(`${CERTS}log: { format: text }\nbackendChecks: { interval: 2m }\n${listeners}`).config;
     expect(c.log).toEqual({ level: 'info', format: 'text' });
     expect(c.backendChecks).toEqual({ intervalMs: 120_000 });
@@ -747,7 +747,7 @@ listeners:
   });
 
   it('bad log.format and backendChecks values are named with file:line and path', () => {
-    const listeners = `listeners:\n  - ${BASE.join('\n    ')}\n`;
+    const listeners = `listeners:\n  - ${[...BASE, 'role: submission'].join('\n    ')}\n`;
     expect(errorsOf(`${CERTS}log: { format: pretty }\n${listeners}`)).toEqual(['postern.yaml:4:16 log.format: expected "json" or "text", got "pretty"']);
     expect(errorsOf(`${CERTS}backendChecks:\n  interval: 500ms\n${listeners}`)).toEqual([
       'postern.yaml:5:13 backendChecks.interval: "500ms" is too often: at least 1s (each check is a connection in the backend\'s log), or off',
