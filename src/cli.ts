@@ -1,11 +1,14 @@
 // Command line: parses flags and calls into run / check / demo. Nothing else lives here.
 // Each command's module is loaded when that command runs, so a running daemon carries only the
 // code it runs (every module loaded is V8 heap that each full GC walks through).
-import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
+import { version } from './version.ts';
 
-/** postern's own package.json (next to dist/ and src/), whatever the working directory or npm script. */
-const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+// `postern check | head` closes the pipe early: that is the reader's choice, not an error.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw err;
+});
 
 const configOption = () =>
   new Option('-c, --config <file>', 'configuration file').env('POSTERN_CONFIG').default('./postern.yaml');
@@ -13,7 +16,7 @@ const configOption = () =>
 const program = new Command()
   .name('postern')
   .description('A TLS front door for mail servers: per-listener SNI policy, STARTTLS, PROXY protocol to the backend.')
-  .version(pkg.version);
+  .version(version());
 
 program
   .command('run')
