@@ -44,7 +44,7 @@ export function listenerObject(l: ListenerSpec, index = 0): Record<string, unkno
     tls: l.tls ?? 'implicit',
     hostname: l.hostname ?? 'mail.example.org',
   };
-  const role = l.role === undefined ? ((l.protocol ?? 'smtp') === 'smtp' ? 'submission' : undefined) : l.role;
+  const role = l.role === undefined ? (out.protocol === 'smtp' ? 'submission' : undefined) : l.role;
   if (role) out.role = role;
   if (l.sni !== undefined) out.sni = l.sni;
   if (l.serverNames !== undefined) out.serverNames = l.serverNames;
