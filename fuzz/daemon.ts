@@ -153,7 +153,7 @@ async function startDaemon(): Promise<Daemon> {
       listener('submission', hasRole ? { role: 'submission', tls: 'starttls', sni: 'fallback' } : { tls: 'starttls', requireTls: true }),
       listener('imap', { tls: 'starttls' }),
       listener('pop3', { tls: 'starttls' }),
-      listener('smtps', { tls: 'implicit' }),
+      listener('smtps', hasRole ? { role: 'submission', tls: 'implicit' } : { tls: 'implicit' }),
     ],
   });
   const file = join(pki.dir, 'postern.yaml');
