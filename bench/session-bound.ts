@@ -76,11 +76,15 @@ async function startDaemon(dir: string, proto: Proto, backendPort: number, requi
     log: { level: 'info' },
     certificates: [{ cert: 'c.pem', key: 'k.pem' }],
     limits: { maxConnectionsPerClient: 100_000 },
-    listeners: [{ name: 'l', listen: `127.0.0.1:${port}`, protocol: proto, tls: 'starttls', hostname: 'mail.example.org', requireTls, backend: { address: `127.0.0.1:${backendPort}`, proxyProtocol: 'v2' }, timeouts: { starttls: '5m', idle: '5m', backendReply: '5m', connect: '1s' } }],
+    listeners: [{ name: 'l', listen: `127.0.0.1:${port}`, protocol: proto, ...(proto === 'smtp' ? { role: requireTls ? 'submission' : 'mx' } : {}), tls: 'starttls', hostname: 'mail.example.org', requireTls, backend: { address: `127.0.0.1:${backendPort}`, proxyProtocol: 'v2' }, timeouts: { starttls: '5m', idle: '5m', backendReply: '5m', connect: '1s' } }],
   });
   writeFileSync(join(dir, 'p.yaml'), yaml);
   const child = spawn(process.execPath, [join(ROOT, 'bin', 'postern.js'), 'run', '-c', join(dir, 'p.yaml')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise<void>((resolve) => child.stdout!.on('data', (d: Buffer) => (d.toString().includes('"listening"') ? resolve() : undefined)));
+  // A daemon that does not start (a config error) ends the benchmark instead of hanging it.
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => (d.toString().includes('"listening"') ? resolve() : undefined));
+    child.once('exit', (code) => reject(new Error(`postern exited with ${code} before listening`)));
+  });
   return { child, port, ca: ca.certPem };
 }
 
