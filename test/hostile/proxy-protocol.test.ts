@@ -209,8 +209,12 @@ describe('PROXY input from a trusted load balancer', () => {
   const LIMIT = 3;
   let pd: SpawnedPostern;
   let pid: number;
-  /** Claimed client ports: unique, so each summary line is found by its port. */
-  let nextPort = 42_000;
+  /**
+   * Claimed client ports: unique, so each summary line is found by its port. They sit below
+   * Linux's ephemeral range (32768-60999): the HAProxy tests below look sessions up by the real
+   * client's kernel-chosen port, and a claimed 42007 once matched a real 42007 in CI.
+   */
+  let nextPort = 12_000;
 
   beforeAll(async () => {
     pd = await spawnDaemon({
