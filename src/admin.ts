@@ -17,7 +17,8 @@ import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import type { BackendStatus } from './backend/health.ts';
 import { CloseReason } from './errors.ts';
-import { clientKey } from './net/address.ts';
+import { clientKey, unmapped } from './net/address.ts';
+import type { AcmeManager } from './acme/manager.ts';
 
 /** Anything that renders Prometheus text: a Metrics registry, or the cluster's summed view. */
 export interface MetricsSource {
@@ -107,6 +108,8 @@ export interface AdminOptions {
   /** The state /readyz judges; the endpoint applies `?listener=` to it. */
   readiness: () => ReadinessInput | Promise<ReadinessInput>;
   log: Logger;
+  /** ACME on: GET /acme (status) and POST /acme/renew?name=N (from loopback only). */
+  acme?: Pick<AcmeManager, 'status' | 'renew'> | null;
 }
 
 export interface AdminServer {
@@ -115,7 +118,7 @@ export interface AdminServer {
   close(): Promise<void>;
 }
 
-const PATHS = new Set(['/metrics', '/healthz', '/readyz']);
+const PATHS = new Set(['/metrics', '/healthz', '/readyz', '/acme', '/acme/renew']);
 
 /** The admin endpoint's connection limits (see the top of this file). */
 export const ADMIN_LIMITS = {
@@ -302,6 +305,11 @@ function keyOf(address: string | undefined): string {
   }
 }
 
+function isLoopback(address: string | undefined): boolean {
+  const a = unmapped(address ?? '');
+  return a === '::1' || a.startsWith('127.');
+}
+
 function source(m: Metrics | MetricsSource): MetricsSource {
   return 'registry' in m ? m.registry : m;
 }
@@ -395,8 +403,21 @@ export async function startAdmin(opts: AdminOptions): Promise<AdminServer> {
     }
     const path = url.pathname;
     if (!PATHS.has(path)) return json(res, 404, { error: 'not found', paths: [...PATHS] });
+    if (path === '/acme/renew') {
+      // An order spends the CA account's rate limits: only someone on this host may ask for one
+      // (`postern acme renew`, `docker exec`), whoever else can reach /metrics.
+      if (req.method !== 'POST') return json(res, 405, { error: 'method not allowed' }, { Allow: 'POST' });
+      if (!isLoopback(req.socket.remoteAddress)) return json(res, 403, { error: 'renewals are accepted from loopback only' });
+      if (!opts.acme) return json(res, 404, { error: 'acme is not configured' });
+      const name = url.searchParams.get('name') ?? '';
+      if (!opts.acme.renew(name.toLowerCase())) return json(res, 404, { error: `${JSON.stringify(name)} is not an ACME-managed name`, names: [...new Set(opts.acme.status().map((c) => c.name))] });
+      return json(res, 202, { queued: name.toLowerCase() });
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') return json(res, 405, { error: 'method not allowed' }, { Allow: 'GET, HEAD' });
     switch (path) {
+      case '/acme':
+        if (!opts.acme) return json(res, 404, { error: 'acme is not configured' });
+        return json(res, 200, { certificates: opts.acme.status() });
       case '/healthz':
         return json(res, 200, { status: 'ok' });
       case '/readyz': {

@@ -6,6 +6,7 @@ import type { Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
 import { Listener, type Prelude } from './listener.ts';
 import type { SessionEnv } from './session.ts';
+import type { ChallengeBoard } from './acme/challenges.ts';
 
 export interface DaemonOptions {
   config: PosternConfig;
@@ -14,6 +15,8 @@ export interface DaemonOptions {
   metrics?: Metrics;
   /** STARTTLS preludes by protocol; absent means the listener only does implicit TLS. */
   preludeFor?: (env: SessionEnv) => Prelude | null;
+  /** Open ACME TLS-ALPN-01 validations, answered by every listener (acme on). */
+  challenges?: ChallengeBoard;
 }
 
 /** What a reloaded configuration does to the running listeners (see Daemon.plan). */
@@ -45,7 +48,7 @@ export class Daemon {
     for (const l of opts.config.listeners) {
       // The STARTTLS prelude offers TLS when store().lookup(hostname) finds a certificate: the
       // same answer as certificatesMissing() below, which the reloader keeps false.
-      const env: SessionEnv = { listener: l, store: () => this.store, log: opts.log, metrics: this.metrics };
+      const env: SessionEnv = { listener: l, store: () => this.store, log: opts.log, metrics: this.metrics, ...(opts.challenges ? { challenges: opts.challenges } : {}) };
       this.listeners.push(new Listener(env, opts.preludeFor?.(env) ?? null));
     }
     this.setStore(opts.store);

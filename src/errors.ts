@@ -66,5 +66,7 @@ export const CloseReason = {
   backendClosed: 'backend_closed',
   /** More commands in the pre-TLS dialogue than any client needs (lines.ts MAX_COMMANDS). */
   tooManyCommands: 'too_many_commands',
+  /** The CA's TLS-ALPN-01 validation (RFC 8737) was answered with the challenge certificate. */
+  acmeChallenge: 'acme_challenge',
 } as const;
 export type CloseReason = (typeof CloseReason)[keyof typeof CloseReason];

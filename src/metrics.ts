@@ -138,4 +138,56 @@ export class Metrics {
     labelNames: ['listener'] as const,
     registers: [this.registry],
   });
+  readonly acmeValidations = new Counter({
+    name: 'postern_acme_tls_alpn_validations_total',
+    help: 'ACME TLS-ALPN-01 validations (RFC 8737) answered on a listener, by listener and result (answered|failed)',
+    labelNames: ['listener', 'result'] as const,
+    registers: [this.registry],
+  });
+}
+
+/**
+ * The ACME manager's metrics, in the registry of the process that talks to the CA (the only
+ * process, or the supervisor with workers: its admin endpoint appends them to the workers' sum).
+ */
+export class AcmeMetrics {
+  readonly orders: Counter<'key_type' | 'result'>;
+  readonly notAfter: Gauge<'name' | 'key_type'>;
+  readonly nextRenewal: Gauge<'name' | 'key_type'>;
+  readonly failures: Gauge<'name' | 'key_type'>;
+  readonly httpRequests: Counter<'result'>;
+
+  constructor(registry: Registry) {
+    const registers = [registry];
+    this.orders = new Counter({
+      name: 'postern_acme_orders_total',
+      help: 'ACME orders (a first certificate or a renewal), by key type and result (ok|failed)',
+      labelNames: ['key_type', 'result'] as const,
+      registers,
+    });
+    this.notAfter = new Gauge({
+      name: 'postern_acme_certificate_not_after_seconds',
+      help: 'Expiry of each ACME-managed certificate (Unix time; 0 before the first issuance), by name and key type',
+      labelNames: ['name', 'key_type'] as const,
+      registers,
+    });
+    this.nextRenewal = new Gauge({
+      name: 'postern_acme_next_attempt_seconds',
+      help: 'When the next order or renewal of each ACME-managed certificate is planned (Unix time), by name and key type',
+      labelNames: ['name', 'key_type'] as const,
+      registers,
+    });
+    this.failures = new Gauge({
+      name: 'postern_acme_consecutive_failures',
+      help: 'Failed orders in a row for each ACME-managed certificate (0 after a success), by name and key type',
+      labelNames: ['name', 'key_type'] as const,
+      registers,
+    });
+    this.httpRequests = new Counter({
+      name: 'postern_acme_http_requests_total',
+      help: 'Requests to the HTTP-01 listener, by result (answered|unknown_token|not_found|bad_method)',
+      labelNames: ['result'] as const,
+      registers,
+    });
+  }
 }

@@ -8,16 +8,18 @@
 // the connection's state: its sockets, the summary line, the current deadline and how to close.
 import type { Socket } from 'node:net';
 import type tls from 'node:tls';
+import type { SecureContext } from 'node:tls';
 import type { BackendConfig, ListenerConfig } from './config/types.ts';
 import type { CertStore } from './tls/certstore.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import { CloseReason, type Side } from './errors.ts';
 import { peekClientHello } from './tls/peek.ts';
+import type { ClientHello } from './tls/clienthello.ts';
 import { decide, type SniClass, type Decision } from './tls/sni-policy.ts';
 import { alertRecord, ALERT_NAMES, ALERT_DECODE_ERROR, ALERT_ILLEGAL_PARAMETER, ALERT_RECORD_OVERFLOW } from './tls/alerts.ts';
 import { startHandshake } from './tls/handshake.ts';
-import { escapeForLog, patternCovers } from './tls/names.ts';
+import { checkSniBytes, escapeForLog, patternCovers } from './tls/names.ts';
 import { dialBackend } from './backend/connect.ts';
 import { encodeProxyV1, encodeProxyV2 } from './backend/proxy-protocol.ts';
 import { readInboundProxy } from './net/accept-proxy.ts';
@@ -26,6 +28,7 @@ import { LAST_WORDS_MS, splice, type Splice } from './splice.ts';
 import { endGracefully } from './net/last-words.ts';
 import type { Prelude } from './starttls/prelude.ts';
 import type { ProtocolWords, SessionFilter } from './starttls/types.ts';
+import { ACME_TLS_ALPN, type ChallengeBoard } from './acme/challenges.ts';
 
 /** What a session needs from the daemon; `store()` is read per connection so reloads apply at once. */
 export interface SessionEnv {
@@ -33,6 +36,8 @@ export interface SessionEnv {
   store(): CertStore;
   log: Logger;
   metrics: Metrics;
+  /** Open ACME TLS-ALPN-01 validations (acme on); absent otherwise. */
+  challenges?: ChallengeBoard;
 }
 
 /** What the listener gives each session: its prelude and its limits. */
@@ -383,6 +388,12 @@ async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
       break;
   }
 
+  // [ACME] The CA validating a name postern ordered (TLS-ALPN-01): answered here, never passed on.
+  if (!afterStarttls) {
+    const challenge = acmeValidation(s.env.challenges, peek.hello);
+    if (challenge) return answerAcme(s, challenge.name, challenge.context);
+  }
+
   // ALPN + SNI policy, decided from postern's own parse before OpenSSL sees a byte.
   const result = decide(l, peek.hello, s.env.store());
   const sum = s.summary;
@@ -416,6 +427,41 @@ async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
   // Implicit TLS: the backend's greeting goes to the client, filtered as after STARTTLS.
   filter ??= deps.implicitFilter?.() ?? null;
   return proxy(s, hs.socket, filter, '', shaken.opensslCipher);
+}
+
+/**
+ * RFC 8737 section 3: the CA's validator offers exactly one ALPN protocol, acme-tls/1, and the
+ * name under validation as SNI. Only a name with an open order has an answer; anything else
+ * (acme-tls/1 for another name, or with other protocols) goes through the listener's policy as
+ * any client would, and never causes an order.
+ */
+function acmeValidation(board: ChallengeBoard | undefined, hello: ClientHello): { name: string; context: SecureContext } | null {
+  if (!board || board.pending === 0 || !hello.serverName || hello.alpn?.length !== 1 || hello.alpn[0] !== ACME_TLS_ALPN) return null;
+  const check = checkSniBytes(hello.serverName);
+  if (!check.ok) return null;
+  const context = board.tlsAlpn(check.name);
+  return context ? { name: check.name, context } : null;
+}
+
+/**
+ * The handshake with the validation certificate and ALPN acme-tls/1, then close: the CA reads
+ * the certificate and sends nothing (RFC 8737 section 3), the backend is never contacted.
+ */
+async function answerAcme(s: Session, name: string, context: SecureContext): Promise<Ending> {
+  const l = s.listener;
+  const { metrics, log } = s.env;
+  s.summary.sni = name;
+  s.summary.alpn = ACME_TLS_ALPN;
+  const hs = startHandshake(s.socket, { context, alpn: ACME_TLS_ALPN });
+  s.enterHandshake(hs.socket);
+  const shaken = await hs.done;
+  metrics.acmeValidations.inc({ listener: l.name, result: shaken.ok ? 'answered' : 'failed' });
+  if (!shaken.ok) return { reason: shaken.reason, side: 'client', detail: shaken.detail };
+  s.enterSecure();
+  s.summary.tlsVersion = shaken.version;
+  s.summary.cipher = shaken.cipher;
+  log.info({ id: s.summary.id, listener: l.name, name, client: s.summary.client }, 'acme tls-alpn-01 validation answered');
+  return { reason: CloseReason.acmeChallenge, side: 'local' };
 }
 
 /** Dial the backend (PROXY header first), then splice until both sides are closed. */

@@ -1,7 +1,7 @@
 // `postern run`: validate everything, bind every listener, serve until SIGTERM/SIGINT.
 // With `workers: N` (N > 1) this process becomes the supervisor and N workers run the daemon.
 import cluster from 'node:cluster';
-import { AggregatorRegistry } from 'prom-client';
+import { AggregatorRegistry, Registry } from 'prom-client';
 import { validateFile, printProblems, type Validated } from './load.ts';
 import { createLogger } from '../log.ts';
 import { Daemon } from '../daemon.ts';
@@ -13,6 +13,8 @@ import type { PosternConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { startAdmin, type ReadinessInput } from '../admin.ts';
 import { BackendHealth, healthTargets } from '../backend/health.ts';
+import { ChallengeBoard } from '../acme/challenges.ts';
+import { localResponder, prepareStorage, serveAcmeMessages, startAcme, WorkerFanout, type AcmeService } from '../acme/service.ts';
 
 export async function runCommand(file: string): Promise<number> {
   const v = validateFile(file);
@@ -57,9 +59,19 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   const worker = cluster.isWorker;
   if (!worker) for (const w of v.warnings) log.warn({ file: w.file, path: w.path }, formatConfigError(w));
   if (!worker) warnIfRoot(log);
+  const acme = v.config.acme;
+  if (acme) {
+    const problem = prepareStorage(acme);
+    if (problem) {
+      log.fatal({ reason: 'acme_storage_error', storage: acme.storage }, problem);
+      return 1;
+    }
+  }
+  // TLS-ALPN-01 answers for every listener: filled by this process's manager, or by the supervisor.
+  const challenges = acme ? new ChallengeBoard() : undefined;
   let daemon: Daemon;
   try {
-    daemon = await Daemon.start({ config: v.config, store: v.store, log, preludeFor });
+    daemon = await Daemon.start({ config: v.config, store: v.store, log, preludeFor, challenges });
     if (!worker) logCertificates(log, daemon);
   } catch (err) {
     // A log line like every other once the logger exists: one stream, one format.
@@ -87,12 +99,34 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   // A reload may move backends: check them at once rather than call them "not checked yet"
   // (503) until the next round, up to an interval later.
   process.on('SIGHUP', () => void reloader.reload('sighup').then((ok) => (ok ? health?.check() : undefined)));
+  // ACME: this process orders and answers itself (without workers); a worker only answers and
+  // reloads when the supervisor says so.
+  let acmeService: AcmeService | null = null;
+  if (acme && challenges && worker) serveAcmeMessages(challenges, () => reloader.reload('watch'));
+  if (acme && challenges && !worker) {
+    try {
+      acmeService = await startAcme({
+        config: acme,
+        log,
+        registry: daemon.metrics.registry,
+        board: challenges,
+        responder: localResponder(challenges),
+        reload: () => reloader.reload('watch').then(() => undefined),
+      });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      log.fatal({ reason: 'listen_failed', listen: `${acme.http?.listen.host}:${acme.http?.listen.port}`, error: e.code ?? e.message }, `cannot listen on acme http ${acme.http?.listen.host}:${acme.http?.listen.port}: ${e.code ?? e.message}`);
+      await daemon.stop();
+      return 1;
+    }
+  }
   let admin: { close(): Promise<void> } | null = null;
   if (v.config.admin && !worker) {
     const readiness = (): ReadinessInput => ({ ...processState(daemon, health), backendChecks: { intervalMs } });
-    admin = await openAdmin(v.config, log, { metrics: daemon.metrics, readiness });
+    admin = await openAdmin(v.config, log, { metrics: daemon.metrics, readiness, acme: acmeService?.manager ?? null });
     if (!admin) {
       health?.stop();
+      await acmeService?.close();
       await daemon.stop();
       return 1;
     }
@@ -133,6 +167,7 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   });
   if (statusTimer) clearInterval(statusTimer);
   health?.stop();
+  await acmeService?.close();
   // The admin endpoint stayed up during the drain: /readyz said 503 (listeners unbound).
   await admin?.close();
   reloader.unwatch();
@@ -156,16 +191,41 @@ export function processState(daemon: Daemon, health: BackendHealth | null): Omit
 async function runSupervisor(config: PosternConfig): Promise<number> {
   const log = createLogger(config.log.level, 1, config.log.format);
   logFatalErrors(log);
+  const acme = config.acme;
+  if (acme) {
+    const problem = prepareStorage(acme);
+    if (problem) {
+      log.fatal({ reason: 'acme_storage_error', storage: acme.storage }, problem);
+      return 1;
+    }
+  }
   const sup = new Supervisor({ workers: config.workers, log, stopTimeoutMs: config.shutdown.drainTimeoutMs + 5000 });
+  // Only the supervisor talks to the CA; the workers answer its validations and load the result.
+  const fanout = acme ? new WorkerFanout() : null;
   log.info({ workers: config.workers }, 'starting workers');
   sup.start();
+  const own = new Registry();
+  let acmeService: AcmeService | null = null;
+  if (acme && fanout) {
+    const board = new ChallengeBoard();
+    try {
+      acmeService = await startAcme({ config: acme, log, registry: own, board, responder: fanout.responder(board), reload: () => fanout.reload() });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      log.fatal({ reason: 'listen_failed', listen: `${acme.http?.listen.host}:${acme.http?.listen.port}`, error: e.code ?? e.message }, `cannot listen on acme http ${acme.http?.listen.host}:${acme.http?.listen.port}: ${e.code ?? e.message}`);
+      await sup.stop();
+      return 1;
+    }
+  }
   let admin: { close(): Promise<void> } | null = null;
   if (config.admin) {
-    // /metrics sums the workers' registries over IPC (prom-client's AggregatorRegistry).
+    // /metrics sums the workers' registries over IPC (prom-client's AggregatorRegistry), then
+    // adds the supervisor's own (the ACME manager's).
     const aggregator = new AggregatorRegistry();
-    const metrics = { contentType: aggregator.contentType, metrics: () => aggregator.clusterMetrics() };
-    admin = await openAdmin(config, log, { metrics, readiness: () => supervisorReadiness(sup, config) });
+    const metrics = { contentType: aggregator.contentType, metrics: async () => `${await aggregator.clusterMetrics()}${await own.metrics()}` };
+    admin = await openAdmin(config, log, { metrics, readiness: () => supervisorReadiness(sup, config), acme: acmeService?.manager ?? null });
     if (!admin) {
+      await acmeService?.close();
       await sup.stop();
       return 1;
     }
@@ -186,13 +246,14 @@ async function runSupervisor(config: PosternConfig): Promise<number> {
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
+  await acmeService?.close();
   await admin?.close();
   log.info('stopped');
   log.flush();
   return 0;
 }
 
-async function openAdmin(config: PosternConfig, log: Logger, src: Pick<Parameters<typeof startAdmin>[0], 'metrics' | 'readiness'>) {
+async function openAdmin(config: PosternConfig, log: Logger, src: Pick<Parameters<typeof startAdmin>[0], 'metrics' | 'readiness' | 'acme'>) {
   const listen = config.admin!.listen;
   try {
     return await startAdmin({ listen, log, ...src });

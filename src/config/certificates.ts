@@ -57,8 +57,15 @@ export function checkCertificates(loaded: Located, now = new Date(), need: Cover
   if (built.store) {
     const loadedNames = built.store.entries.flatMap((e) => e.names);
     const names = `(loaded names: ${loadedNames.join(', ') || 'none'})`;
+    const acme = new Set(config.acme?.names ?? []);
     for (const n of need) {
       if (built.store.lookup(n.hostname)) continue;
+      if (acme.has(n.hostname)) {
+        // Not an error: the certificate is ordered at start. Until it is issued the listener
+        // cannot offer TLS (a STARTTLS listener does not announce it), which the daemon logs.
+        warnings.push(at(n.path, `"${n.hostname}" has no certificate yet: postern obtains it from ${config.acme!.directory} (acme); until then listener "${n.listener}" cannot offer TLS`));
+        continue;
+      }
       const message =
         n.keptBecause === null
           ? `no loaded certificate covers "${n.hostname}" ${names}`

@@ -22,7 +22,7 @@ import {
   validateDocument,
 } from './schema.ts';
 import type { RawDocument, RawListener, SchemaIssue, SchemaPath } from './schema.ts';
-import type { CertificateSpec, ConfigError, HostPort, ListenerConfig, PosternConfig } from './types.ts';
+import type { AcmeConfig, CertificateSpec, ConfigError, HostPort, ListenerConfig, PosternConfig } from './types.ts';
 
 export interface LoadedConfig {
   config: PosternConfig;
@@ -208,6 +208,7 @@ function dirProblem(path: string): string | null {
 export function certificateFileProblems(specs: readonly CertificateSpec[]): Array<{ path: string; message: string }> {
   const out: Array<{ path: string; message: string }> = [];
   for (const spec of specs) {
+    if ('dir' in spec && spec.optional) continue;
     const fields: Array<[string, string, 'file' | 'dir']> =
       'dir' in spec ? [['dir', spec.dir, 'dir']] : 'pem' in spec ? [['pem', spec.pem, 'file']] : [['cert', spec.cert, 'file'], ['key', spec.key, 'file']];
     for (const [field, path, kind] of fields) {
@@ -232,6 +233,12 @@ function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) 
         if (problem) issues.push({ path: ['certificates', i, field], message: problem, at: 'value' });
       }
     });
+  }
+
+  const acme = raw.acme;
+  if (isRecord(acme) && typeof acme.caCertificates === 'string' && acme.caCertificates !== '') {
+    const problem = fileProblem(resolve(baseDir, acme.caCertificates));
+    if (problem) issues.push({ path: ['acme', 'caCertificates'], message: problem, at: 'value' });
   }
 
   if (Array.isArray(raw.listeners)) {
@@ -276,6 +283,17 @@ function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) 
         issues.push({ path: ['listeners', i, 'tls'], message: 'starttls needs protocol smtp, imap or pop3: protocol tls has no STARTTLS command (use tls: implicit)', at: 'value' });
       }
     });
+    // The HTTP-01 listener binds next to the others.
+    const http = isRecord(acme) && isRecord(acme.http) && typeof acme.http.listen === 'string' ? parseHostPort(acme.http.listen, false) : null;
+    if (http?.ok) {
+      for (const other of listens) {
+        const why = listenConflict(other.address, http.value);
+        if (!why) continue;
+        const who = `${typeof other.name === 'string' ? `listener "${other.name}"` : 'a listener'} (listeners[${other.index}], line ${line(['listeners', other.index, 'listen'])})`;
+        issues.push({ path: ['acme', 'http', 'listen'], message: `"${String((acme as Record<string, Record<string, unknown>>).http!.listen)}" ${why === 'the same address' ? 'is already used by' : `conflicts (${why}) with`} ${who}`, at: 'value' });
+        break;
+      }
+    }
   }
   return issues;
 }
@@ -332,7 +350,7 @@ function warningsOf(doc: RawDocument): Issue[] {
 
 function compile(doc: RawDocument, file: string): PosternConfig {
   const base = dirname(file);
-  const certificates: CertificateSpec[] = doc.certificates.map((c, i) => {
+  const certificates: CertificateSpec[] = (doc.certificates ?? []).map((c, i) => {
     const path = `certificates[${i}]`;
     if (c.dir !== undefined) return { dir: resolve(base, c.dir), path };
     if (c.pem !== undefined) return { pem: resolve(base, c.pem), path };
@@ -342,6 +360,10 @@ function compile(doc: RawDocument, file: string): PosternConfig {
     maxConnections: doc.limits.maxConnections ?? DEFAULTS.maxConnections,
     maxConnectionsPerClient: doc.limits.maxConnectionsPerClient ?? DEFAULTS.maxConnectionsPerClient,
   };
+  const listeners = doc.listeners.map((l, i) => compileListener(l, i, defaults));
+  const acme = doc.acme ? compileAcme(doc.acme, base, listeners) : null;
+  // What ACME obtained is served like any certbot folder; nothing issued yet is not an error.
+  if (acme) certificates.push({ dir: resolve(acme.storage, 'live'), path: 'acme.storage', optional: true });
   return {
     file,
     log: { level: doc.log.level, format: doc.log.format },
@@ -350,7 +372,24 @@ function compile(doc: RawDocument, file: string): PosternConfig {
     shutdown: { drainTimeoutMs: doc.shutdown.drainTimeout },
     workers: doc.workers === 'auto' ? availableParallelism() : doc.workers,
     certificates,
-    listeners: doc.listeners.map((l, i) => compileListener(l, i, defaults)),
+    listeners,
+    acme,
+  };
+}
+
+function compileAcme(a: NonNullable<RawDocument['acme']>, base: string, listeners: ListenerConfig[]): AcmeConfig {
+  const names = [...new Set([...(a.hosts ?? []), ...(a.listenerHostnames ? listeners.map((l) => l.hostname) : [])])];
+  return {
+    directory: a.directory,
+    email: a.email,
+    storage: resolve(base, a.storage),
+    names,
+    keyTypes: [...new Set(a.keyTypes)],
+    challenge: a.challenge,
+    http: a.http ? { listen: a.http.listen } : null,
+    externalAccountBinding: a.externalAccountBinding ? { kid: a.externalAccountBinding.kid, hmacKey: a.externalAccountBinding.hmacKey } : null,
+    caCertificates: a.caCertificates === undefined ? null : resolve(base, a.caCertificates),
+    retry: { minMs: a.retry.min, maxMs: a.retry.max },
   };
 }
 

@@ -37,6 +37,15 @@ export const DEFAULTS = {
   /** Per listener. Postfix's own per-client default (smtpd_client_connection_count_limit) is 50. */
   maxConnections: 10000,
   maxConnectionsPerClient: 50,
+  /** RFC 8555 CA used when `acme.directory` is left out. */
+  acmeDirectory: 'https://acme-v02.api.letsencrypt.org/directory',
+  acmeChallenge: 'tls-alpn-01',
+  acmeKeyTypes: ['ecdsa'],
+  /**
+   * After a failed order: 5 minutes, doubling to 12 hours. Let's Encrypt counts failed
+   * validations (5 per name per hour); a renewal has weeks of slack, so patience costs nothing.
+   */
+  acmeRetry: { min: '5m', max: '12h' },
 } as const;
 
 /** Capabilities announced before TLS when the backend probe fails. */
@@ -431,6 +440,73 @@ const listenerSchema = z.strictObject({
   capabilities: capabilitiesSchema.meta({ description: 'STARTTLS listeners: how the backend\'s capabilities are learned for the pre-TLS dialogue' }),
 });
 
+/**
+ * `acme:`. Names come from the file only (hosts and listener hostnames), never from a
+ * ClientHello: a CA order for a name a client merely asked for would let anyone make postern
+ * spend the account's rate limits (and, with a wildcard DNS record, obtain certificates for
+ * arbitrary names). Wildcards need DNS-01, which postern does not do.
+ */
+const acmeHost = parsedString(
+  (s) => (s.startsWith('*.') ? bad(`"${s}": a wildcard needs the DNS-01 challenge, which postern does not answer (TLS-ALPN-01 and HTTP-01 validate one name each, RFC 8737 section 3, RFC 8555 section 8.3); list each name`) : parseDnsName(s)),
+  (input) => `expected a DNS name such as mail.example.org, got ${describeValue(input)}`,
+);
+
+const acmeSchema = z
+  .strictObject({
+    directory: parsedString(
+      (s) => {
+        let u: URL;
+        try {
+          u = new URL(s);
+        } catch {
+          return bad(`expected the CA's directory URL, e.g. ${DEFAULTS.acmeDirectory}, got ${JSON.stringify(s)}`);
+        }
+        return u.protocol === 'https:' ? ok(u.href) : bad(`the directory must be an https:// URL (RFC 8555 section 6.1), got ${JSON.stringify(s)}`);
+      },
+      (input) => `expected the CA's directory URL, got ${describeValue(input)}`,
+    )
+      .prefault(DEFAULTS.acmeDirectory)
+      .meta({ description: `The CA's RFC 8555 directory URL (default Let's Encrypt: ${DEFAULTS.acmeDirectory})` }),
+    email: parsedString(
+      (s) => (/^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$/.test(s) ? ok(s) : bad(`expected an email address such as postmaster@example.org, got ${JSON.stringify(s)}`)),
+      (input) => `expected an email address, got ${describeValue(input)}`,
+    ).meta({ description: 'Contact address for the CA account (expiry warnings, policy changes)' }),
+    termsOfServiceAgreed: z
+      .literal(true, { error: (iss) => (iss.input === undefined ? "required: write termsOfServiceAgreed: true after reading the CA's terms of service (postern agrees to them in your name)" : "must be true: postern cannot open a CA account unless you agree to the CA's terms of service") })
+      .meta({ description: "true: you have read and agree to the CA's terms of service (required)" }),
+    storage: pathField('ACME storage folder').meta({ description: 'Folder for the account key and certificates (live/<name>/fullchain.pem + privkey.pem, the certbot layout), relative to this file' }),
+    hosts: z.array(acmeHost).optional().meta({ description: 'Names to obtain certificates for, besides the listener hostnames; never taken from a client\'s SNI' }),
+    listenerHostnames: z.boolean().prefault(true).meta({ description: "Add every listener's hostname to the names (default true)" }),
+    keyTypes: z
+      .array(oneOf(['ecdsa', 'rsa']))
+      .min(1, { error: 'list at least one key type: ecdsa, rsa' })
+      .prefault([...DEFAULTS.acmeKeyTypes])
+      .meta({ description: 'One certificate per key type for each name: ecdsa (P-256), rsa (2048); both are served from one name (default [ecdsa])' }),
+    challenge: oneOf(['tls-alpn-01', 'http-01'])
+      .prefault(DEFAULTS.acmeChallenge)
+      .meta({ description: 'tls-alpn-01 (RFC 8737: the CA connects to port 443, answered by any listener that sees ALPN acme-tls/1) or http-01 (RFC 8555 section 8.3: the CA fetches http://<name>/.well-known/acme-challenge/ on port 80, answered by acme.http). Default tls-alpn-01' }),
+    http: z
+      .strictObject({ listen: listenAddress })
+      .optional()
+      .meta({ description: 'Plain HTTP listener for the http-01 challenge: serves only /.well-known/acme-challenge/, 404 for everything else. The CA connects to port 80' }),
+    externalAccountBinding: z
+      .strictObject({
+        kid: z.string().min(1).meta({ description: 'Key identifier from the CA' }),
+        hmacKey: z.string().regex(/^[A-Za-z0-9_-]+={0,2}$/, { error: 'expected the base64url MAC key from the CA' }).meta({ description: 'base64url HMAC key from the CA' }),
+      })
+      .optional()
+      .meta({ description: 'External Account Binding (RFC 8555 section 7.3.4) for CAs that require one (ZeroSSL, Google, Sectigo)' }),
+    caCertificates: pathField('CA certificates').optional().meta({ description: "PEM file of extra roots trusted for the CA's HTTPS API (a private CA such as step-ca); default: the system's" }),
+    retry: z
+      .strictObject({
+        min: duration.prefault(DEFAULTS.acmeRetry.min).meta({ description: `First wait after a failed order (default ${DEFAULTS.acmeRetry.min}); doubles after each failure` }),
+        max: duration.prefault(DEFAULTS.acmeRetry.max).meta({ description: `Longest wait between attempts (default ${DEFAULTS.acmeRetry.max})` }),
+      })
+      .prefault({})
+      .meta({ description: 'Backoff after a failed order or renewal; the current certificate is served meanwhile' }),
+  })
+  .meta({ description: 'Built-in ACME: postern obtains and renews the certificates of the listed names itself' });
+
 export const documentSchema = z
   .strictObject({
     log: z
@@ -441,7 +517,12 @@ export const documentSchema = z
           .meta({ description: `json: one JSON object per line; text: "<time> <LEVEL> <message> key=value ..." per line (default ${DEFAULTS.logFormat}). Both on stdout` }),
       })
       .prefault({}),
-    certificates: z.array(certificateSchema).min(1, { error: 'at least one certificate is required' }).meta({ description: 'Certificates ({cert, key}, {dir} or {pem}); the names each serves come from its SANs' }),
+    certificates: z
+      .array(certificateSchema)
+      .min(1, { error: 'at least one certificate is required (or leave certificates out and use acme)' })
+      .optional()
+      .meta({ description: 'Certificates ({cert, key}, {dir} or {pem}); the names each serves come from its SANs. Optional with acme' }),
+    acme: acmeSchema.optional(),
     listeners: z.array(listenerSchema).min(1, { error: 'at least one listener is required' }),
     admin: z.strictObject({ listen: listenAddress }).optional().meta({ description: 'HTTP endpoint with /metrics, /healthz and /readyz; off when absent' }),
     backendChecks: z
@@ -454,6 +535,16 @@ export const documentSchema = z
       .union([z.literal('auto'), count], { error: (iss) => (iss.code === 'invalid_union' ? `expected "auto" or a number of processes, got ${describeValue(iss.input)}` : undefined) })
       .prefault(1)
       .meta({ description: 'Worker processes sharing the listeners: a number, or auto for one per CPU (default 1)' }),
+  })
+  .superRefine((doc, ctx) => {
+    if (doc.certificates === undefined && doc.acme === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['certificates'], message: 'required but missing: list certificates, or configure acme to obtain them' });
+    }
+    if (doc.acme?.challenge === 'http-01' && doc.acme.http === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['acme', 'http'], message: 'required for challenge: http-01: write http: { listen: "0.0.0.0:80" } (the CA fetches the challenge over plain HTTP on port 80)' });
+    }
+    const r = doc.acme?.retry;
+    if (r && r.min > r.max) ctx.addIssue({ code: 'custom', path: ['acme', 'retry', 'min'], message: 'must not be longer than retry.max' });
   })
   .meta({ title: 'postern configuration' });
 

@@ -30,6 +30,11 @@ export interface CertificateSource {
 export interface CertificateDir {
   dir: string;
   path: string;
+  /**
+   * ACME storage: the folder may be missing or empty (nothing issued yet) without an error.
+   * Never set by a certificates[] entry, where an empty folder is a mistake.
+   */
+  optional?: boolean;
 }
 
 /** One PEM file with the private key, the certificate and its chain (HAProxy/hitch style). */
@@ -131,6 +136,34 @@ export interface ListenerConfig {
   path: string;
 }
 
+export type AcmeKeyType = 'ecdsa' | 'rsa';
+export type AcmeChallengeType = 'tls-alpn-01' | 'http-01';
+
+/** Built-in ACME (RFC 8555): certificates ordered for configured names only, never for an SNI. */
+export interface AcmeConfig {
+  /** The CA's directory URL. */
+  directory: string;
+  /** Contact address given to the CA (expiry and policy mail). */
+  email: string;
+  /** Absolute path; certificates go to <storage>/live/<name>/ (certbot layout). */
+  storage: string;
+  /**
+   * Every name postern obtains a certificate for: `hosts`, plus each listener's hostname unless
+   * `listenerHostnames: false`; lowercased, deduplicated, in file order.
+   */
+  names: string[];
+  /** Each name gets one certificate per key type (both served from one name, like certificates[]). */
+  keyTypes: AcmeKeyType[];
+  challenge: AcmeChallengeType;
+  /** The plain HTTP listener for HTTP-01 (only /.well-known/acme-challenge/); null: none. */
+  http: { listen: HostPort } | null;
+  externalAccountBinding: { kid: string; hmacKey: string } | null;
+  /** Extra CA certificates (PEM file) trusted for the CA's HTTPS API, for a private CA; null: the system's. */
+  caCertificates: string | null;
+  /** Backoff after a failed order: first wait, doubling up to max. */
+  retry: { minMs: number; maxMs: number };
+}
+
 export interface PosternConfig {
   /** Absolute path of the YAML file this came from. */
   file: string;
@@ -142,8 +175,11 @@ export interface PosternConfig {
   shutdown: { drainTimeoutMs: number };
   /** Worker processes; 1 runs everything in this process. */
   workers: number;
+  /** Includes the ACME storage as an optional `dir` source (path "acme.storage") when acme is on. */
   certificates: CertificateSpec[];
   listeners: ListenerConfig[];
+  /** Built-in ACME; null when off. */
+  acme: AcmeConfig | null;
 }
 
 /** One problem found in a configuration file, formatted as `file:line:col path: message`. */

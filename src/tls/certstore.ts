@@ -2,7 +2,7 @@
 // every key matched to its certificate, contexts created) before anyone can use it; the daemon
 // holds one reference and swaps it whole, so a connection never sees a half-built store.
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readFileSync, readdirSync, realpathSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, readdirSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import tls, { type SecureContext } from 'node:tls';
 import type { CertificateSource, CertificateSpec, TlsMinVersion } from '../config/types.ts';
@@ -164,6 +164,8 @@ function expand(spec: CertificateSpec, problems: CertProblem[]): PairSource[] {
   if ('pem' in spec) return [{ cert: spec.pem, key: spec.pem, path: spec.path, certField: `${spec.path}.pem`, keyField: `${spec.path}.pem` }];
   let names: string[];
   try {
+    // ACME storage before the first issuance: nothing there yet, and nothing wrong.
+    if (spec.optional && !existsSync(spec.dir)) return [];
     names = readdirSync(spec.dir, { withFileTypes: true })
       .filter((d) => (d.isDirectory() || d.isSymbolicLink()) && !d.name.startsWith('.'))
       .map((d) => d.name)
@@ -173,8 +175,10 @@ function expand(spec: CertificateSpec, problems: CertProblem[]): PairSource[] {
     return [];
   }
   // Every subfolder is a certificate: one that cannot be read is an error, never skipped.
-  const pairs = names.map((n) => ({ cert: join(spec.dir, n, LIVE_CERT), key: join(spec.dir, n, LIVE_KEY), path: spec.path, certField: `${spec.path}.dir`, keyField: `${spec.path}.dir` }));
-  if (pairs.length === 0) problems.push({ path: `${spec.path}.dir`, file: spec.dir, severity: 'error', message: `${spec.dir} holds no certificate folders (expected <name>/${LIVE_CERT} and <name>/${LIVE_KEY})` });
+  // The ACME storage is named by its own key (acme.storage), a certificates[] entry by its dir.
+  const field = spec.optional ? spec.path : `${spec.path}.dir`;
+  const pairs = names.map((n) => ({ cert: join(spec.dir, n, LIVE_CERT), key: join(spec.dir, n, LIVE_KEY), path: spec.path, certField: field, keyField: field }));
+  if (pairs.length === 0 && !spec.optional) problems.push({ path: `${spec.path}.dir`, file: spec.dir, severity: 'error', message: `${spec.dir} holds no certificate folders (expected <name>/${LIVE_CERT} and <name>/${LIVE_KEY})` });
   return pairs;
 }
 

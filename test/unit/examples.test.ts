@@ -152,7 +152,7 @@ describe('postern configs in the examples', () => {
         const names = [...new Set(raw.listeners.flatMap((l) => [l.hostname, ...(l.routes ?? []).flatMap((r) => r.serverNames)]))];
         const issued = await pki.issue(`example-${Math.random().toString(36).slice(2)}`, { names });
         const doc = parseDocument(ex.text());
-        const certificates = raw.certificates.map((c) => {
+        const certificates = (raw.certificates ?? []).map((c) => {
           if (c.dir === undefined) return { cert: issued.cert, key: issued.key };
           // The certbot layout: <dir>/<name>/fullchain.pem + privkey.pem
           const live = mkdtempSync(join(pki.dir, 'live-'));
@@ -271,7 +271,7 @@ describe('examples/docker-compose.yml', () => {
 
   it('mounts every certificate path of the config read-only', () => {
     const mounts = list(postern().volumes, 'postern.volumes').map(mount);
-    const paths = config().certificates.flatMap((c) => [c.cert, c.key, c.dir, c.pem].filter((p): p is string => p !== undefined));
+    const paths = (config().certificates ?? []).flatMap((c) => [c.cert, c.key, c.dir, c.pem].filter((p): p is string => p !== undefined));
     expect(paths.length).toBeGreaterThan(0);
     for (const p of paths) {
       expect(posix.isAbsolute(p), p).toBe(true);
