@@ -84,4 +84,26 @@ program
     process.exitCode = await healthCommand(opts.config, { url: opts.url, timeoutMs: Number(opts.timeout) });
   });
 
+const acme = program.command('acme').description('built-in ACME: the certificates postern obtains and renews itself');
+acme
+  .command('status')
+  .description('show each managed certificate: expiry, next renewal, last error (read from the storage; exit 1 when one is missing or expired)')
+  .addOption(configOption())
+  .option('--json', 'print the result as JSON')
+  .action(async (opts: { config: string; json?: boolean }) => {
+    const { acmeStatusCommand } = await import('./commands/acme.ts');
+    process.exitCode = acmeStatusCommand(opts.config, { json: opts.json === true });
+  });
+acme
+  .command('renew')
+  .description('ask the running daemon to renew the certificates of one name now, and wait for the outcome (needs admin.listen)')
+  .addOption(configOption())
+  .requiredOption('--name <name>', 'a managed name (acme.hosts or a listener hostname)')
+  .option('--timeout <seconds>', 'give up waiting after this many seconds', '300')
+  .option('--url <url>', 'the admin endpoint, e.g. http://127.0.0.1:9090 (default: from admin.listen)')
+  .action(async (opts: { config: string; name: string; timeout: string; url?: string }) => {
+    const { acmeRenewCommand } = await import('./commands/acme.ts');
+    process.exitCode = await acmeRenewCommand(opts.config, { name: opts.name, timeoutMs: Number(opts.timeout) * 1000, url: opts.url });
+  });
+
 await program.parseAsync(process.argv);

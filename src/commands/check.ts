@@ -3,6 +3,7 @@
 // role-dependent ones included) with the certificate that serves its hostname.
 import { validateFile, printProblems } from './load.ts';
 import { formatConfigError } from '../config/load.ts';
+import { acmeBlock, acmeRows } from './acme.ts';
 import type { CertEntry, CertStore } from '../tls/certstore.ts';
 import type { BackendConfig, HostPort, ListenerConfig } from '../config/types.ts';
 
@@ -16,6 +17,8 @@ export function describeEntry(e: CertEntry, match: string, now: number) {
     keyType: e.keyType,
     notAfter: e.notAfter.toISOString(),
     daysLeft: Math.floor((e.notAfter.getTime() - now) / 86_400_000),
+    /** Obtained and renewed by postern itself (from the acme storage). */
+    acme: e.source === 'acme.storage',
   };
 }
 
@@ -36,7 +39,8 @@ export function formatDuration(ms: number): string {
  * `role` is null for imap, pop3 and tls listeners (they serve only your own users).
  */
 export function effectiveListener(l: ListenerConfig, store: CertStore, now: number) {
-  const m = store.lookup(l.hostname)!;
+  // Null only for a name ACME has not obtained yet (any other uncovered name fails the check).
+  const m = store.lookup(l.hostname);
   return {
     name: l.name,
     listen: hostPort(l.listen),
@@ -56,7 +60,7 @@ export function effectiveListener(l: ListenerConfig, store: CertStore, now: numb
     backend: backendOf(l.backend),
     routes: l.routes.map((r) => ({ serverNames: r.serverNames, backend: backendOf(r.backend) })),
     acceptProxyProtocol: l.acceptProxyProtocol ? { from: l.acceptProxyProtocol.from.map((c) => c.text) } : null,
-    certificates: m.unit.entries.map((e) => describeEntry(e, m.match, now)),
+    certificates: m ? m.unit.entries.map((e) => describeEntry(e, m.match, now)) : [],
   };
 }
 
@@ -87,9 +91,10 @@ export function listenerBlock(l: Effective): string {
   if (l.routes.length === 0) out += row('routes', 'none');
   for (const r of l.routes) out += row('route', `${r.serverNames.join(', ')} -> ${backend(r.backend)}`);
   out += row('acceptProxyProtocol', l.acceptProxyProtocol ? `from ${l.acceptProxyProtocol.from.join(', ')}` : 'none');
+  if (l.certificates.length === 0) out += row('certificate', 'none yet: obtained by acme at start');
   for (const c of l.certificates) {
     out +=
-      `  certificate ${c.file} (${c.match} match)\n` +
+      `  certificate ${c.file} (${c.match} match${c.acme ? ', acme-managed' : ''})\n` +
       `    subject ${c.subject}; names ${c.names.join(', ')}\n` +
       `    issuer ${c.issuer}; ${c.keyType}; not after ${c.notAfter} (${c.daysLeft} days left)\n`;
   }
@@ -108,11 +113,15 @@ export function checkCommand(file: string, opts: { json: boolean }, out: NodeJS.
   }
   const now = Date.now();
   const listeners = v.config.listeners.map((l) => effectiveListener(l, v.store, now));
+  const acme = v.config.acme;
+  const acmeRowsNow = acme ? acmeRows(acme, new Date(now)) : null;
   if (opts.json) {
-    out.write(JSON.stringify({ ok: true, listeners, warnings: v.warnings.map(formatConfigError) }, null, 2) + '\n');
+    const acmeJson = acme ? { directory: acme.directory, challenge: acme.challenge, storage: acme.storage, keyTypes: acme.keyTypes, names: acme.names, certificates: acmeRowsNow } : null;
+    out.write(JSON.stringify({ ok: true, listeners, acme: acmeJson, warnings: v.warnings.map(formatConfigError) }, null, 2) + '\n');
     return 0;
   }
   for (const l of listeners) out.write(listenerBlock(l));
+  if (acme) out.write(acmeBlock(acme, acmeRowsNow!));
   printProblems([], v.warnings, out);
   out.write(`${file}: OK\n`);
   return 0;
