@@ -182,3 +182,24 @@ describe('acme: in the configuration', () => {
     if (!r.ok) expect(r.errors.map(formatConfigError).join('\n')).toMatch(/certificates: required but missing: list certificates, or configure acme/);
   });
 });
+
+describe('the ACME setup the docs show', () => {
+  const block = (file: string) => {
+    const text = readFileSync(join(import.meta.dirname, '..', '..', file), 'utf8');
+    const m = /```yaml\n(acme:[\s\S]*?)```/.exec(text);
+    if (!m) throw new Error(`${file}: no yaml block starting with acme:`);
+    return m[1]!;
+  };
+
+  for (const file of ['README.md', 'docs/acme.md']) {
+    it(`${file}: the Postfix + Dovecot file loads as is, in under 20 lines, and orders only the listener hostname`, () => {
+      const yaml = block(file);
+      expect(yaml.trimEnd().split('\n').length).toBeLessThan(20);
+      const r = loadConfigText(yaml, join(dir, 'readme.yaml'));
+      if (!r.ok) throw new Error(r.errors.map(formatConfigError).join('\n'));
+      const c = r.loaded.config;
+      expect(c.acme).toMatchObject({ names: ['mail.example.org'], challenge: 'http-01', http: { listen: { host: '0.0.0.0', port: 80 } }, storage: '/var/lib/postern/acme' });
+      expect(c.listeners.map((l) => l.hostname)).toContain('mail.example.org');
+    });
+  }
+});
