@@ -28,7 +28,7 @@ export interface ReloadPlan {
 }
 
 /** Top-level settings only a restart applies. */
-const RESTART_ONLY = ['log', 'admin', 'backendChecks', 'shutdown', 'workers'] as const;
+const RESTART_ONLY = ['log', 'admin', 'backendChecks', 'shutdown', 'workers', 'acme'] as const;
 
 export class Daemon {
   readonly listeners: Listener[] = [];
@@ -145,7 +145,8 @@ export class Daemon {
     }
     for (const name of byName.keys()) needsRestart.push(`listener "${name}" was added`);
     // Process-wide settings are read once at start (the logger, the admin endpoint, the backend
-    // check timer, the drain, the workers): a change is named rather than silently ignored.
+    // check timer, the drain, the workers, the ACME manager and its names): a change is named
+    // rather than silently ignored.
     for (const key of RESTART_ONLY) if (JSON.stringify(config[key]) !== JSON.stringify(this.applied[key])) needsRestart.push(`${key} changed`);
     return { listeners, needsRestart };
   }
@@ -169,7 +170,7 @@ export class Daemon {
    * Applies a reloaded configuration: certificates and each listener's policy, names, ALPN,
    * backend, timeouts and STARTTLS options take effect for new connections. What only a restart
    * can change (listen address, protocol, tls mode, added or removed listeners, the top-level
-   * log, admin, backendChecks, shutdown and workers) is returned.
+   * log, admin, backendChecks, shutdown, workers and acme) is returned.
    */
   apply(config: PosternConfig, store: CertStore): string[] {
     const plan = this.plan(config);

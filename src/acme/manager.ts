@@ -20,6 +20,13 @@ import { join } from 'node:path';
 /** setTimeout's ceiling, and how often plans are looked at again anyway (clock changes, ARI). */
 const MAX_SLEEP_MS = 6 * 3_600_000;
 
+/**
+ * Orders per rolling 3 hours, whatever happens: a sixth of Let's Encrypt's 300 new orders per
+ * account per 3 hours, so that a configuration with many names, or a storage that keeps getting
+ * wiped, can never exhaust the account. Past it, orders wait for the window to move.
+ */
+export const ORDER_BUDGET = { orders: 50, windowMs: 3 * 3_600_000 } as const;
+
 interface Item {
   name: string;
   keyType: AcmeKeyType;
@@ -73,6 +80,8 @@ export class AcmeManager {
   /** A CA that does not answer at all pauses every order, not only the one that failed. */
   private pausedUntil = 0;
   private idleWaiters: Array<() => void> = [];
+  /** Start times of the orders in the budget window (ORDER_BUDGET). */
+  private readonly recentOrders: number[] = [];
 
   constructor(opts: ManagerOptions) {
     this.opts = { now: Date.now, random: Math.random, ...opts };
@@ -168,7 +177,15 @@ export class AcmeManager {
 
   private due(i: Item): boolean {
     const now = this.opts.now();
+    if (now < this.budgetFreeAt()) return false;
     return i.forced || (now >= i.next && now >= this.pausedUntil);
+  }
+
+  /** When the next order fits in ORDER_BUDGET (now, or when the oldest one leaves the window). */
+  private budgetFreeAt(): number {
+    const now = this.opts.now();
+    while (this.recentOrders.length > 0 && now - this.recentOrders[0]! >= ORDER_BUDGET.windowMs) this.recentOrders.shift();
+    return this.recentOrders.length < ORDER_BUDGET.orders ? now : this.recentOrders[0]! + ORDER_BUDGET.windowMs;
   }
 
   /** Run what is due now, or sleep until the next plan (at most MAX_SLEEP_MS). */
@@ -186,7 +203,11 @@ export class AcmeManager {
     this.idleWaiters = [];
     for (const w of waiters) w();
     if (this.items.length === 0) return;
-    const next = Math.min(...this.items.map((i) => Math.max(i.next, this.pausedUntil)));
+    const budget = this.budgetFreeAt();
+    if (budget > now && this.items.some((i) => i.forced || Math.max(i.next, this.pausedUntil) <= now)) {
+      this.opts.log.warn({ reason: 'acme_order_budget', orders: ORDER_BUDGET.orders, windowHours: ORDER_BUDGET.windowMs / 3_600_000, resumeAt: new Date(budget).toISOString() }, 'acme: order budget reached; waiting before the next order');
+    }
+    const next = Math.max(budget, Math.min(...this.items.map((i) => (i.forced ? now : Math.max(i.next, this.pausedUntil)))));
     this.timer = setTimeout(() => void this.refreshWindows().then(() => this.wake()), Math.max(0, Math.min(MAX_SLEEP_MS, next - now)));
     this.timer.unref();
   }
@@ -209,6 +230,7 @@ export class AcmeManager {
     const forced = item.forced;
     item.forced = false;
     item.lastAttempt = this.opts.now();
+    this.recentOrders.push(item.lastAttempt);
     const renewing = item.issued !== null;
     log.info({ name: item.name, keyType: item.keyType, reason: forced ? 'manual' : renewing ? 'renewal_due' : 'no_certificate' }, renewing ? 'acme: renewing' : 'acme: ordering');
     try {
