@@ -42,7 +42,10 @@ COPY --from=build /src/dist ./dist
 COPY --from=build /src/postern.schema.json ./
 COPY bin ./bin
 COPY config.example.yaml README.md LICENSE ./
-RUN ln -s /opt/postern/bin/postern.js /usr/local/bin/postern && mkdir -p /etc/postern
+# /var/lib/postern: where acme.storage goes (account key, live/<name>/...); mount a volume there
+# so that certificates survive a new container (docs/acme.md).
+RUN ln -s /opt/postern/bin/postern.js /usr/local/bin/postern && mkdir -p /etc/postern \
+ && mkdir -p /var/lib/postern && chown node:node /var/lib/postern && chmod 0700 /var/lib/postern
 USER node
 # 25   SMTP, MTA-to-MTA delivery (STARTTLS, sni: fallback)
 # 465  submissions, implicit TLS (RFC 8314)
