@@ -39,6 +39,24 @@ export interface Obtained {
 const MAX_RESPONSE_BYTES = 1 << 20;
 const REQUEST_TIMEOUT_MS = 30_000;
 
+/**
+ * Without retries acme-client 5.4.0 still loses a network error: its response interceptor hands
+ * an error that has no response (ECONNREFUSED, a timeout) to its status check, which throws
+ * "Cannot read properties of undefined (reading 'config')". The log, GET /acme and the CA-wide
+ * pause (caWide, which looks at the code) would never see ECONNREFUSED. Such an error goes on
+ * as it is; an error with a response (4xx, 5xx, 429) still takes acme-client's way.
+ */
+const KEEPS = Symbol('postern keeps network errors');
+function keepNetworkErrors(instance: AcmeLib['axios']) {
+  type Handler = { rejected?: ((err: unknown) => unknown) | null; [KEEPS]?: true };
+  (instance.interceptors.response as unknown as { forEach(fn: (h: Handler) => void): void }).forEach((h) => {
+    const rejected = h.rejected;
+    if (!rejected || h[KEEPS]) return;
+    h[KEEPS] = true;
+    h.rejected = (err: unknown) => ((err as { response?: unknown } | null)?.response === undefined ? Promise.reject(err) : rejected(err));
+  });
+}
+
 let lib: Promise<AcmeLib> | null = null;
 function load(): Promise<AcmeLib> {
   lib ??= import('acme-client').then((m) => ((m as { default?: AcmeLib }).default ?? m) as AcmeLib);
@@ -86,6 +104,7 @@ export class AcmeAccount {
     // instead of the network error (5.4.0). postern's own backoff (acme.retry) is the retry: one
     // request, its real error, and the next attempt minutes later.
     (acme.axios.defaults as unknown as { acmeSettings: { retryMaxAttempts: number } }).acmeSettings.retryMaxAttempts = 0;
+    keepNetworkErrors(acme.axios);
     acme.setLogger((message: string) => log.trace({ acme: message }, 'acme-client'));
 
     const dir = accountDir(config.storage, config.directory);

@@ -1,18 +1,30 @@
 // The HTTP-01 listener (acme.http): plain HTTP that answers exactly one kind of request,
 // GET /.well-known/acme-challenge/<token> for a token of an open order (RFC 8555 section 8.3),
 // and 404 for everything else. It is on the Internet on port 80, so it is small and bounded:
-// request heads of at most 4 KiB within 5 s, no bodies, at most 64 connections, one request per
-// connection, and nothing but the key authorization ever in a response.
+// request heads of at most 4 KiB within 5 s, no bodies, at most 64 connections and 4 per client
+// address (IPv6: per /64), one request per connection, and nothing but the key authorization
+// ever in a response. The per-address cap keeps one host from holding all 64 slots while the
+// CA's validators (several vantage points, a few connections each) need them.
 import http from 'node:http';
 import type { HostPort } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import type { AcmeMetrics } from '../metrics.ts';
 import type { ChallengeBoard } from './challenges.ts';
+import { clientKey } from '../net/address.ts';
+
+/** IPv4 address or IPv6 /64, as the listeners count clients; an unreadable address counts alone. */
+function keyOf(address: string | undefined): string {
+  try {
+    return clientKey(address ?? '');
+  } catch {
+    return address ?? '?';
+  }
+}
 
 const PREFIX = '/.well-known/acme-challenge/';
 /** RFC 8555 section 8.1: a token is base64url; at least 128 bits of entropy, so 22+ characters. */
 const TOKEN = /^[A-Za-z0-9_-]{1,256}$/;
-export const HTTP01_LIMITS = { headerBytes: 4096, requestMs: 5000, connections: 64 } as const;
+export const HTTP01_LIMITS = { headerBytes: 4096, requestMs: 5000, connections: 64, perClient: 4 } as const;
 
 export interface Http01Server {
   port: number;
@@ -30,13 +42,30 @@ export async function startHttp01(opts: { listen: HostPort; board: ChallengeBoar
   });
   server.maxConnections = HTTP01_LIMITS.connections;
   // A client that never finishes its request head is cut at the deadline whatever Node's checks do.
+  const perClient = new Map<string, number>();
   server.on('connection', (socket) => {
+    const key = keyOf(socket.remoteAddress);
+    const open = (perClient.get(key) ?? 0) + 1;
+    if (open > HTTP01_LIMITS.perClient) {
+      metrics.httpRequests.inc({ result: 'too_many_from_client' });
+      socket.destroy();
+      return;
+    }
+    perClient.set(key, open);
     const t = setTimeout(() => socket.destroy(), HTTP01_LIMITS.requestMs);
     t.unref();
-    socket.once('close', () => clearTimeout(t));
+    socket.once('close', () => {
+      clearTimeout(t);
+      const n = (perClient.get(key) ?? 1) - 1;
+      if (n <= 0) perClient.delete(key);
+      else perClient.set(key, n);
+    });
   });
-  server.on('clientError', (_err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+  // Node's own handler would say 431 and 408 where they apply; this one must too (RFC 6585
+  // section 5: a head over the limit is 431, not a malformed request).
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+    if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
     else socket.destroy();
   });
   server.on('request', (req, res) => {

@@ -78,7 +78,9 @@ export type AcmeMessage =
   | { type: 'postern:acme-answer'; id: number; answer: ChallengeAnswer }
   | { type: 'postern:acme-withdraw'; id: number; answer: ChallengeAnswer }
   | { type: 'postern:acme-reload'; id: number }
-  | { type: 'postern:acme-ack'; id: number; ok: boolean };
+  | { type: 'postern:acme-ack'; id: number; ok: boolean }
+  /** A worker's first word: its handler is in place, so messages sent from now on are not lost. */
+  | { type: 'postern:acme-ready'; id: 0 };
 
 export function isAcmeMessage(m: unknown): m is AcmeMessage {
   return typeof m === 'object' && m !== null && typeof (m as { type?: unknown }).type === 'string' && (m as { type: string }).type.startsWith('postern:acme-');
@@ -89,16 +91,35 @@ const ACK_TIMEOUT_MS = 10_000;
 
 /**
  * The supervisor's side: sends to every live worker and waits for each one's ack. A worker
- * started while an answer is open gets it too (`openAnswers`).
+ * started while an answer is open gets it too (`open`).
+ *
+ * A worker listens for these messages only once its daemon is up (serveAcmeMessages, after the
+ * listeners are bound), and a message that reaches a process with no 'message' listener is
+ * dropped: at startup the first order's answer would be lost and the order fail after
+ * ACK_TIMEOUT_MS. So a worker says 'postern:acme-ready' once it listens, and until then what is
+ * sent to it waits here (`queued`) and goes out, in order, when it is ready.
  */
 export class WorkerFanout {
   private nextId = 1;
   private readonly waiting = new Map<number, { left: Set<number>; done: (ok: boolean) => void }>();
   private readonly open = new Map<string, ChallengeAnswer>();
+  /** Workers (by cluster id) whose message handler is in place. */
+  private readonly ready = new Set<number>();
+  /** Messages for workers not ready yet, in the order they were sent. */
+  private readonly queued = new Map<number, AcmeMessage[]>();
 
   constructor() {
     cluster.on('message', (worker, msg: unknown) => {
-      if (!isAcmeMessage(msg) || msg.type !== 'postern:acme-ack') return;
+      if (!isAcmeMessage(msg)) return;
+      if (msg.type === 'postern:acme-ready') {
+        this.ready.add(worker.id);
+        // A worker forked after an answer was published learns it here (no ack: nothing waits for it).
+        for (const answer of this.open.values()) worker.send({ type: 'postern:acme-answer', id: 0, answer } satisfies AcmeMessage);
+        for (const m of this.queued.get(worker.id) ?? []) worker.send(m);
+        this.queued.delete(worker.id);
+        return;
+      }
+      if (msg.type !== 'postern:acme-ack') return;
       const w = this.waiting.get(msg.id);
       if (!w) return;
       w.left.delete(worker.id);
@@ -106,13 +127,12 @@ export class WorkerFanout {
       else if (w.left.size === 0) w.done(true);
     });
     cluster.on('exit', (worker) => {
+      this.ready.delete(worker.id);
+      this.queued.delete(worker.id);
       for (const w of this.waiting.values()) {
         w.left.delete(worker.id);
         if (w.left.size === 0) w.done(true);
       }
-    });
-    cluster.on('online', (worker) => {
-      for (const answer of this.open.values()) worker.send({ type: 'postern:acme-answer', id: 0, answer } satisfies AcmeMessage);
     });
   }
 
@@ -129,7 +149,11 @@ export class WorkerFanout {
         else reject(new Error(`${what}: not every worker confirmed within ${ACK_TIMEOUT_MS / 1000}s`));
       };
       this.waiting.set(id, { left: new Set(workers.map((w) => w.id)), done: finish });
-      for (const w of workers) w.send(make(id));
+      for (const w of workers) {
+        const m = make(id);
+        if (this.ready.has(w.id)) w.send(m);
+        else this.queued.set(w.id, [...(this.queued.get(w.id) ?? []), m]);
+      }
     });
   }
 
@@ -176,4 +200,6 @@ export function serveAcmeMessages(board: ChallengeBoard, reload: () => Promise<b
         break;
     }
   });
+  // From here on nothing the supervisor sends is lost: it may send (and flush what it queued).
+  process.send?.({ type: 'postern:acme-ready', id: 0 } satisfies AcmeMessage);
 }
