@@ -185,7 +185,7 @@ export class AcmeMetrics {
     });
     this.httpRequests = new Counter({
       name: 'postern_acme_http_requests_total',
-      help: 'Requests to the HTTP-01 listener, by result (answered|unknown_token|not_found|bad_method)',
+      help: 'Requests to the HTTP-01 listener, by result (answered|unknown_token|not_found|bad_method|too_many_from_client: a connection over the per-address cap, closed)',
       labelNames: ['result'] as const,
       registers,
     });
