@@ -1,7 +1,8 @@
 // workers: N. The primary process binds nothing itself: it forks N workers that run the same
-// daemon and share the listening sockets (node:cluster hands accepted connections out round
-// robin), passes SIGHUP and SIGTERM on to every worker, restarts a worker that dies, and serves
-// the admin endpoint with the metrics summed over all workers.
+// daemon, each with its own listening sockets on the same addresses (SO_REUSEPORT: the kernel
+// spreads new connections over them, no hand-off through the primary; see Listener.bind),
+// passes SIGHUP and SIGTERM on to every worker, restarts a worker that dies, and serves the
+// admin endpoint with the metrics summed over all workers.
 import cluster, { type Worker } from 'node:cluster';
 import type { Logger } from './log.ts';
 import type { BackendStatus } from './backend/health.ts';
@@ -11,6 +12,8 @@ export interface SupervisorOptions {
   log: Logger;
   /** Grace after SIGTERM before workers are killed: their drain timeout plus a margin. */
   stopTimeoutMs: number;
+  /** More environment for every worker (the shared session ticket secret). */
+  env?: Record<string, string>;
 }
 
 /** What a worker tells the primary about itself (for /readyz). */
@@ -42,7 +45,7 @@ export class Supervisor {
   }
 
   private fork(): Worker {
-    const w = cluster.fork({ POSTERN_WORKER: '1' });
+    const w = cluster.fork({ ...this.opts.env, POSTERN_WORKER: '1' });
     this.opts.log.info({ worker: w.id, pid: w.process.pid }, 'worker started');
     return w;
   }

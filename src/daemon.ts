@@ -7,6 +7,7 @@ import { Metrics } from './metrics.ts';
 import { Listener, type Prelude } from './listener.ts';
 import type { SessionEnv } from './session.ts';
 import type { ChallengeBoard } from './acme/challenges.ts';
+import { TicketKeys } from './tls/tickets.ts';
 
 export interface DaemonOptions {
   config: PosternConfig;
@@ -17,6 +18,8 @@ export interface DaemonOptions {
   preludeFor?: (env: SessionEnv) => Prelude | null;
   /** Open ACME TLS-ALPN-01 validations, answered by every listener (acme on). */
   challenges?: ChallengeBoard;
+  /** Session ticket keys; default: a random secret, rotated as sessionTickets.rotate says. */
+  tickets?: TicketKeys;
 }
 
 /** What a reloaded configuration does to the running listeners (see Daemon.plan). */
@@ -28,7 +31,7 @@ export interface ReloadPlan {
 }
 
 /** Top-level settings only a restart applies. */
-const RESTART_ONLY = ['log', 'admin', 'backendChecks', 'shutdown', 'workers', 'acme'] as const;
+const RESTART_ONLY = ['log', 'admin', 'backendChecks', 'shutdown', 'workers', 'acme', 'sessionTickets'] as const;
 
 export class Daemon {
   readonly listeners: Listener[] = [];
@@ -45,10 +48,11 @@ export class Daemon {
     this.log = opts.log;
     this.applied = opts.config;
     this.metrics = opts.metrics ?? new Metrics();
+    const tickets = opts.tickets ?? TicketKeys.random(opts.config.sessionTickets.rotateMs);
     for (const l of opts.config.listeners) {
       // The STARTTLS prelude offers TLS when store().lookup(hostname) finds a certificate: the
       // same answer as certificatesMissing() below, which the reloader keeps false.
-      const env: SessionEnv = { listener: l, store: () => this.store, log: opts.log, metrics: this.metrics, ...(opts.challenges ? { challenges: opts.challenges } : {}) };
+      const env: SessionEnv = { listener: l, store: () => this.store, log: opts.log, metrics: this.metrics, tickets, ...(opts.challenges ? { challenges: opts.challenges } : {}) };
       this.listeners.push(new Listener(env, opts.preludeFor?.(env) ?? null));
     }
     this.setStore(opts.store);

@@ -1,5 +1,6 @@
 // One net.Server per configured listener. It accepts, counts, and runs each connection as a
 // session (src/session.ts runSession) with this listener's prelude, limits and protocol words.
+import cluster from 'node:cluster';
 import net from 'node:net';
 import type { SessionEnv, SessionDeps } from './session.ts';
 import { Session, runSession } from './session.ts';
@@ -36,12 +37,20 @@ export class Listener {
     return this.bind();
   }
 
+  /**
+   * In a cluster worker, its own socket with SO_REUSEPORT (Linux 3.9+): the kernel hands each new
+   * connection to one worker's socket directly. node:cluster's default instead accepts every
+   * connection in the primary and passes it to a worker over IPC, a cost on every handshake that
+   * a second worker then spends its time on. The price: connections still waiting in a worker's
+   * accept queue when that worker dies are reset (with the primary's queue they would not be).
+   */
   private bind(): Promise<void> {
     const { host, port } = this.env.listener.listen;
+    const own = cluster.isWorker ? { exclusive: true, reusePort: true } : {};
     return new Promise((resolve, reject) => {
       const onError = (err: Error) => reject(err);
       this.server.once('error', onError);
-      this.server.listen({ host, port }, () => {
+      this.server.listen({ host, port, ...own }, () => {
         this.server.off('error', onError);
         this.server.on('error', (err) => this.env.log.error({ listener: this.env.listener.name, err }, 'listener error'));
         resolve();

@@ -138,6 +138,12 @@ export class Metrics {
     labelNames: ['listener'] as const,
     registers: [this.registry],
   });
+  readonly resumptions = new Counter({
+    name: 'postern_handshakes_resumed_total',
+    help: 'TLS handshakes that resumed a session from a ticket (a subset of postern_handshakes_total{result="ok"}), by listener',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
   readonly acmeValidations = new Counter({
     name: 'postern_acme_tls_alpn_validations_total',
     help: 'ACME TLS-ALPN-01 validations (RFC 8737) answered on a listener, by listener and result (answered|failed)',

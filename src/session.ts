@@ -29,6 +29,7 @@ import { endGracefully } from './net/last-words.ts';
 import type { Prelude } from './starttls/prelude.ts';
 import type { ProtocolWords, SessionFilter } from './starttls/types.ts';
 import { ACME_TLS_ALPN, type ChallengeBoard } from './acme/challenges.ts';
+import type { TicketKeys } from './tls/tickets.ts';
 
 /** What a session needs from the daemon; `store()` is read per connection so reloads apply at once. */
 export interface SessionEnv {
@@ -38,6 +39,8 @@ export interface SessionEnv {
   metrics: Metrics;
   /** Open ACME TLS-ALPN-01 validations (acme on); absent otherwise. */
   challenges?: ChallengeBoard;
+  /** Session ticket keys (resumption); absent: each context's own random key. */
+  tickets?: TicketKeys;
 }
 
 /** What the listener gives each session: its prelude and its limits. */
@@ -61,6 +64,8 @@ export interface Summary {
   servedName: string | null;
   alpn: string | null;
   tlsVersion: string | null;
+  /** The handshake resumed a session (a ticket) instead of a full handshake; null without TLS. */
+  resumed: boolean | null;
   cipher: string | null;
   backend: string | null;
   bytesIn: number;
@@ -131,6 +136,7 @@ export class Session {
       servedName: null,
       alpn: null,
       tlsVersion: null,
+      resumed: null,
       cipher: null,
       backend: null,
       bytesIn: 0,
@@ -411,8 +417,11 @@ async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
   sum.servedName = result.servedName;
   sum.alpn = result.alpn;
 
-  // Handshake, under the same absolute deadline.
-  const hs = startHandshake(s.socket, { context: result.unit.context(l.minVersion), alpn: result.alpn });
+  // Handshake, under the same absolute deadline. The ticket key is the one the client's ticket
+  // names, when it is this policy's and this certificate's: resumption never crosses them.
+  const tickets = s.env.tickets;
+  const ticket = tickets ? tickets.select(`${policyScope(l)}\0${result.unit.identity}`, peek.hello.ticketName) : null;
+  const hs = startHandshake(s.socket, { context: result.unit.context(l.minVersion, ticket), alpn: result.alpn });
   s.enterHandshake(hs.socket);
   const shaken = await hs.done;
   if (!shaken.ok) {
@@ -421,6 +430,8 @@ async function stages(s: Session, deps: SessionDeps): Promise<Ending> {
   }
   s.enterSecure();
   sum.tlsVersion = shaken.version;
+  sum.resumed = shaken.resumed;
+  if (shaken.resumed) metrics.resumptions.inc({ listener: l.name });
   sum.cipher = shaken.cipher;
   metrics.handshakes.inc({ listener: l.name, version: shaken.version ?? 'unknown', result: 'ok' });
 
@@ -516,6 +527,20 @@ async function proxy(s: Session, client: Socket, filter: SessionFilter | null, r
     counted();
     throw err;
   }
+}
+
+const scopes = new WeakMap<ListenerConfig, string>();
+/**
+ * What a session ticket is bound to on the listener side: everything the policy decided the
+ * session by. Listeners (or a reloaded listener) that differ in any of it never share tickets.
+ */
+function policyScope(l: ListenerConfig): string {
+  let scope = scopes.get(l);
+  if (scope === undefined) {
+    scope = JSON.stringify([l.protocol, l.tls, l.role, l.hostname, l.sni, l.serverNames, l.alpn, l.minVersion]);
+    scopes.set(l, scope);
+  }
+  return scope;
 }
 
 /** STARTTLS bytes the client pipelined after its STARTTLS command: discarded, logged, counted. */

@@ -14,6 +14,10 @@ import type { Logger } from '../log.ts';
 import { startAdmin, type ReadinessInput } from '../admin.ts';
 import { BackendHealth, healthTargets } from '../backend/health.ts';
 import { ChallengeBoard } from '../acme/challenges.ts';
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { readFileSync } from 'node:fs';
+import { MIN_SECRET_BYTES, parseTicketSecret, TicketKeys } from '../tls/tickets.ts';
 import { localResponder, prepareStorage, serveAcmeMessages, startAcme, WorkerFanout, type AcmeService } from '../acme/service.ts';
 
 export async function runCommand(file: string): Promise<number> {
@@ -69,9 +73,10 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   }
   // TLS-ALPN-01 answers for every listener: filled by this process's manager, or by the supervisor.
   const challenges = acme ? new ChallengeBoard() : undefined;
+  const tickets = ticketKeys(v.config);
   let daemon: Daemon;
   try {
-    daemon = await Daemon.start({ config: v.config, store: v.store, log, preludeFor, challenges });
+    daemon = await Daemon.start({ config: v.config, store: v.store, log, preludeFor, challenges, tickets });
     if (!worker) logCertificates(log, daemon);
   } catch (err) {
     // A log line like every other once the logger exists: one stream, one format.
@@ -178,6 +183,33 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   return 0;
 }
 
+/** Binds host:port alone (no SO_REUSEPORT) and closes again; the error code, or null when free. */
+function probeListen(host: string, port: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    srv.listen({ host, port, exclusive: true }, () => srv.close(() => resolve(null)));
+  });
+}
+
+const TICKET_SECRET_ENV = 'POSTERN_TICKET_SECRET';
+
+/**
+ * The session ticket keys: from sessionTickets.keyFile (checked at load), else the secret the
+ * supervisor handed this worker, else a random one for this process.
+ */
+function ticketKeys(config: PosternConfig): TicketKeys {
+  const { keyFile, rotateMs } = config.sessionTickets;
+  if (keyFile !== null) {
+    const parsed = parseTicketSecret(readFileSync(keyFile));
+    if (parsed.ok) return new TicketKeys(parsed.secret, rotateMs);
+  }
+  const handed = process.env[TICKET_SECRET_ENV];
+  delete process.env[TICKET_SECRET_ENV];
+  if (handed && /^[0-9a-f]{64,}$/.test(handed)) return new TicketKeys(Buffer.from(handed, 'hex'), rotateMs);
+  return TicketKeys.random(rotateMs);
+}
+
 /** What this process knows for /readyz (a worker sends it to the supervisor). */
 export function processState(daemon: Daemon, health: BackendHealth | null): Omit<WorkerStatus, 'type'> {
   return {
@@ -199,7 +231,21 @@ async function runSupervisor(config: PosternConfig): Promise<number> {
       return 1;
     }
   }
-  const sup = new Supervisor({ workers: config.workers, log, stopTimeoutMs: config.shutdown.drainTimeoutMs + 5000 });
+  // Without a key file the workers still share one ticket secret, so a client resumes on any of
+  // them: made here, handed to each worker at its start (the environment of a process is
+  // readable only by its own user), and never logged.
+  const ticketSecret = config.sessionTickets.keyFile === null ? randomBytes(MIN_SECRET_BYTES).toString('hex') : null;
+  // Workers bind with SO_REUSEPORT, which would also let them share a port with a second
+  // postern left running by mistake (and split its connections with it). Each address is bound
+  // here once without it first: taken by anyone, that fails, as a single process's bind would.
+  for (const l of config.listeners) {
+    const taken = await probeListen(l.listen.host, l.listen.port);
+    if (taken) {
+      log.fatal({ reason: 'listen_failed', listen: `${l.listen.host}:${l.listen.port}`, listener: l.name, error: taken }, `cannot listen on ${l.listen.host}:${l.listen.port}: ${taken}`);
+      return 1;
+    }
+  }
+  const sup = new Supervisor({ workers: config.workers, log, stopTimeoutMs: config.shutdown.drainTimeoutMs + 5000, env: ticketSecret ? { [TICKET_SECRET_ENV]: ticketSecret } : {} });
   // Only the supervisor talks to the CA; the workers answer its validations and load the result.
   const fanout = acme ? new WorkerFanout() : null;
   log.info({ workers: config.workers }, 'starting workers');

@@ -22,6 +22,7 @@ import {
   validateDocument,
 } from './schema.ts';
 import type { RawDocument, RawListener, SchemaIssue, SchemaPath } from './schema.ts';
+import { parseTicketSecret } from '../tls/tickets.ts';
 import type { AcmeConfig, CertificateSpec, ConfigError, HostPort, ListenerConfig, PosternConfig } from './types.ts';
 
 export interface LoadedConfig {
@@ -189,6 +190,18 @@ function fileProblem(path: string): string | null {
   }
 }
 
+/** The ticket key file: readable, holding enough key material, and not writable by others. */
+function ticketKeyFileProblem(path: string): string | null {
+  const missing = fileProblem(path);
+  if (missing) return missing;
+  const mode = statSync(path).mode & 0o777;
+  // Whoever can write it can make every host accept tickets they made; whoever can read it can
+  // decrypt every ticket (and so resume sessions): owner-only, like a private key.
+  if (mode & 0o077) return `${path} is readable or writable by others (mode 0${mode.toString(8)}): it decrypts every session ticket; chmod 600 ${path}`;
+  const parsed = parseTicketSecret(readFileSync(path));
+  return parsed.ok ? null : `${path} ${parsed.message}`;
+}
+
 function dirProblem(path: string): string | null {
   try {
     if (!statSync(path).isDirectory()) return `not a folder: ${path}`;
@@ -233,6 +246,12 @@ function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) 
         if (problem) issues.push({ path: ['certificates', i, field], message: problem, at: 'value' });
       }
     });
+  }
+
+  const tickets = raw.sessionTickets;
+  if (isRecord(tickets) && typeof tickets.keyFile === 'string' && tickets.keyFile !== '') {
+    const problem = ticketKeyFileProblem(resolve(baseDir, tickets.keyFile));
+    if (problem) issues.push({ path: ['sessionTickets', 'keyFile'], message: problem, at: 'value' });
   }
 
   const acme = raw.acme;
@@ -374,6 +393,7 @@ function compile(doc: RawDocument, file: string): PosternConfig {
     certificates,
     listeners,
     acme,
+    sessionTickets: { keyFile: doc.sessionTickets.keyFile === undefined ? null : resolve(base, doc.sessionTickets.keyFile), rotateMs: doc.sessionTickets.rotate },
   };
 }
 

@@ -46,6 +46,12 @@ export const DEFAULTS = {
    * validations (5 per name per hour); a renewal has weeks of slack, so patience costs nothing.
    */
   acmeRetry: { min: '5m', max: '12h' },
+  /**
+   * Session ticket keys rotate every 12 hours; a ticket stays good for its own period and the
+   * next (RFC 8446 section 4.6.1 allows 7 days; shorter keeps the window that a stolen key opens
+   * small, longer than a working day keeps mail clients resuming).
+   */
+  ticketRotate: '12h',
 } as const;
 
 /** Capabilities announced before TLS when the backend probe fails. */
@@ -531,6 +537,15 @@ export const documentSchema = z
       .meta({ description: 'Backend reachability checks behind /readyz and postern_backend_up; with interval: off, /readyz does not consider backends' }),
     shutdown: z.strictObject({ drainTimeout: duration.prefault(DEFAULTS.drainTimeout) }).prefault({}).meta({ description: 'On SIGTERM: stop accepting, let sessions finish up to drainTimeout (default 30s)' }),
     limits: limitsSchema.prefault({}).meta({ description: 'Defaults for every listener\'s limits' }),
+    sessionTickets: z
+      .strictObject({
+        keyFile: pathField('session ticket key')
+          .optional()
+          .meta({ description: 'File with the secret ticket keys are derived from (at least 32 bytes, raw or base64: openssl rand -base64 48). Hosts behind one load balancer share it to resume each other\'s sessions. Default: a random secret per start, shared by the workers' }),
+        rotate: duration.prefault(DEFAULTS.ticketRotate).meta({ description: `How often the ticket key changes; tickets of the previous period are still accepted (default ${DEFAULTS.ticketRotate})` }),
+      })
+      .prefault({})
+      .meta({ description: 'TLS session resumption (tickets): resumes across workers, reloads and, with a shared keyFile, hosts; never across listeners whose policies differ' }),
     workers: z
       .union([z.literal('auto'), count], { error: (iss) => (iss.code === 'invalid_union' ? `expected "auto" or a number of processes, got ${describeValue(iss.input)}` : undefined) })
       .prefault(1)

@@ -180,6 +180,11 @@ export interface PosternConfig {
   listeners: ListenerConfig[];
   /** Built-in ACME; null when off. */
   acme: AcmeConfig | null;
+  /**
+   * TLS session resumption: ticket keys derived from a secret (the key file's, shared by hosts;
+   * else a random one per start, shared by the workers) and rotated every rotateMs.
+   */
+  sessionTickets: { keyFile: string | null; rotateMs: number };
 }
 
 /** One problem found in a configuration file, formatted as `file:line:col path: message`. */

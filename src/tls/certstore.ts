@@ -8,6 +8,7 @@ import tls, { type SecureContext } from 'node:tls';
 import type { CertificateSource, CertificateSpec, TlsMinVersion } from '../config/types.ts';
 import { patternProblem, wildcardParent, parentOf } from './names.ts';
 import { SERVER_TLS_OPTIONS } from './settings.ts';
+import type { TicketKey } from './tickets.ts';
 
 export interface CertEntry {
   /** DNS names from the leaf's subjectAltName, lowercased; wildcards as "*.domain". */
@@ -44,10 +45,16 @@ export interface CertProblem {
  */
 export class ServeUnit {
   readonly entries: readonly CertEntry[];
-  private readonly contexts = new Map<TlsMinVersion, SecureContext>();
+  /**
+   * What a session ticket of this unit vouches for: its names and key types, not the
+   * certificates' bytes, so that a renewal (same names, new certificate) keeps resumption.
+   */
+  readonly identity: string;
+  private readonly contexts = new Map<string, { context: SecureContext; period: number }>();
 
   constructor(entries: CertEntry[]) {
     this.entries = entries;
+    this.identity = entries.map((e) => `${algorithm(e)}:${[...e.names].sort().join(',')}`).join('|');
   }
 
   /** The certificate shown in logs and `check`: the first one listed. */
@@ -59,13 +66,27 @@ export class ServeUnit {
    * The SecureContext under a listener's TLS settings, created once and cached. Suites, server
    * order and no renegotiation are the fixed policy of settings.ts.
    */
-  context(minVersion: TlsMinVersion): SecureContext {
-    let ctx = this.contexts.get(minVersion);
-    if (!ctx) {
-      ctx = tls.createSecureContext({ ...SERVER_TLS_OPTIONS, cert: this.entries.map((e) => e.certPem), key: this.entries.map((e) => e.keyPem), minVersion });
-      this.contexts.set(minVersion, ctx);
+  context(minVersion: TlsMinVersion, ticket: TicketKey | null = null): SecureContext {
+    const id = ticket ? `${minVersion}|${ticket.key.toString('hex', 0, 16)}` : minVersion;
+    let entry = this.contexts.get(id);
+    if (!entry) {
+      const context = tls.createSecureContext({
+        ...SERVER_TLS_OPTIONS,
+        cert: this.entries.map((e) => e.certPem),
+        key: this.entries.map((e) => e.keyPem),
+        minVersion,
+        ...(ticket ? { ticketKeys: ticket.key, sessionTimeout: ticket.lifetimeS } : {}),
+      });
+      if (ticket) this.prune(ticket.period);
+      entry = { context, period: ticket?.period ?? Infinity };
+      this.contexts.set(id, entry);
     }
-    return ctx;
+    return entry.context;
+  }
+
+  /** Contexts of ticket periods before the previous one are never chosen again. */
+  private prune(period: number) {
+    for (const [id, e] of this.contexts) if (e.period < period - 1) this.contexts.delete(id);
   }
 }
 

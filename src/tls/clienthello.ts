@@ -18,6 +18,12 @@ export interface ClientHello {
   cipherSuites: number[];
   /** Extension types in the order they appear. */
   extensionTypes: number[];
+  /**
+   * The first 16 bytes of the session ticket the client offers, the name of the key that made it
+   * (an OpenSSL stateless ticket): from the first PSK identity (RFC 8446 s4.2.11) or the
+   * SessionTicket extension (RFC 5077 s3.2); null when there is none. Never a reason to refuse.
+   */
+  ticketName: Buffer | null;
 }
 
 export type HelloParse =
@@ -48,6 +54,9 @@ const MAX_RECORD = 2 ** 14 + 256;
 const EXT_SERVER_NAME = 0; // RFC 6066 s3
 const EXT_ALPN = 16; // RFC 7301 s3.1
 const EXT_SUPPORTED_VERSIONS = 43; // RFC 8446 s4.2.1
+const EXT_SESSION_TICKET = 35; // RFC 5077 s3.2
+const EXT_PRE_SHARED_KEY = 41; // RFC 8446 s4.2.11
+const TICKET_NAME = 16;
 
 const NEED_MORE: HelloParse = { kind: 'need-more' };
 
@@ -237,6 +246,7 @@ function parseBody(body: Buffer, recordVersion: number): ClientHello | Bad {
     supportedVersions: null,
     cipherSuites,
     extensionTypes: [],
+    ticketName: null,
   };
   // Very old clients end the hello here; RFC 5246 s7.4.1.2 lets servers detect that. An empty
   // block is accepted too (TLS 1.2 allows extensions<0..2^16-1>; only 1.3 says <8..>).
@@ -267,6 +277,11 @@ function parseBody(body: Buffer, recordVersion: number): ClientHello | Bad {
       const v = parseSupportedVersions(data);
       if (v instanceof Bad) return v;
       hello.supportedVersions = v;
+    } else if (type === EXT_PRE_SHARED_KEY) {
+      // The PSK (TLS 1.3) wins over a SessionTicket extension sent alongside for TLS 1.2.
+      hello.ticketName = pskTicketName(data) ?? hello.ticketName;
+    } else if (type === EXT_SESSION_TICKET && hello.ticketName === null && data.length >= TICKET_NAME) {
+      hello.ticketName = Buffer.from(data.subarray(0, TICKET_NAME));
     }
   }
   return hello;
@@ -317,6 +332,19 @@ function parseAlpn(data: Buffer): string[] | Bad {
     out.push(name.toString('latin1'));
   }
   return out;
+}
+
+/**
+ * RFC 8446 s4.2.11: OfferedPsks { PskIdentity identities<7..2^16-1>; binders }, PskIdentity
+ * { opaque identity<1..2^16-1>; uint32 obfuscated_ticket_age }. The first identity's first 16
+ * bytes, or null. Only a key hint: a malformed extension is OpenSSL's to refuse, not ours.
+ */
+function pskTicketName(data: Buffer): Buffer | null {
+  const r = new Reader(data);
+  const identities = r.vec16();
+  if (identities === null) return null;
+  const first = new Reader(identities).vec16();
+  return first !== null && first.length >= TICKET_NAME ? Buffer.from(first.subarray(0, TICKET_NAME)) : null;
 }
 
 /** RFC 8446 s4.2.1, ClientHello form: ProtocolVersion versions<2..254>. */

@@ -12,7 +12,7 @@ export interface HandshakeOptions {
 }
 
 export type HandshakeResult =
-  | { ok: true; version: string | null; cipher: string | null; opensslCipher: string | null }
+  | { ok: true; version: string | null; cipher: string | null; opensslCipher: string | null; resumed: boolean }
   | { ok: false; reason: CloseReason; detail: string | null };
 
 export function startHandshake(socket: Socket, opts: HandshakeOptions): { socket: tls.TLSSocket; done: Promise<HandshakeResult> } {
@@ -41,7 +41,7 @@ export function startHandshake(socket: Socket, opts: HandshakeOptions): { socket
       tlsSocket.off('end', onEnd);
       tlsSocket.off('close', onClose);
       const cipher = tlsSocket.getCipher();
-      resolve({ ok: true, version: tlsSocket.getProtocol(), cipher: cipher?.standardName ?? cipher?.name ?? null, opensslCipher: cipher?.name ?? null });
+      resolve({ ok: true, version: tlsSocket.getProtocol(), cipher: cipher?.standardName ?? cipher?.name ?? null, opensslCipher: cipher?.name ?? null, resumed: tlsSocket.isSessionReused() });
     });
   });
   return { socket: tlsSocket, done };

@@ -93,7 +93,7 @@ describe('config errors', () => {
   it('an unknown top-level key', () => {
     expect(errorsOf(`${CERTS}listener: []\n`)).toEqual([
       'postern.yaml:1:1 listeners: required but missing',
-      'postern.yaml:4:1 listener: unknown key "listener" (did you mean "listeners"?); allowed keys: log, certificates, listeners, admin, backendChecks, shutdown, limits, workers',
+      'postern.yaml:4:1 listener: unknown key "listener" (did you mean "listeners"?); allowed keys: log, certificates, acme, listeners, admin, backendChecks, shutdown, limits, sessionTickets, workers',
     ]);
   });
 
@@ -121,7 +121,7 @@ describe('config errors', () => {
 
   it('empty certificate and listener lists', () => {
     expect(errorsOf('certificates: []\nlisteners: []\n')).toEqual([
-      'postern.yaml:1:15 certificates: at least one certificate is required',
+      'postern.yaml:1:15 certificates: at least one certificate is required (or leave certificates out and use acme)',
       'postern.yaml:2:12 listeners: at least one listener is required',
     ]);
   });
@@ -560,6 +560,8 @@ listeners:
       backendChecks: { intervalMs: 30_000 },
       shutdown: { drainTimeoutMs: 30_000 },
       workers: 1,
+      acme: null,
+      sessionTickets: { keyFile: null, rotateMs: 12 * 3_600_000 },
       certificates: [{ cert: join(dir, 'certs', 'fullchain.pem'), key: join(dir, 'certs', 'privkey.pem'), path: 'certificates[0]' }],
       listeners: [
         {
@@ -680,8 +682,9 @@ listeners:
 
   it('a JSON Schema of the document for editors', () => {
     const schema = configJsonSchema() as { type: string; required: string[]; additionalProperties: boolean; properties: Record<string, unknown> };
-    expect(schema).toMatchObject({ type: 'object', additionalProperties: false, required: ['certificates', 'listeners'] });
-    expect(Object.keys(schema.properties)).toEqual(['log', 'certificates', 'listeners', 'admin', 'backendChecks', 'shutdown', 'limits', 'workers']);
+    // certificates may be left out when acme obtains them (the loader says which one is missing).
+    expect(schema).toMatchObject({ type: 'object', additionalProperties: false, required: ['listeners'] });
+    expect(Object.keys(schema.properties)).toEqual(['log', 'certificates', 'acme', 'listeners', 'admin', 'backendChecks', 'shutdown', 'limits', 'sessionTickets', 'workers']);
     expect(JSON.stringify(schema)).toContain('"required":["name","listen","protocol","tls","hostname","backend"]');
   });
 });
