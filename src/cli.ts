@@ -84,6 +84,18 @@ program
     process.exitCode = await healthCommand(opts.config, { url: opts.url, timeoutMs: Number(opts.timeout) });
   });
 
+program
+  .command('records')
+  .description('print the DNS records to publish for MTA-STS, TLS-RPT and DANE; --check looks each one up')
+  .addOption(configOption())
+  .option('--check', 'look the records up and report each as present, missing or stale (exit 1 unless all are present)')
+  .option('--resolver <address>', 'DNS server to ask, e.g. 127.0.0.1 or 127.0.0.1:5353 (default: the system resolver)')
+  .option('--json', 'print the result as JSON')
+  .action(async (opts: { config: string; check?: boolean; resolver?: string; json?: boolean }) => {
+    const { recordsCommand } = await import('./commands/records.ts');
+    process.exitCode = await recordsCommand(opts.config, { check: opts.check === true, resolver: opts.resolver, json: opts.json === true });
+  });
+
 const acme = program.command('acme').description('built-in ACME: the certificates postern obtains and renews itself');
 acme
   .command('status')

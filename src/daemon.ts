@@ -152,6 +152,8 @@ export class Daemon {
     // check timer, the drain, the workers, the ACME manager and its names): a change is named
     // rather than silently ignored.
     for (const key of RESTART_ONLY) if (JSON.stringify(config[key]) !== JSON.stringify(this.applied[key])) needsRestart.push(`${key} changed`);
+    // The MTA-STS policy (mode, mx, max_age, domains) changes on a reload; its address does not.
+    if (JSON.stringify(config.mtaSts?.listen ?? null) !== JSON.stringify(this.applied.mtaSts?.listen ?? null)) needsRestart.push(config.mtaSts && this.applied.mtaSts ? 'mtaSts.listen changed' : `mtaSts was ${config.mtaSts ? 'added' : 'removed'}`);
     return { listeners, needsRestart };
   }
 
@@ -180,7 +182,8 @@ export class Daemon {
     const plan = this.plan(config);
     plan.listeners.forEach((p, i) => (this.listeners[i]!.env.listener = p.config));
     // The process-wide settings stay what the process runs with (named again on the next reload).
-    this.applied = { ...config, ...Object.fromEntries(RESTART_ONLY.map((k) => [k, this.applied[k]])) };
+    const stsListen = JSON.stringify(config.mtaSts?.listen ?? null) === JSON.stringify(this.applied.mtaSts?.listen ?? null);
+    this.applied = { ...config, ...Object.fromEntries(RESTART_ONLY.map((k) => [k, this.applied[k]])), mtaSts: stsListen ? config.mtaSts : this.applied.mtaSts };
     this.setStore(store);
     return plan.needsRestart;
   }

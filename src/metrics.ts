@@ -144,6 +144,12 @@ export class Metrics {
     labelNames: ['listener'] as const,
     registers: [this.registry],
   });
+  readonly mtaStsRequests = new Counter({
+    name: 'postern_mta_sts_requests_total',
+    help: 'Requests to the MTA-STS policy host, by result (served|not_found|bad_method|too_many_from_client|unknown_name: a TLS handshake for a name that is no policy host)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
   readonly acmeValidations = new Counter({
     name: 'postern_acme_tls_alpn_validations_total',
     help: 'ACME TLS-ALPN-01 validations (RFC 8737) answered on a listener, by listener and result (answered|failed)',

@@ -14,6 +14,7 @@ import type { Logger } from '../log.ts';
 import { startAdmin, type ReadinessInput } from '../admin.ts';
 import { BackendHealth, healthTargets } from '../backend/health.ts';
 import { ChallengeBoard } from '../acme/challenges.ts';
+import { startPolicyHost, type PolicyHost } from '../mta-sts/server.ts';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
@@ -104,6 +105,21 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   // A reload may move backends: check them at once rather than call them "not checked yet"
   // (503) until the next round, up to an interval later.
   process.on('SIGHUP', () => void reloader.reload('sighup').then((ok) => (ok ? health?.check() : undefined)));
+  // MTA-STS: every serving process answers the policy host (each worker binds it with
+  // SO_REUSEPORT, as the listeners).
+  let policyHost: PolicyHost | null = null;
+  if (v.config.mtaSts) {
+    try {
+      policyHost = await startPolicyHost({ config: () => daemon.config.mtaSts ?? v.config.mtaSts!, store: () => daemon.certificates, log, requests: daemon.metrics.mtaStsRequests });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      const l = v.config.mtaSts.listen;
+      log.fatal({ reason: 'listen_failed', listen: `${l.host}:${l.port}`, error: e.code ?? e.message }, `cannot listen on mtaSts ${l.host}:${l.port}: ${e.code ?? e.message}`);
+      await daemon.stop();
+      return 1;
+    }
+  }
+
   // ACME: this process orders and answers itself (without workers); a worker only answers and
   // reloads when the supervisor says so.
   let acmeService: AcmeService | null = null;
@@ -173,6 +189,7 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   if (statusTimer) clearInterval(statusTimer);
   health?.stop();
   await acmeService?.close();
+  await policyHost?.close();
   // The admin endpoint stayed up during the drain: /readyz said 503 (listeners unbound).
   await admin?.close();
   reloader.unwatch();
@@ -238,7 +255,8 @@ async function runSupervisor(config: PosternConfig): Promise<number> {
   // Workers bind with SO_REUSEPORT, which would also let them share a port with a second
   // postern left running by mistake (and split its connections with it). Each address is bound
   // here once without it first: taken by anyone, that fails, as a single process's bind would.
-  for (const l of config.listeners) {
+  const shared = [...config.listeners.map((l) => ({ name: l.name, listen: l.listen })), ...(config.mtaSts ? [{ name: 'mtaSts', listen: config.mtaSts.listen }] : [])];
+  for (const l of shared) {
     const taken = await probeListen(l.listen.host, l.listen.port);
     if (taken) {
       log.fatal({ reason: 'listen_failed', listen: `${l.listen.host}:${l.listen.port}`, listener: l.name, error: taken }, `cannot listen on ${l.listen.host}:${l.listen.port}: ${taken}`);

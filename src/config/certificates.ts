@@ -37,9 +37,14 @@ export interface CertCheck {
   uncovered: Uncovered[];
 }
 
-/** Every listener of the file, with its hostname as written. */
+/**
+ * Every listener of the file, with its hostname as written, and the MTA-STS policy hosts
+ * (mta-sts.<domain>): senders verify that certificate before they read the policy.
+ */
 export function coverageOf(config: PosternConfig): CoverageNeed[] {
-  return config.listeners.map((l) => ({ listener: l.name, hostname: l.hostname, path: `${l.path}.hostname`, keptBecause: null }));
+  const listeners = config.listeners.map((l) => ({ listener: l.name, hostname: l.hostname, path: `${l.path}.hostname`, keptBecause: null }));
+  const policyHosts = (config.mtaSts?.domains ?? []).map((d, i) => ({ listener: 'mta-sts', hostname: `mta-sts.${d}`, path: `mtaSts.domains[${i}]`, keptBecause: null }));
+  return [...listeners, ...policyHosts];
 }
 
 /**

@@ -23,6 +23,8 @@ import {
 } from './schema.ts';
 import type { RawDocument, RawListener, SchemaIssue, SchemaPath } from './schema.ts';
 import { parseTicketSecret } from '../tls/tickets.ts';
+import { mxCovers, policyId, renderPolicy } from '../mta-sts/policy.ts';
+import type { MtaStsConfig } from './types.ts';
 import type { AcmeConfig, CertificateSpec, ConfigError, HostPort, ListenerConfig, PosternConfig } from './types.ts';
 
 export interface LoadedConfig {
@@ -298,10 +300,24 @@ function documentChecks(raw: unknown, baseDir: string, line: (path: SchemaPath) 
         }
       }
       issues.push(...roleChecks(l, i));
+      if ('dane' in l && l.dane === true && l.role !== 'mx') {
+        issues.push({ path: ['listeners', i, 'dane'], message: 'dane applies to role: mx listeners only: TLSA records under _25._tcp.<hostname> (RFC 7672) are for mail from other servers on port 25', at: 'key' });
+      }
       if (l.tls === 'starttls' && l.protocol === 'tls') {
         issues.push({ path: ['listeners', i, 'tls'], message: 'starttls needs protocol smtp, imap or pop3: protocol tls has no STARTTLS command (use tls: implicit)', at: 'value' });
       }
     });
+    // The MTA-STS policy host binds next to the others too.
+    const sts = isRecord(raw.mtaSts) && typeof raw.mtaSts.listen === 'string' ? parseHostPort(raw.mtaSts.listen, false) : null;
+    if (sts?.ok) {
+      for (const other of listens) {
+        const why = listenConflict(other.address, sts.value);
+        if (!why) continue;
+        const who = `${typeof other.name === 'string' ? `listener "${other.name}"` : 'a listener'} (listeners[${other.index}], line ${line(['listeners', other.index, 'listen'])})`;
+        issues.push({ path: ['mtaSts', 'listen'], message: `"${String((raw.mtaSts as Record<string, unknown>).listen)}" ${why === 'the same address' ? 'is already used by' : `conflicts (${why}) with`} ${who}`, at: 'value' });
+        break;
+      }
+    }
     // The HTTP-01 listener binds next to the others.
     const http = isRecord(acme) && isRecord(acme.http) && typeof acme.http.listen === 'string' ? parseHostPort(acme.http.listen, false) : null;
     if (http?.ok) {
@@ -348,6 +364,32 @@ function roleChecks(l: Record<string, unknown>, i: number): Issue[] {
   return [];
 }
 
+/**
+ * Checks of the compiled configuration, where defaults are filled in: an MTA-STS policy whose
+ * mx patterns do not cover every MX listener's hostname would tell senders in enforce mode to
+ * refuse delivery to this very host (RFC 8461 section 4.1).
+ */
+function compiledChecks(config: PosternConfig): Issue[] {
+  const out: Issue[] = [];
+  const sts = config.mtaSts;
+  if (sts) {
+    const mxHosts = mxHostnames(config.listeners);
+    if (sts.mx.length === 0) {
+      out.push({ path: ['mtaSts'], message: 'no mx patterns: there is no role: mx listener to take them from; list them with mx: [mail.example.org]', at: 'key' });
+    }
+    for (const host of mxHosts) {
+      if (sts.mx.length > 0 && !sts.mx.some((p) => mxCovers(p, host))) {
+        out.push({
+          path: ['mtaSts', 'mx'],
+          message: `the policy's mx patterns (${sts.mx.join(', ')}) do not cover "${host}", the hostname of an MX listener: senders that enforce the policy would refuse to deliver here (RFC 8461 section 4.1)`,
+          at: 'value',
+        });
+      }
+    }
+  }
+  return out;
+}
+
 /** Valid settings that are probably mistakes; the document compiled without errors. */
 function warningsOf(doc: RawDocument): Issue[] {
   const out: Issue[] = [];
@@ -380,7 +422,8 @@ function compile(doc: RawDocument, file: string): PosternConfig {
     maxConnectionsPerClient: doc.limits.maxConnectionsPerClient ?? DEFAULTS.maxConnectionsPerClient,
   };
   const listeners = doc.listeners.map((l, i) => compileListener(l, i, defaults));
-  const acme = doc.acme ? compileAcme(doc.acme, base, listeners) : null;
+  const mtaSts = doc.mtaSts ? compileMtaSts(doc.mtaSts, listeners) : null;
+  const acme = doc.acme ? compileAcme(doc.acme, base, listeners, mtaSts) : null;
   // What ACME obtained is served like any certbot folder; nothing issued yet is not an error.
   if (acme) certificates.push({ dir: resolve(acme.storage, 'live'), path: 'acme.storage', optional: true });
   return {
@@ -393,12 +436,27 @@ function compile(doc: RawDocument, file: string): PosternConfig {
     certificates,
     listeners,
     acme,
+    mtaSts,
     sessionTickets: { keyFile: doc.sessionTickets.keyFile === undefined ? null : resolve(base, doc.sessionTickets.keyFile), rotateMs: doc.sessionTickets.rotate },
   };
 }
 
-function compileAcme(a: NonNullable<RawDocument['acme']>, base: string, listeners: ListenerConfig[]): AcmeConfig {
-  const names = [...new Set([...(a.hosts ?? []), ...(a.listenerHostnames ? listeners.map((l) => l.hostname) : [])])];
+/** The MX listeners' hostnames: what an MTA-STS policy's mx patterns must cover. */
+export function mxHostnames(listeners: readonly ListenerConfig[]): string[] {
+  return [...new Set(listeners.filter((l) => l.role === 'mx').map((l) => l.hostname))];
+}
+
+function compileMtaSts(m: NonNullable<RawDocument['mtaSts']>, listeners: ListenerConfig[]): MtaStsConfig {
+  const mx = m.mx ?? mxHostnames(listeners);
+  const text = renderPolicy({ mode: m.mode, mx, maxAgeS: m.maxAge });
+  return { listen: m.listen, domains: [...new Set(m.domains)], mode: m.mode, mx, maxAgeS: m.maxAge, tlsRpt: m.tlsRpt ?? [], text, id: policyId(text) };
+}
+
+function compileAcme(a: NonNullable<RawDocument['acme']>, base: string, listeners: ListenerConfig[], mtaSts: MtaStsConfig | null): AcmeConfig {
+  // The policy hosts' names are ordered too: a sender fetches https://mta-sts.<domain>/ and
+  // verifies its certificate (RFC 8461 section 3.3).
+  const policyHosts = (mtaSts?.domains ?? []).map((d) => `mta-sts.${d}`);
+  const names = [...new Set([...(a.hosts ?? []), ...(a.listenerHostnames ? listeners.map((l) => l.hostname) : []), ...policyHosts])];
   return {
     directory: a.directory,
     email: a.email,
@@ -439,6 +497,7 @@ function compileListener(l: RawListener, i: number, limits: ListenerConfig['limi
             fallbackCapabilities: l.capabilities.fallback ?? defaultFallbackCapabilities(l.protocol),
           }
         : null,
+    dane: l.dane ?? false,
     path: `listeners[${i}]`,
   };
 }
@@ -483,11 +542,14 @@ export function loadConfigText(text: string, file: string): LoadResult {
   for (const issue of issues) errors.push({ file, ...locator.find(issue.path, issue.at), path: formatPath(issue.path), message: issue.message });
   if (errors.length > 0 || !schema.ok) return { ok: false, errors: errors.sort(byPosition) };
 
+  const config = compile(schema.value, resolve(file));
+  const late = compiledChecks(config);
+  if (late.length > 0) return { ok: false, errors: late.map((e) => ({ file, ...locator.find(e.path, e.at), path: formatPath(e.path), message: e.message })).sort(byPosition) };
   const warnings = warningsOf(schema.value).map((w) => ({ file, ...locator.find(w.path, w.at), path: formatPath(w.path), message: w.message }));
   return {
     ok: true,
     loaded: {
-      config: compile(schema.value, resolve(file)),
+      config,
       warnings,
       position: (path) => locator.find(parsePath(path)),
     },

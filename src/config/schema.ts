@@ -52,6 +52,10 @@ export const DEFAULTS = {
    * small, longer than a working day keeps mail clients resuming).
    */
   ticketRotate: '12h',
+  /** RFC 8461 section 3.2 examples use a week; senders refetch when the TXT id changes anyway. */
+  stsMaxAge: '7d',
+  /** Start in testing (reports only), as RFC 8461 section 3.2 and every guide advise. */
+  stsMode: 'testing',
 } as const;
 
 /** Capabilities announced before TLS when the backend probe fails. */
@@ -115,6 +119,19 @@ export function parseDuration(text: string): Parsed<number> {
   if (ms === 0) return bad(`expected a duration greater than zero, got ${JSON.stringify(text)}`);
   if (ms > MAX_TIMER_MS) return bad(`${JSON.stringify(text)} is too long: at most 24d`);
   return ok(ms);
+}
+
+/**
+ * MTA-STS max_age, in seconds: a duration like the others but not bound by setTimeout, up to
+ * RFC 8461 section 3.2's 31557600 seconds.
+ */
+export function parseMaxAge(text: string): Parsed<number> {
+  const m = /^(\d+)(s|m|h|d)$/.exec(text);
+  if (!m) return bad(`expected a duration such as 7d or 86400s, got ${JSON.stringify(text)}`);
+  const s = (Number(m[1]) * UNITS[m[2]!]!) / 1000;
+  if (s <= 0) return bad('expected a duration greater than zero');
+  if (s > 31_557_600) return bad(`${JSON.stringify(text)} is longer than RFC 8461 allows (31557600 s, about 365 days)`);
+  return ok(s);
 }
 
 /** Shortest backend check interval: more often is load on the backends, not information. */
@@ -444,6 +461,10 @@ const listenerSchema = z.strictObject({
     .optional()
     .meta({ description: 'Refuse commands that need TLS before STARTTLS. Default by role: false for role: mx (RFC 3207 section 4), true otherwise (submission, imap, pop3)' }),
   capabilities: capabilitiesSchema.meta({ description: 'STARTTLS listeners: how the backend\'s capabilities are learned for the pre-TLS dialogue' }),
+  dane: z
+    .boolean()
+    .optional()
+    .meta({ description: 'role: mx only: you publish TLSA records (DANE, RFC 7672) for this hostname. postern prints them (postern records), treats a key change as an alarm, and ACME keeps the key across renewals. Default false' }),
 });
 
 /**
@@ -537,6 +558,27 @@ export const documentSchema = z
       .meta({ description: 'Backend reachability checks behind /readyz and postern_backend_up; with interval: off, /readyz does not consider backends' }),
     shutdown: z.strictObject({ drainTimeout: duration.prefault(DEFAULTS.drainTimeout) }).prefault({}).meta({ description: 'On SIGTERM: stop accepting, let sessions finish up to drainTimeout (default 30s)' }),
     limits: limitsSchema.prefault({}).meta({ description: 'Defaults for every listener\'s limits' }),
+    mtaSts: z
+      .strictObject({
+        listen: listenAddress.meta({ description: 'Where the HTTPS policy host listens (the senders fetch https://mta-sts.<domain>/.well-known/mta-sts.txt on port 443)' }),
+        domains: z.array(dnsName).min(1, { error: 'list at least one mail domain' }).meta({ description: 'Mail domains with a policy; postern serves mta-sts.<domain> for each' }),
+        mode: oneOf(['enforce', 'testing', 'none']).prefault(DEFAULTS.stsMode).meta({ description: `enforce, testing (reports only) or none (withdraws the policy) (default ${DEFAULTS.stsMode})` }),
+        mx: z.array(serverName).min(1).optional().meta({ description: 'mx patterns of the policy (names or *.domain); default: the hostnames of the role: mx listeners' }),
+        maxAge: parsedString(parseMaxAge, (input) => `expected a duration such as 7d, got ${describeValue(input)}`)
+          .prefault(DEFAULTS.stsMaxAge)
+          .meta({ description: `max_age of the policy: a duration in s, m, h or d (default ${DEFAULTS.stsMaxAge}, at most 365d)` }),
+        tlsRpt: z
+          .array(
+            parsedString(
+              (s) => (/^(mailto:[^\s,;!]+@[^\s,;!]+|https:\/\/[^\s,;!]+)$/.test(s) ? ok(s) : bad(`expected a mailto: or https: URI, e.g. mailto:tlsrpt@example.org, got ${JSON.stringify(s)}`)),
+              (input) => `expected a mailto: or https: URI, got ${describeValue(input)}`,
+            ),
+          )
+          .optional()
+          .meta({ description: 'TLS-RPT (RFC 8460) report addresses: postern records prints the _smtp._tls TXT record with them' }),
+      })
+      .optional()
+      .meta({ description: 'MTA-STS (RFC 8461): postern serves the policy over HTTPS itself and prints the DNS records to publish' }),
     sessionTickets: z
       .strictObject({
         keyFile: pathField('session ticket key')

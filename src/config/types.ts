@@ -132,6 +132,11 @@ export interface ListenerConfig {
   acceptProxyProtocol: { from: Cidr[] } | null;
   /** Only for tls: starttls; null for implicit TLS listeners. */
   starttls: StarttlsConfig | null;
+  /**
+   * role: mx only: TLSA records (RFC 7672) are published for this hostname. A certificate change
+   * that changes the key is then an alarm, and ACME keeps the key across renewals.
+   */
+  dane: boolean;
   /** YAML path, e.g. "listeners[1]". */
   path: string;
 }
@@ -164,6 +169,21 @@ export interface AcmeConfig {
   retry: { minMs: number; maxMs: number };
 }
 
+/** The MTA-STS policy host (RFC 8461) postern serves itself, and what it serves. */
+export interface MtaStsConfig {
+  listen: HostPort;
+  /** Policy domains (the part after "mta-sts."), lowercased. */
+  domains: string[];
+  mode: 'enforce' | 'testing' | 'none';
+  mx: string[];
+  maxAgeS: number;
+  /** TLS-RPT (RFC 8460) rua URIs for the _smtp._tls record; empty: none published. */
+  tlsRpt: string[];
+  /** The policy file as served (CRLF lines), and its id. */
+  text: string;
+  id: string;
+}
+
 export interface PosternConfig {
   /** Absolute path of the YAML file this came from. */
   file: string;
@@ -185,6 +205,8 @@ export interface PosternConfig {
    * else a random one per start, shared by the workers) and rotated every rotateMs.
    */
   sessionTickets: { keyFile: string | null; rotateMs: number };
+  /** MTA-STS policy host; null when off. */
+  mtaSts: MtaStsConfig | null;
 }
 
 /** One problem found in a configuration file, formatted as `file:line:col path: message`. */

@@ -68,7 +68,7 @@ function listenerOf(changes: Record<string, string | null>): ListenerConfig {
   return load(listenerWith(changes)).config.listeners[0]!;
 }
 
-const LISTENER_KEYS = 'name, listen, protocol, role, tls, hostname, sni, serverNames, alpn, minVersion, backend, routes, acceptProxyProtocol, limits, timeouts, greeting, requireTls, capabilities';
+const LISTENER_KEYS = 'name, listen, protocol, role, tls, hostname, sni, serverNames, alpn, minVersion, backend, routes, acceptProxyProtocol, limits, timeouts, greeting, requireTls, capabilities, dane';
 
 describe('config errors', () => {
   it('a bad enum value names the allowed values and the value given', () => {
@@ -93,7 +93,7 @@ describe('config errors', () => {
   it('an unknown top-level key', () => {
     expect(errorsOf(`${CERTS}listener: []\n`)).toEqual([
       'postern.yaml:1:1 listeners: required but missing',
-      'postern.yaml:4:1 listener: unknown key "listener" (did you mean "listeners"?); allowed keys: log, certificates, acme, listeners, admin, backendChecks, shutdown, limits, sessionTickets, workers',
+      'postern.yaml:4:1 listener: unknown key "listener" (did you mean "listeners"?); allowed keys: log, certificates, acme, listeners, admin, backendChecks, shutdown, limits, mtaSts, sessionTickets, workers',
     ]);
   });
 
@@ -561,6 +561,7 @@ listeners:
       shutdown: { drainTimeoutMs: 30_000 },
       workers: 1,
       acme: null,
+      mtaSts: null,
       sessionTickets: { keyFile: null, rotateMs: 12 * 3_600_000 },
       certificates: [{ cert: join(dir, 'certs', 'fullchain.pem'), key: join(dir, 'certs', 'privkey.pem'), path: 'certificates[0]' }],
       listeners: [
@@ -581,6 +582,7 @@ listeners:
           routes: [],
           acceptProxyProtocol: null,
           starttls: { greeting: 'mx.example.org ESMTP ready', requireTls: false, probeIntervalMs: 60_000, fallbackCapabilities: ['PIPELINING', 'SIZE 52428800'] },
+          dane: false,
           path: 'listeners[0]',
         },
       ],
@@ -651,6 +653,7 @@ listeners:
         routes: [],
         acceptProxyProtocol: null,
         starttls: null,
+        dane: false,
         path: 'listeners[0]',
       },
     ]);
@@ -684,7 +687,7 @@ listeners:
     const schema = configJsonSchema() as { type: string; required: string[]; additionalProperties: boolean; properties: Record<string, unknown> };
     // certificates may be left out when acme obtains them (the loader says which one is missing).
     expect(schema).toMatchObject({ type: 'object', additionalProperties: false, required: ['listeners'] });
-    expect(Object.keys(schema.properties)).toEqual(['log', 'certificates', 'acme', 'listeners', 'admin', 'backendChecks', 'shutdown', 'limits', 'sessionTickets', 'workers']);
+    expect(Object.keys(schema.properties)).toEqual(['log', 'certificates', 'acme', 'listeners', 'admin', 'backendChecks', 'shutdown', 'limits', 'mtaSts', 'sessionTickets', 'workers']);
     expect(JSON.stringify(schema)).toContain('"required":["name","listen","protocol","tls","hostname","backend"]');
   });
 });

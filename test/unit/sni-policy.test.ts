@@ -10,7 +10,7 @@ function listener(over: Partial<ListenerConfig> = {}): ListenerConfig {
   return {
     name: 't', listen: { host: '127.0.0.1', port: 1 }, protocol: 'smtp', tls: 'implicit', role: 'submission', hostname: 'mail.example.org', sni: 'strict',
     serverNames: null, alpn: ['smtp'], minVersion: 'TLSv1.2', backend: { address: { host: '127.0.0.1', port: 2 }, proxyProtocol: 'v2' },
-    timeouts: { handshakeMs: 1000, connectMs: 1000, idleMs: 1000, starttlsMs: 1000, backendReplyMs: 1000 }, starttls: null, limits: { maxConnections: 10, maxConnectionsPerClient: 10 }, routes: [], acceptProxyProtocol: null, path: 'listeners[0]', ...over,
+    timeouts: { handshakeMs: 1000, connectMs: 1000, idleMs: 1000, starttlsMs: 1000, backendReplyMs: 1000 }, starttls: null, limits: { maxConnections: 10, maxConnectionsPerClient: 10 }, routes: [], acceptProxyProtocol: null, dane: false, path: 'listeners[0]', ...over,
   };
 }
 const sni = (s: string | null) => ({ serverName: s === null ? null : Buffer.from(s, 'latin1'), alpn: null });
