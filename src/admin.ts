@@ -109,7 +109,7 @@ export interface AdminOptions {
   readiness: () => ReadinessInput | Promise<ReadinessInput>;
   log: Logger;
   /** ACME on: GET /acme (status) and POST /acme/renew?name=N (from loopback only). */
-  acme?: Pick<AcmeManager, 'status' | 'renew'> | null;
+  acme?: Pick<AcmeManager, 'status' | 'renew' | 'rollover'> | null;
 }
 
 export interface AdminServer {
@@ -118,7 +118,7 @@ export interface AdminServer {
   close(): Promise<void>;
 }
 
-const PATHS = new Set(['/metrics', '/healthz', '/readyz', '/acme', '/acme/renew']);
+const PATHS = new Set(['/metrics', '/healthz', '/readyz', '/acme', '/acme/renew', '/acme/rollover']);
 
 /** The admin endpoint's connection limits (see the top of this file). */
 export const ADMIN_LIMITS = {
@@ -403,6 +403,16 @@ export async function startAdmin(opts: AdminOptions): Promise<AdminServer> {
     }
     const path = url.pathname;
     if (!PATHS.has(path)) return json(res, 404, { error: 'not found', paths: [...PATHS] });
+    if (path === '/acme/rollover') {
+      // A new key changes what DANE senders must find in DNS: the same gate as a renewal.
+      if (req.method !== 'POST') return json(res, 405, { error: 'method not allowed' }, { Allow: 'POST' });
+      if (!isLoopback(req.socket.remoteAddress)) return json(res, 403, { error: 'rollovers are accepted from loopback only' });
+      if (!opts.acme) return json(res, 404, { error: 'acme is not configured' });
+      const name = (url.searchParams.get('name') ?? '').toLowerCase();
+      const planned = opts.acme.rollover(name);
+      if (!planned) return json(res, 404, { error: `${JSON.stringify(name)} is not an ACME-managed name`, names: [...new Set(opts.acme.status().map((c) => c.name))] });
+      return json(res, 202, { name, planned });
+    }
     if (path === '/acme/renew') {
       // An order spends the CA account's rate limits: only someone on this host may ask for one
       // (`postern acme renew`, `docker exec`), whoever else can reach /metrics.

@@ -118,4 +118,15 @@ acme
     process.exitCode = await acmeRenewCommand(opts.config, { name: opts.name, timeoutMs: Number(opts.timeout) * 1000, url: opts.url });
   });
 
+acme
+  .command('rollover')
+  .description('DANE: have the running daemon make the next key of a name now, print its TLSA records, and use it after acme.rolloverDelay (needs admin.listen)')
+  .addOption(configOption())
+  .requiredOption('--name <name>', 'a managed name (the hostname of a dane: true MX listener)')
+  .option('--url <url>', 'the admin endpoint (default: from admin.listen)')
+  .action(async (opts: { config: string; name: string; url?: string }) => {
+    const { acmeRolloverCommand } = await import('./commands/acme.ts');
+    process.exitCode = await acmeRolloverCommand(opts.config, { name: opts.name, url: opts.url });
+  });
+
 await program.parseAsync(process.argv);

@@ -8,6 +8,7 @@ import { Listener, type Prelude } from './listener.ts';
 import type { SessionEnv } from './session.ts';
 import type { ChallengeBoard } from './acme/challenges.ts';
 import { TicketKeys } from './tls/tickets.ts';
+import { spkiSha256 } from './mta-sts/tlsa.ts';
 
 export interface DaemonOptions {
   config: PosternConfig;
@@ -83,10 +84,41 @@ export class Daemon {
 
   /** Swaps the certificate store; connections in flight keep the context they started with. */
   setStore(store: CertStore) {
+    const before = this.store === store ? null : this.daneKeys(this.store);
     this.store = store;
+    if (before) this.daneAlarm(before, this.daneKeys(store));
     this.metrics.certificateNotAfter.reset();
     for (const e of store.entries) this.metrics.certificateNotAfter.set({ file: e.certFile, name: e.names[0] ?? '' }, Math.floor(e.notAfter.getTime() / 1000));
     this.refreshCoverage();
+  }
+
+  /** dane: true MX listeners: hostname -> SPKI SHA-256 of each key that serves it. */
+  private daneKeys(store: CertStore): Map<string, Set<string>> {
+    const out = new Map<string, Set<string>>();
+    for (const l of this.listeners.map((x) => x.env.listener).filter((c) => c.role === 'mx' && c.dane)) {
+      out.set(l.hostname, new Set((store.lookup(l.hostname)?.unit.entries ?? []).map((e) => spkiSha256(e.certPem))));
+    }
+    return out;
+  }
+
+  /**
+   * A reload that takes a key out of service on a dane: true listener: senders that validate
+   * DANE (RFC 7672 section 3.1) find the new key in no TLSA record and stop delivering until it
+   * is published. The reload still happens (an expiring certificate must be replaced), but
+   * loudly: an error line per key with both TLSA values, and a counter to alert on.
+   */
+  private daneAlarm(before: Map<string, Set<string>>, after: Map<string, Set<string>>) {
+    for (const [host, old] of before) {
+      const now = after.get(host) ?? new Set<string>();
+      const gone = [...old].filter((k) => !now.has(k));
+      if (gone.length === 0) continue;
+      const added = [...now].filter((k) => !old.has(k));
+      for (const l of this.listeners.filter((x) => x.env.listener.hostname === host && x.env.listener.dane)) this.metrics.daneKeyChanges.inc({ listener: l.env.listener.name });
+      this.log.error(
+        { reason: 'dane_key_changed', hostname: host, removed: gone.map((k) => `3 1 1 ${k}`), added: added.map((k) => `3 1 1 ${k}`) },
+        `DANE: the key serving ${host} changed; publish _25._tcp.${host}. TLSA ${added.map((k) => `3 1 1 ${k}`).join(' and ') || '(none)'} now: senders that validate DANE refuse delivery until it is in DNS (postern records --check)`,
+      );
+    }
   }
 
   get certificates(): CertStore {

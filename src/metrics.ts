@@ -144,6 +144,12 @@ export class Metrics {
     labelNames: ['listener'] as const,
     registers: [this.registry],
   });
+  readonly daneKeyChanges = new Counter({
+    name: 'postern_dane_key_changes_total',
+    help: 'Reloads that took a key out of service on a dane: true listener (its TLSA record must change in DNS), by listener',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
   readonly mtaStsRequests = new Counter({
     name: 'postern_mta_sts_requests_total',
     help: 'Requests to the MTA-STS policy host, by result (served|not_found|bad_method|too_many_from_client|unknown_name: a TLS handshake for a name that is no policy host)',

@@ -149,10 +149,10 @@ export class AcmeAccount {
   }
 
   /**
-   * One certificate for `name` with a new key of `keyType`. `replacing`: the certificate this one
+   * One certificate for `name` with a new key of `keyType` (or `reuseKey`). `replacing`: the certificate this one
    * renews (RFC 9773 section 5: tells an ARI CA, which exempts such renewals from rate limits).
    */
-  async order(name: string, keyType: AcmeKeyType, responder: Responder, replacing: string | null): Promise<Obtained> {
+  async order(name: string, keyType: AcmeKeyType, responder: Responder, replacing: string | null, reuseKey: string | null = null): Promise<Obtained> {
     const { acme, client } = this;
     const replaces = replacing && this.renewalInfo ? certIdOfPem(replacing) : null;
     const order = await client.createOrder({ identifiers: [{ type: 'dns', value: name }], ...(replaces ? { replaces } : {}) } as Parameters<AcmeClient['createOrder']>[0]);
@@ -181,7 +181,8 @@ export class AcmeAccount {
         await responder.withdraw(answer);
       }
     }
-    const keyPem = newKey(keyType);
+    // A kept key (DANE: the published TLSA record names it) or a new one.
+    const keyPem = reuseKey ?? newKey(keyType);
     const [, csr] = await acme.crypto.createCsr({ commonName: name, altNames: [name] }, keyPem);
     const finalized = await client.finalizeOrder(order, csr);
     const fullchainPem = await client.getCertificate(finalized);

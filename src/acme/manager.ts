@@ -16,6 +16,23 @@ import { AcmeAccount, type Responder } from './client.ts';
 import { daysLeft, expiryAlarm, renewalTime, retryDelay, type RenewalWindow } from './schedule.ts';
 import { ensureDir, liveDir, readIssued, writePair, writeState, LIVE, type CertState, type Issued } from './storage.ts';
 import { join } from 'node:path';
+import { readFileSync, rmSync, statSync } from 'node:fs';
+import { newKey } from './client.ts';
+import { spkiSha256OfKey } from '../mta-sts/tlsa.ts';
+import { writeAtomic } from './storage.ts';
+
+/** A DANE rollover's next key, beside privkey.pem until it goes into service. */
+export const NEXT_KEY = 'next-privkey.pem';
+
+/** The next key of a live folder and when it was made, or null. */
+export function nextKeyAge(dir: string): { keyPem: string; created: number } | null {
+  try {
+    const file = join(dir, NEXT_KEY);
+    return { keyPem: readFileSync(file, 'utf8'), created: statSync(file).mtimeMs };
+  } catch {
+    return null;
+  }
+}
 
 /** setTimeout's ceiling, and how often plans are looked at again anyway (clock changes, ARI). */
 const MAX_SLEEP_MS = 6 * 3_600_000;
@@ -41,6 +58,8 @@ interface Item {
   lastError: string | null;
   /** Set by renew(): order now whatever the plan says. */
   forced: boolean;
+  /** DANE: the key is kept across renewals (a rollover changes it). */
+  keepKey: boolean;
 }
 
 export interface ManagerOptions {
@@ -100,6 +119,7 @@ export class AcmeManager {
         lastSuccess: null,
         lastError: null,
         forced: false,
+        keepKey: config.keepKey.includes(name),
       })),
     );
   }
@@ -172,7 +192,52 @@ export class AcmeManager {
   }
 
   private plannedRenewal(item: Item): number {
-    return renewalTime(item.issued!, item.window, this.opts.random()).getTime();
+    const renew = renewalTime(item.issued!, item.window, this.opts.random()).getTime();
+    // A rollover's switch is a renewal with the next key, once its TLSA record had time to spread.
+    const next = nextKeyAge(item.dir);
+    return next === null ? renew : Math.min(renew, next.created + this.opts.config.rolloverDelayMs);
+  }
+
+  /**
+   * `postern acme rollover --name N` (DANE): a new key per key type of N, written beside the
+   * current one as next-privkey.pem. Its TLSA record is returned (and printed by `postern
+   * records`) now; the key goes into service with a renewal acme.rolloverDelay later. Until
+   * then every renewal keeps the current key. Null for a name not managed.
+   */
+  rollover(name: string): Array<{ keyType: AcmeKeyType; tlsa: string; switchAt: string }> | null {
+    const mine = this.items.filter((i) => i.name === name);
+    if (mine.length === 0) return null;
+    const now = this.opts.now();
+    const out = mine.map((item) => {
+      const keyPem = newKey(item.keyType);
+      writeAtomic(join(item.dir, NEXT_KEY), keyPem, 0o600);
+      item.next = Math.min(item.next, now + this.opts.config.rolloverDelayMs);
+      const tlsa = `_25._tcp.${item.name}. IN TLSA 3 1 1 ${spkiSha256OfKey(keyPem)}`;
+      const switchAt = new Date(now + this.opts.config.rolloverDelayMs).toISOString();
+      this.opts.log.warn({ reason: 'dane_rollover_planned', name: item.name, keyType: item.keyType, tlsa, switchAt }, `acme: next key made for ${item.name}: publish its TLSA record now, beside the current one; it goes into service at ${switchAt}`);
+      this.gauge(item);
+      return { keyType: item.keyType, tlsa, switchAt };
+    });
+    this.saveState();
+    this.wake();
+    return out;
+  }
+
+  /**
+   * The key for an order: a rollover's next key once its delay has passed; the current key when
+   * it is kept (DANE); otherwise null (a new one).
+   */
+  private keyFor(item: Item): { keyPem: string | null; rolledOver: boolean } {
+    const next = nextKeyAge(item.dir);
+    if (next && this.opts.now() >= next.created + this.opts.config.rolloverDelayMs) return { keyPem: next.keyPem, rolledOver: true };
+    if (item.keepKey && item.issued) {
+      try {
+        return { keyPem: readFileSync(join(item.dir, 'privkey.pem'), 'utf8'), rolledOver: false };
+      } catch {
+        // No key to keep: a new one (logged by the caller as a key change).
+      }
+    }
+    return { keyPem: null, rolledOver: false };
   }
 
   private due(i: Item): boolean {
@@ -236,8 +301,13 @@ export class AcmeManager {
     try {
       this.account ??= (this.opts.openAccount ?? AcmeAccount.open)(this.opts.config, log);
       const account = await this.account;
-      const obtained = await account.order(item.name, item.keyType, responder, item.issued?.certPem ?? null);
+      const key = this.keyFor(item);
+      const obtained = await account.order(item.name, item.keyType, responder, item.issued?.certPem ?? null, key.keyPem);
       writePair(item.dir, obtained.fullchainPem, obtained.keyPem);
+      if (key.rolledOver) {
+        rmSync(join(item.dir, NEXT_KEY), { force: true });
+        log.warn({ reason: 'dane_rollover_done', name: item.name, keyType: item.keyType, tlsa: `_25._tcp.${item.name}. IN TLSA 3 1 1 ${spkiSha256OfKey(obtained.keyPem)}` }, `acme: ${item.name} now uses the key of the rollover; the previous key's TLSA record can be removed`);
+      }
       const issued = readIssued(item.dir);
       if (!issued) throw new Error(`the certificate written to ${item.dir} does not read back`);
       item.issued = issued;

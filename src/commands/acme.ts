@@ -152,3 +152,33 @@ export async function acmeRenewCommand(
   err.write(`postern acme renew: no outcome within ${Math.round(opts.timeoutMs / 1000)} s; see the daemon's log and postern acme status\n`);
   return 1;
 }
+
+/** `postern acme rollover --name N`: a new key made by the running daemon; prints its TLSA records. */
+export async function acmeRolloverCommand(file: string, opts: { name: string; url?: string | undefined }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+  const config = loadAcme(file, err);
+  if (!config) return 1;
+  let base = opts.url;
+  if (base === undefined) {
+    const listen = config.admin?.listen;
+    if (!listen) {
+      err.write(`postern acme rollover: needs the running daemon's admin endpoint (admin.listen in ${file})\n`);
+      return 1;
+    }
+    base = healthUrl(`${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`)!.replace(/\/healthz$/, '');
+  }
+  let r: { status: number; body: string };
+  try {
+    r = await request('POST', `${base}/acme/rollover?name=${encodeURIComponent(opts.name.toLowerCase())}`, 5000);
+  } catch (e) {
+    err.write(`postern acme rollover: ${base}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (is postern running?)\n`);
+    return 1;
+  }
+  if (r.status !== 202) {
+    err.write(`postern acme rollover: the daemon answered ${r.status}: ${r.body.trim()}\n`);
+    return 1;
+  }
+  const { planned } = JSON.parse(r.body) as { planned: Array<{ keyType: string; tlsa: string; switchAt: string }> };
+  out.write('Publish these TLSA records now, beside the current ones (postern records shows both):\n');
+  for (const p of planned) out.write(`${p.tlsa}    ; ${p.keyType}, in service from ${p.switchAt}\n`);
+  return 0;
+}

@@ -4,6 +4,8 @@
 import { validateFile, printProblems } from './load.ts';
 import { formatConfigError } from '../config/load.ts';
 import { acmeBlock, acmeRows } from './acme.ts';
+import { recordsFor, zoneLines } from '../mta-sts/records.ts';
+import { nextKeys } from './records.ts';
 import type { CertEntry, CertStore } from '../tls/certstore.ts';
 import type { BackendConfig, HostPort, ListenerConfig } from '../config/types.ts';
 
@@ -113,15 +115,21 @@ export function checkCommand(file: string, opts: { json: boolean }, out: NodeJS.
   }
   const now = Date.now();
   const listeners = v.config.listeners.map((l) => effectiveListener(l, v.store, now));
+  // The DNS records this configuration needs (MTA-STS, TLS-RPT, TLSA of every key in service,
+  // and of a planned rollover's next key): what `postern records` prints.
+  const records = recordsFor(v.config, v.store, nextKeys(v.config));
   const acme = v.config.acme;
   const acmeRowsNow = acme ? acmeRows(acme, new Date(now)) : null;
   if (opts.json) {
     const acmeJson = acme ? { directory: acme.directory, challenge: acme.challenge, storage: acme.storage, keyTypes: acme.keyTypes, names: acme.names, certificates: acmeRowsNow } : null;
-    out.write(JSON.stringify({ ok: true, listeners, acme: acmeJson, warnings: v.warnings.map(formatConfigError) }, null, 2) + '\n');
+    const sts = v.config.mtaSts;
+    const mtaSts = sts ? { listen: `${sts.listen.host}:${sts.listen.port}`, domains: sts.domains, mode: sts.mode, mx: sts.mx, maxAge: sts.maxAgeS, id: sts.id, policy: sts.text } : null;
+    out.write(JSON.stringify({ ok: true, listeners, acme: acmeJson, mtaSts, records, warnings: v.warnings.map(formatConfigError) }, null, 2) + '\n');
     return 0;
   }
   for (const l of listeners) out.write(listenerBlock(l));
   if (acme) out.write(acmeBlock(acme, acmeRowsNow!));
+  if (v.config.mtaSts || v.config.listeners.some((l) => l.dane)) out.write(`DNS records to publish (postern records --check looks them up):\n${zoneLines(records).trimEnd().replace(/^/gm, '  ')}\n`);
   printProblems([], v.warnings, out);
   out.write(`${file}: OK\n`);
   return 0;

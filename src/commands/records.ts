@@ -3,7 +3,22 @@
 // reported present, missing or stale. Exit 0 when all are present, 1 otherwise: for cron and CI.
 import { promises as dnsp } from 'node:dns';
 import { validateFile, printProblems } from './load.ts';
-import { recordsFor, zoneLines, type DnsRecord } from '../mta-sts/records.ts';
+import { recordsFor, zoneLines, type DnsRecord, type NextKey } from '../mta-sts/records.ts';
+import { nextKeyAge } from '../acme/manager.ts';
+import { liveDir } from '../acme/storage.ts';
+import type { PosternConfig } from '../config/types.ts';
+
+/** The next keys of planned DANE rollovers (acme), read from the storage. */
+export function nextKeys(config: PosternConfig): NextKey[] {
+  const acme = config.acme;
+  if (!acme) return [];
+  return acme.keepKey.flatMap((hostname) =>
+    acme.keyTypes.flatMap((t) => {
+      const next = nextKeyAge(liveDir(acme.storage, hostname, t));
+      return next ? [{ hostname, keyPem: next.keyPem }] : [];
+    }),
+  );
+}
 
 export type Status = 'present' | 'missing' | 'stale';
 
@@ -62,7 +77,7 @@ export async function recordsCommand(
     printProblems(v.errors, v.warnings, err);
     return 1;
   }
-  const records = recordsFor(v.config, v.store);
+  const records = recordsFor(v.config, v.store, nextKeys(v.config));
   if (records.length === 0) {
     err.write(`postern records: nothing to publish: ${file} has no mtaSts section and no role: mx listener\n`);
     return 1;

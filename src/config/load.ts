@@ -468,6 +468,8 @@ function compileAcme(a: NonNullable<RawDocument['acme']>, base: string, listener
     externalAccountBinding: a.externalAccountBinding ? { kid: a.externalAccountBinding.kid, hmacKey: a.externalAccountBinding.hmacKey } : null,
     caCertificates: a.caCertificates === undefined ? null : resolve(base, a.caCertificates),
     retry: { minMs: a.retry.min, maxMs: a.retry.max },
+    keepKey: [...new Set(listeners.filter((l) => l.role === 'mx' && l.dane && names.includes(l.hostname)).map((l) => l.hostname))],
+    rolloverDelayMs: a.rolloverDelay,
   };
 }
 

@@ -56,6 +56,8 @@ export const DEFAULTS = {
   stsMaxAge: '7d',
   /** Start in testing (reports only), as RFC 8461 section 3.2 and every guide advise. */
   stsMode: 'testing',
+  /** Two TTLs of a 1-hour TLSA record: every resolver has the new record before the key is used. */
+  rolloverDelay: '2h',
 } as const;
 
 /** Capabilities announced before TLS when the backend probe fails. */
@@ -531,6 +533,9 @@ const acmeSchema = z
       })
       .prefault({})
       .meta({ description: 'Backoff after a failed order or renewal; the current certificate is served meanwhile' }),
+    rolloverDelay: duration
+      .prefault(DEFAULTS.rolloverDelay)
+      .meta({ description: `DANE key rollover (postern acme rollover): the next key is used this long after its TLSA record was printed; at least two TTLs of your _25._tcp records (default ${DEFAULTS.rolloverDelay})` }),
   })
   .meta({ description: 'Built-in ACME: postern obtains and renews the certificates of the listed names itself' });
 

@@ -167,6 +167,13 @@ export interface AcmeConfig {
   caCertificates: string | null;
   /** Backoff after a failed order: first wait, doubling up to max. */
   retry: { minMs: number; maxMs: number };
+  /**
+   * Names whose key is kept across renewals: the hostnames of dane: true MX listeners (their
+   * TLSA records name the key). A new key only by a planned rollover.
+   */
+  keepKey: string[];
+  /** A rollover's next key is used this long after its TLSA record was printed (two TTLs). */
+  rolloverDelayMs: number;
 }
 
 /** The MTA-STS policy host (RFC 8461) postern serves itself, and what it serves. */
