@@ -28,7 +28,7 @@ function logger() {
 }
 
 function config(storage: string, names: string[]): AcmeConfig {
-  return { directory: 'https://ca.invalid/dir', email: 'a@example.org', storage, names, keyTypes: ['ecdsa'], challenge: 'tls-alpn-01', http: null, externalAccountBinding: null, caCertificates: null, retry: { minMs: 3_600_000, maxMs: 12 * 3_600_000 } };
+  return { directory: 'https://ca.invalid/dir', email: 'a@example.org', storage, names, keyTypes: ['ecdsa'], challenge: 'tls-alpn-01', http: null, externalAccountBinding: null, caCertificates: null, retry: { minMs: 3_600_000, maxMs: 12 * 3_600_000 }, keepKey: [], rolloverDelayMs: 7_200_000 };
 }
 
 const noResponder = { publish: async () => undefined, withdraw: async () => undefined };
