@@ -10,16 +10,7 @@ import type { HostPort } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import type { AcmeMetrics } from '../metrics.ts';
 import type { ChallengeBoard } from './challenges.ts';
-import { clientKey } from '../net/address.ts';
-
-/** IPv4 address or IPv6 /64, as the listeners count clients; an unreadable address counts alone. */
-function keyOf(address: string | undefined): string {
-  try {
-    return clientKey(address ?? '');
-  } catch {
-    return address ?? '?';
-  }
-}
+import { answerClientErrors, guardConnections } from '../net/small-http.ts';
 
 const PREFIX = '/.well-known/acme-challenge/';
 /** RFC 8555 section 8.1: a token is base64url; at least 128 bits of entropy, so 22+ characters. */
@@ -41,33 +32,9 @@ export async function startHttp01(opts: { listen: HostPort; board: ChallengeBoar
     keepAliveTimeout: 1,
   });
   server.maxConnections = HTTP01_LIMITS.connections;
-  // A client that never finishes its request head is cut at the deadline whatever Node's checks do.
-  const perClient = new Map<string, number>();
-  server.on('connection', (socket) => {
-    const key = keyOf(socket.remoteAddress);
-    const open = (perClient.get(key) ?? 0) + 1;
-    if (open > HTTP01_LIMITS.perClient) {
-      metrics.httpRequests.inc({ result: 'too_many_from_client' });
-      socket.destroy();
-      return;
-    }
-    perClient.set(key, open);
-    const t = setTimeout(() => socket.destroy(), HTTP01_LIMITS.requestMs);
-    t.unref();
-    socket.once('close', () => {
-      clearTimeout(t);
-      const n = (perClient.get(key) ?? 1) - 1;
-      if (n <= 0) perClient.delete(key);
-      else perClient.set(key, n);
-    });
-  });
-  // Node's own handler would say 431 and 408 where they apply; this one must too (RFC 6585
-  // section 5: a head over the limit is 431, not a malformed request).
-  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
-    if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
-    else socket.destroy();
-  });
+  // One address holds at most 4 connections; each is cut at the deadline whatever it sends.
+  guardConnections(server, { perClient: HTTP01_LIMITS.perClient, deadlineMs: HTTP01_LIMITS.requestMs, refused: () => metrics.httpRequests.inc({ result: 'too_many_from_client' }) });
+  answerClientErrors(server);
   server.on('request', (req, res) => {
     req.resume();
     const reply = (status: number, body: string, result: 'answered' | 'unknown_token' | 'not_found' | 'bad_method', headers: Record<string, string> = {}) => {

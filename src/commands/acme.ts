@@ -97,6 +97,20 @@ function request(method: string, url: string, timeoutMs: number): Promise<{ stat
   });
 }
 
+/**
+ * http://host:port of the running daemon's admin endpoint, from admin.listen (a wildcard address
+ * on loopback); null, with the reason on `err`, without one. Only the daemon can order: it
+ * holds the account and answers the challenges.
+ */
+function adminBase(config: PosternConfig, file: string, what: string, err: NodeJS.WritableStream): string | null {
+  const listen = config.admin?.listen;
+  if (!listen) {
+    err.write(`postern acme ${what}: needs the running daemon's admin endpoint (admin.listen in ${file}): the daemon holds the account and answers the challenges\n`);
+    return null;
+  }
+  return healthUrl(`${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`)!.replace(/\/healthz$/, '');
+}
+
 export async function acmeRenewCommand(
   file: string,
   opts: { name: string; timeoutMs: number; url?: string | undefined },
@@ -106,15 +120,8 @@ export async function acmeRenewCommand(
   const config = loadAcme(file, err);
   if (!config) return 1;
   const name = opts.name.toLowerCase();
-  let base = opts.url;
-  if (base === undefined) {
-    const listen = config.admin?.listen;
-    if (!listen) {
-      err.write(`postern acme renew: needs the running daemon's admin endpoint (admin.listen in ${file}); it asks the daemon, which holds the account and answers the challenges\n`);
-      return 1;
-    }
-    base = healthUrl(`${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`)!.replace(/\/healthz$/, '');
-  }
+  const base = opts.url ?? adminBase(config, file, 'renew', err);
+  if (base === null) return 1;
   const started = Date.now();
   let r: { status: number; body: string };
   try {
@@ -157,15 +164,8 @@ export async function acmeRenewCommand(
 export async function acmeRolloverCommand(file: string, opts: { name: string; url?: string | undefined }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const config = loadAcme(file, err);
   if (!config) return 1;
-  let base = opts.url;
-  if (base === undefined) {
-    const listen = config.admin?.listen;
-    if (!listen) {
-      err.write(`postern acme rollover: needs the running daemon's admin endpoint (admin.listen in ${file})\n`);
-      return 1;
-    }
-    base = healthUrl(`${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`)!.replace(/\/healthz$/, '');
-  }
+  const base = opts.url ?? adminBase(config, file, 'rollover', err);
+  if (base === null) return 1;
   let r: { status: number; body: string };
   try {
     r = await request('POST', `${base}/acme/rollover?name=${encodeURIComponent(opts.name.toLowerCase())}`, 5000);

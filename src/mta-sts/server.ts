@@ -11,7 +11,7 @@ import type { SecureContext } from 'node:tls';
 import type { MtaStsConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import type { CertStore } from '../tls/certstore.ts';
-import { clientKey } from '../net/address.ts';
+import { answerClientErrors, guardConnections } from '../net/small-http.ts';
 import type { Counter } from 'prom-client';
 
 export const POLICY_PATH = '/.well-known/mta-sts.txt';
@@ -23,14 +23,6 @@ export interface PolicyHost {
 }
 
 type Result = 'served' | 'not_found' | 'bad_method' | 'too_many_from_client' | 'unknown_name';
-
-function keyOf(address: string | undefined): string {
-  try {
-    return clientKey(address ?? '');
-  } catch {
-    return address ?? '?';
-  }
-}
 
 export async function startPolicyHost(opts: { config: () => MtaStsConfig; store: () => CertStore; log: Logger; requests: Counter<'result'> }): Promise<PolicyHost> {
   const { log, requests } = opts;
@@ -67,33 +59,10 @@ export async function startPolicyHost(opts: { config: () => MtaStsConfig; store:
     keepAliveTimeout: 1,
   });
   server.maxConnections = STS_LIMITS.connections;
-  const perClient = new Map<string, number>();
-  server.on('connection', (socket: import('node:net').Socket) => {
-    const key = keyOf(socket.remoteAddress);
-    const open = (perClient.get(key) ?? 0) + 1;
-    if (open > STS_LIMITS.perClient) {
-      count('too_many_from_client');
-      socket.destroy();
-      return;
-    }
-    perClient.set(key, open);
-    // The whole exchange (handshake and request) within twice the request deadline, whatever
-    // arrives meanwhile.
-    const t = setTimeout(() => socket.destroy(), STS_LIMITS.handshakeMs + STS_LIMITS.requestMs);
-    t.unref();
-    socket.once('close', () => {
-      clearTimeout(t);
-      const n = (perClient.get(key) ?? 1) - 1;
-      if (n <= 0) perClient.delete(key);
-      else perClient.set(key, n);
-    });
-  });
+  // The whole exchange (handshake and request) within both deadlines, whatever arrives meanwhile.
+  guardConnections(server, { perClient: STS_LIMITS.perClient, deadlineMs: STS_LIMITS.handshakeMs + STS_LIMITS.requestMs, refused: () => count('too_many_from_client') });
   server.on('tlsClientError', (_err, socket) => socket.destroy());
-  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
-    if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
-    else socket.destroy();
-  });
+  answerClientErrors(server);
   server.on('request', (req, res) => {
     req.resume();
     const reply = (status: number, body: string, result: Result, headers: Record<string, string> = {}) => {
