@@ -520,6 +520,14 @@ describe('a backend that dies and comes back', () => {
       }
     };
     const [kills] = await Promise.all([flapping.flap(8000), ...Array.from({ length: 40 }, client)]);
+    // One summary line per session, taken first, whatever fails below: later tests find their
+    // line by client port, and must not meet one of these (thousands of ports were used here).
+    let summaries = 0;
+    for (;;) {
+      const line = await d.waitLog((l) => l.msg === 'connection closed' && l.listener === 'flap-smtp', 1000).catch(() => null);
+      if (!line) break;
+      summaries++;
+    }
     expect(d.child.exitCode, `postern exited: ${d.stderr().slice(-2000)}`).toBeNull();
     expect(d.child.signalCode).toBeNull();
     expect(d.pid).toBe(pid);
@@ -535,15 +543,9 @@ describe('a backend that dies and comes back', () => {
     // Every session was closed and counted under a stable reason.
     const reasons = (await d.metrics()).filter((m) => m.name === 'postern_connections_total' && m.labels.listener === 'flap-smtp').map((m) => m.labels.reason);
     expect(reasons.length).toBeGreaterThan(0);
-    for (const r of reasons) expect(['done', 'backend_unreachable', 'backend_closed', 'backend_error', 'client_error', 'client_gone', 'handshake_failed']).toContain(r);
-    // One summary line per session; taking them all also keeps later tests, which find their
-    // line by client port, from meeting one of these (thousands of ports were used here).
-    let summaries = 0;
-    for (;;) {
-      const line = await d.waitLog((l) => l.msg === 'connection closed' && l.listener === 'flap-smtp', 1000).catch(() => null);
-      if (!line) break;
-      summaries++;
-    }
+    // backend_timeout: on a loaded machine a restarting backend may not accept within
+    // timeouts.connect (seen in CI with four other test runs on 2 cores); the client got 421.
+    for (const r of reasons) expect(['done', 'backend_unreachable', 'backend_timeout', 'backend_closed', 'backend_error', 'client_error', 'client_gone', 'handshake_failed']).toContain(r);
     expect(summaries).toBe(outcomes.answered + outcomes.goodbye + outcomes.reset);
     await goodClient(d, 'smtps', pki);
     expect(await d.fdsBackTo(base)).toBeLessThanOrEqual(base);

@@ -5,13 +5,14 @@
 // (generated certificates) as the other tests; it needs the npm registry for the runtime
 // dependencies, which CI has.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { z } from 'zod';
 import { parse } from 'yaml';
 import { makePki, type TestPki } from '../helpers/certs.ts';
+import { freePort } from '../helpers/ports.ts';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string; dependencies: Record<string, string> };
@@ -60,10 +61,38 @@ describe('the npm package', () => {
     expect(tarballFiles).toEqual(expected);
   });
 
-  it('installs with its runtime dependencies only (no test-only X.509 library, no compiler)', () => {
+  it('installs with its runtime dependencies only (no compiler, no test tools); the X.509 libraries only as acme-client needs them', () => {
     const deps = readdirSync(join(installed, 'node_modules'));
     for (const d of Object.keys(pkg.dependencies)) expect(existsSync(join(installed, 'node_modules', d)), d).toBe(true);
-    for (const d of ['@peculiar', 'reflect-metadata', 'tsyringe', 'asn1js', 'typescript', 'vitest']) expect(deps).not.toContain(d);
+    for (const d of ['typescript', 'vitest', 'fast-check', '@types']) expect(deps).not.toContain(d);
+    // @peculiar/x509 (with reflect-metadata, a global polyfill) is acme-client's, not postern's own.
+    for (const d of ['@peculiar/x509', 'reflect-metadata', 'tsyringe', 'asn1js']) expect(Object.keys(pkg.dependencies)).not.toContain(d);
+    const acme = JSON.parse(readFileSync(join(installed, 'node_modules', 'acme-client', 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
+    expect(Object.keys(acme.dependencies)).toContain('@peculiar/x509');
+  });
+
+  it('a daemon without acme never loads acme-client (no global Reflect polyfill); the same probe sees it once acme-client is imported', async () => {
+    // An --import module that reports at exit whether reflect-metadata's global is there.
+    const probe = join(work, 'probe.mjs');
+    const out = join(work, 'probe.out');
+    writeFileSync(probe, `import { writeFileSync } from 'node:fs';\nprocess.on('exit', () => writeFileSync(${JSON.stringify(out)}, typeof Reflect.getMetadata));\n`);
+    const cfg = join(pki.dir, 'noacme.yaml');
+    writeFileSync(cfg, `log: { level: warn }\ncertificates:\n  - { cert: imap.pem, key: imap.key }\nlisteners:\n  - { name: imaps, listen: "127.0.0.1:${await freePort()}", protocol: imap, tls: implicit, hostname: imap.example.org, backend: { address: "127.0.0.1:10143", proxyProtocol: v2 } }\nbackendChecks: { interval: off }\n`);
+    const child = spawn(join(prefix, 'bin', 'postern'), ['run', '-c', cfg], { cwd: pki.dir, env: { ...process.env, NODE_OPTIONS: `--import=${probe}` }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    let logged = '';
+    child.stdout!.on('data', (d: Buffer) => (logged += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (logged += d.toString()));
+    // Serving (bound, running) for a moment, then stopped: exit 0, so it was the running daemon.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(child.exitCode, logged).toBeNull();
+    child.kill('SIGTERM');
+    expect(await exited, logged).toBe(0);
+    expect(readFileSync(out, 'utf8')).toBe('undefined');
+    // The probe is a real check: importing acme-client from the installed tree defines it.
+    const loaded = spawnSync(process.execPath, ['--import', probe, '-e', `await import(${JSON.stringify(join(installed, 'node_modules', 'acme-client', 'src', 'index.js'))})`, '--input-type=module'], { encoding: 'utf8', timeout: 30_000 });
+    expect(loaded.status, loaded.stderr).toBe(0);
+    expect(readFileSync(out, 'utf8')).toBe('function');
   });
 
   it('postern --version prints package.json version', () => {
