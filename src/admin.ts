@@ -410,7 +410,7 @@ export async function startAdmin(opts: AdminOptions): Promise<AdminServer> {
       if (!opts.acme) return json(res, 404, { error: 'acme is not configured' });
       const name = (url.searchParams.get('name') ?? '').toLowerCase();
       const planned = opts.acme.rollover(name);
-      if (!planned) return json(res, 404, { error: `${JSON.stringify(name)} is not an ACME-managed name`, names: [...new Set(opts.acme.status().map((c) => c.name))] });
+      if (!planned) return json(res, 404, { error: `${JSON.stringify(name)} is not the hostname of a dane: true MX listener managed by acme (only their keys are kept across renewals)` });
       return json(res, 202, { name, planned });
     }
     if (path === '/acme/renew') {

@@ -87,9 +87,19 @@ export class Daemon {
     const before = this.store === store ? null : this.daneKeys(this.store);
     this.store = store;
     if (before) this.daneAlarm(before, this.daneKeys(store));
+    // A series from the start, at 0: an alert on its increase misses a series that first appears at 1.
+    for (const l of this.listeners) if (l.env.listener.role === 'mx' && l.env.listener.dane) this.metrics.daneKeyChanges.inc({ listener: l.env.listener.name }, 0);
     this.metrics.certificateNotAfter.reset();
     for (const e of store.entries) this.metrics.certificateNotAfter.set({ file: e.certFile, name: e.names[0] ?? '' }, Math.floor(e.notAfter.getTime() / 1000));
     this.refreshCoverage();
+  }
+
+  /** SPKI SHA-256 of keys a DANE rollover announced: their arrival is planned (expectKeys). */
+  private readonly expected = new Set<string>();
+
+  /** A planned rollover's keys are about to come into service (the ACME manager says so). */
+  expectKeys(sha256: readonly string[]) {
+    for (const k of sha256) this.expected.add(k);
   }
 
   /** dane: true MX listeners: hostname -> SPKI SHA-256 of each key that serves it. */
@@ -113,6 +123,15 @@ export class Daemon {
       const gone = [...old].filter((k) => !now.has(k));
       if (gone.length === 0) continue;
       const added = [...now].filter((k) => !old.has(k));
+      // A planned rollover (postern acme rollover): its TLSA record was printed rolloverDelay ago.
+      if (added.length > 0 && added.every((k) => this.expected.has(k))) {
+        for (const k of added) this.expected.delete(k);
+        this.log.warn(
+          { reason: 'dane_key_rolled', hostname: host, removed: gone.map((k) => `3 1 1 ${k}`), added: added.map((k) => `3 1 1 ${k}`) },
+          `DANE: ${host} now uses the key of the planned rollover; remove _25._tcp.${host}. TLSA ${gone.map((k) => `3 1 1 ${k}`).join(' and ')} after two TTLs`,
+        );
+        continue;
+      }
       for (const l of this.listeners.filter((x) => x.env.listener.hostname === host && x.env.listener.dane)) this.metrics.daneKeyChanges.inc({ listener: l.env.listener.name });
       this.log.error(
         { reason: 'dane_key_changed', hostname: host, removed: gone.map((k) => `3 1 1 ${k}`), added: added.map((k) => `3 1 1 ${k}`) },
@@ -214,8 +233,10 @@ export class Daemon {
     const plan = this.plan(config);
     plan.listeners.forEach((p, i) => (this.listeners[i]!.env.listener = p.config));
     // The process-wide settings stay what the process runs with (named again on the next reload).
+    // A new policy applies at once, on the address bound at start (a new address waits for the
+    // restart): what is served and what `postern records` prints never disagree.
     const stsListen = JSON.stringify(config.mtaSts?.listen ?? null) === JSON.stringify(this.applied.mtaSts?.listen ?? null);
-    this.applied = { ...config, ...Object.fromEntries(RESTART_ONLY.map((k) => [k, this.applied[k]])), mtaSts: stsListen ? config.mtaSts : this.applied.mtaSts };
+    this.applied = { ...config, ...Object.fromEntries(RESTART_ONLY.map((k) => [k, this.applied[k]])), mtaSts: stsListen ? config.mtaSts : config.mtaSts && this.applied.mtaSts ? { ...config.mtaSts, listen: this.applied.mtaSts.listen } : this.applied.mtaSts };
     this.setStore(store);
     return plan.needsRestart;
   }

@@ -34,6 +34,9 @@ export function nextKeyAge(dir: string): { keyPem: string; created: number } | n
   }
 }
 
+/** How early (by the wall clock) a rollover's switch may come: timers fire by the loop's cached clock. */
+const SWITCH_SLACK_MS = 1000;
+
 /** setTimeout's ceiling, and how often plans are looked at again anyway (clock changes, ARI). */
 const MAX_SLEEP_MS = 6 * 3_600_000;
 
@@ -68,7 +71,12 @@ export interface ManagerOptions {
   metrics: AcmeMetrics;
   responder: Responder;
   /** Makes every serving process load the storage again; resolves when they have. */
-  reload(): Promise<void>;
+  /**
+   * Makes every serving process load the storage again. `planned`: SPKI SHA-256 values of keys
+   * a DANE rollover announced (its TLSA record printed rolloverDelay ago): their coming into
+   * service is the plan, not an alarm.
+   */
+  reload(planned?: string[]): Promise<void>;
   /** Injected for tests. */
   now?: () => number;
   random?: () => number;
@@ -202,21 +210,32 @@ export class AcmeManager {
    * `postern acme rollover --name N` (DANE): a new key per key type of N, written beside the
    * current one as next-privkey.pem. Its TLSA record is returned (and printed by `postern
    * records`) now; the key goes into service with a renewal acme.rolloverDelay later. Until
-   * then every renewal keeps the current key. Null for a name not managed.
+   * then every renewal keeps the current key. A rollover already pending is shown again, not
+   * replaced (its TLSA record may be published already). Null for a name whose key is not kept
+   * (no dane: true MX listener has it: its key changes at every renewal anyway).
    */
-  rollover(name: string): Array<{ keyType: AcmeKeyType; tlsa: string; switchAt: string }> | null {
-    const mine = this.items.filter((i) => i.name === name);
+  rollover(name: string): Array<{ keyType: AcmeKeyType; tlsa: string; switchAt: string; pending: boolean }> | null {
+    const mine = this.items.filter((i) => i.name === name && i.keepKey);
     if (mine.length === 0) return null;
     const now = this.opts.now();
     const out = mine.map((item) => {
+      const pending = nextKeyAge(item.dir);
+      if (pending) {
+        const tlsa = `_25._tcp.${item.name}. IN TLSA 3 1 1 ${spkiSha256OfKey(pending.keyPem)}`;
+        return { keyType: item.keyType, tlsa, switchAt: new Date(pending.created + this.opts.config.rolloverDelayMs).toISOString(), pending: true };
+      }
       const keyPem = newKey(item.keyType);
       writeAtomic(join(item.dir, NEXT_KEY), keyPem, 0o600);
-      item.next = Math.min(item.next, now + this.opts.config.rolloverDelayMs);
+      // Counted from the file's time, as keyFor() counts it: a key made (RSA: tens of ms to
+      // seconds) and written after `now` was not due yet when a timer set from `now` fired, and
+      // the switch cost an order with the old key first.
+      const due = Math.max(now, nextKeyAge(item.dir)?.created ?? now) + this.opts.config.rolloverDelayMs;
+      item.next = Math.min(item.next, due);
       const tlsa = `_25._tcp.${item.name}. IN TLSA 3 1 1 ${spkiSha256OfKey(keyPem)}`;
-      const switchAt = new Date(now + this.opts.config.rolloverDelayMs).toISOString();
+      const switchAt = new Date(due).toISOString();
       this.opts.log.warn({ reason: 'dane_rollover_planned', name: item.name, keyType: item.keyType, tlsa, switchAt }, `acme: next key made for ${item.name}: publish its TLSA record now, beside the current one; it goes into service at ${switchAt}`);
       this.gauge(item);
-      return { keyType: item.keyType, tlsa, switchAt };
+      return { keyType: item.keyType, tlsa, switchAt, pending: false };
     });
     this.saveState();
     this.wake();
@@ -229,7 +248,8 @@ export class AcmeManager {
    */
   private keyFor(item: Item): { keyPem: string | null; rolledOver: boolean } {
     const next = nextKeyAge(item.dir);
-    if (next && this.opts.now() >= next.created + this.opts.config.rolloverDelayMs) return { keyPem: next.keyPem, rolledOver: true };
+    // SWITCH_SLACK_MS: the timer planned for that moment may fire a little before it by the wall clock.
+    if (next && this.opts.now() + SWITCH_SLACK_MS >= next.created + this.opts.config.rolloverDelayMs) return { keyPem: next.keyPem, rolledOver: true };
     if (item.keepKey && item.issued) {
       try {
         return { keyPem: readFileSync(join(item.dir, 'privkey.pem'), 'utf8'), rolledOver: false };
@@ -293,6 +313,7 @@ export class AcmeManager {
   private async attempt(item: Item) {
     const { log, metrics, responder } = this.opts;
     const forced = item.forced;
+    const planned: string[] = [];
     item.forced = false;
     item.lastAttempt = this.opts.now();
     this.recentOrders.push(item.lastAttempt);
@@ -304,6 +325,7 @@ export class AcmeManager {
       const key = this.keyFor(item);
       const obtained = await account.order(item.name, item.keyType, responder, item.issued?.certPem ?? null, key.keyPem);
       writePair(item.dir, obtained.fullchainPem, obtained.keyPem);
+      if (key.rolledOver) planned.push(spkiSha256OfKey(obtained.keyPem));
       if (key.rolledOver) {
         rmSync(join(item.dir, NEXT_KEY), { force: true });
         log.warn({ reason: 'dane_rollover_done', name: item.name, keyType: item.keyType, tlsa: `_25._tcp.${item.name}. IN TLSA 3 1 1 ${spkiSha256OfKey(obtained.keyPem)}` }, `acme: ${item.name} now uses the key of the rollover; the previous key's TLSA record can be removed`);
@@ -331,7 +353,7 @@ export class AcmeManager {
     // The certificate is on disk either way: a reload that fails is the reloader's error (logged
     // with its file and reason, the last good certificates kept), never a reason to order again.
     try {
-      await this.opts.reload();
+      await this.opts.reload(planned);
     } catch (err) {
       log.error({ reason: 'acme_reload_failed', name: item.name, error: describe(err) }, 'acme: the new certificate is stored but not in service yet');
     }

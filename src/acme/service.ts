@@ -54,7 +54,7 @@ export async function startAcme(opts: {
   registry: Registry;
   board: ChallengeBoard;
   responder: Responder;
-  reload(): Promise<void>;
+  reload(planned?: string[]): Promise<void>;
 }): Promise<AcmeService> {
   const metrics = new AcmeMetrics(opts.registry);
   const manager = new AcmeManager({ config: opts.config, log: opts.log, metrics, responder: opts.responder, reload: opts.reload });
@@ -77,7 +77,7 @@ export async function startAcme(opts: {
 export type AcmeMessage =
   | { type: 'postern:acme-answer'; id: number; answer: ChallengeAnswer }
   | { type: 'postern:acme-withdraw'; id: number; answer: ChallengeAnswer }
-  | { type: 'postern:acme-reload'; id: number }
+  | { type: 'postern:acme-reload'; id: number; planned?: string[] }
   | { type: 'postern:acme-ack'; id: number; ok: boolean }
   /** A worker's first word: its handler is in place, so messages sent from now on are not lost. */
   | { type: 'postern:acme-ready'; id: 0 };
@@ -175,13 +175,13 @@ export class WorkerFanout {
     };
   }
 
-  reload(): Promise<void> {
-    return this.send((id) => ({ type: 'postern:acme-reload', id }), 'reloading the new certificate');
+  reload(planned: string[] = []): Promise<void> {
+    return this.send((id) => ({ type: 'postern:acme-reload', id, planned }), 'reloading the new certificate');
   }
 }
 
 /** A worker's side: answers into its board, reloads on request, acks each. */
-export function serveAcmeMessages(board: ChallengeBoard, reload: () => Promise<boolean>) {
+export function serveAcmeMessages(board: ChallengeBoard, reload: (planned: string[]) => Promise<boolean>) {
   const respond = localResponder(board);
   process.on('message', (msg: unknown) => {
     if (!isAcmeMessage(msg)) return;
@@ -196,7 +196,7 @@ export function serveAcmeMessages(board: ChallengeBoard, reload: () => Promise<b
         void respond.withdraw(msg.answer).then(() => ack(true), () => ack(false));
         break;
       case 'postern:acme-reload':
-        void reload().then(ack, () => ack(false));
+        void reload(msg.planned ?? []).then(ack, () => ack(false));
         break;
     }
   });

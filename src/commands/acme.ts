@@ -177,8 +177,8 @@ export async function acmeRolloverCommand(file: string, opts: { name: string; ur
     err.write(`postern acme rollover: the daemon answered ${r.status}: ${r.body.trim()}\n`);
     return 1;
   }
-  const { planned } = JSON.parse(r.body) as { planned: Array<{ keyType: string; tlsa: string; switchAt: string }> };
+  const { planned } = JSON.parse(r.body) as { planned: Array<{ keyType: string; tlsa: string; switchAt: string; pending: boolean }> };
   out.write('Publish these TLSA records now, beside the current ones (postern records shows both):\n');
-  for (const p of planned) out.write(`${p.tlsa}    ; ${p.keyType}, in service from ${p.switchAt}\n`);
+  for (const p of planned) out.write(`${p.tlsa}    ; ${p.keyType}, in service from ${p.switchAt}${p.pending ? ' (a rollover already pending: its key is kept)' : ''}\n`);
   return 0;
 }

@@ -56,8 +56,10 @@ export async function checkRecord(resolver: dnsp.Resolver, r: DnsRecord): Promis
     if (found.length === 0) return { ...r, status: 'missing', found };
     const want = fields(r.value);
     const key = r.kind === 'mta-sts' ? 'id' : 'rua';
+    // rua is a list: RFC 8460 section 3 allows whitespace around its commas, and its order means nothing.
+    const norm = (v: string | undefined) => (key === 'rua' ? (v ?? '').split(',').map((u) => u.trim()).sort().join(',') : v);
     // RFC 8461 section 3.1: more than one STSv1 record is as good as none.
-    const ok = found.length === 1 && fields(found[0]!).get(key) === want.get(key);
+    const ok = found.length === 1 && norm(fields(found[0]!).get(key)) === norm(want.get(key));
     return { ...r, status: ok ? 'present' : 'stale', found };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;

@@ -123,7 +123,7 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
   // ACME: this process orders and answers itself (without workers); a worker only answers and
   // reloads when the supervisor says so.
   let acmeService: AcmeService | null = null;
-  if (acme && challenges && worker) serveAcmeMessages(challenges, () => reloader.reload('watch'));
+  if (acme && challenges && worker) serveAcmeMessages(challenges, (planned) => (daemon.expectKeys(planned), reloader.reload('watch')));
   if (acme && challenges && !worker) {
     try {
       acmeService = await startAcme({
@@ -132,7 +132,7 @@ async function runDaemon(file: string, v: Extract<Validated, { ok: true }>): Pro
         registry: daemon.metrics.registry,
         board: challenges,
         responder: localResponder(challenges),
-        reload: () => reloader.reload('watch').then(() => undefined),
+        reload: (planned = []) => (daemon.expectKeys(planned), reloader.reload('watch').then(() => undefined)),
       });
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
@@ -212,19 +212,21 @@ function probeListen(host: string, port: number): Promise<string | null> {
 const TICKET_SECRET_ENV = 'POSTERN_TICKET_SECRET';
 
 /**
- * The session ticket keys: from sessionTickets.keyFile (checked at load), else the secret the
- * supervisor handed this worker, else a random one for this process.
+ * The session ticket keys: in a worker, the secret the supervisor handed it; else from
+ * sessionTickets.keyFile (checked at load), else a random one for this process.
  */
 function ticketKeys(config: PosternConfig): TicketKeys {
   const { keyFile, rotateMs } = config.sessionTickets;
-  if (keyFile !== null) {
-    const parsed = parseTicketSecret(readFileSync(keyFile));
-    if (parsed.ok) return new TicketKeys(parsed.secret, rotateMs);
-  }
   const handed = process.env[TICKET_SECRET_ENV];
   delete process.env[TICKET_SECRET_ENV];
-  if (handed && /^[0-9a-f]{64,}$/.test(handed)) return new TicketKeys(Buffer.from(handed, 'hex'), rotateMs);
-  return TicketKeys.random(rotateMs);
+  if (cluster.isWorker && handed && /^[0-9a-f]{64,}$/.test(handed)) return new TicketKeys(Buffer.from(handed, 'hex'), rotateMs);
+  const secret = keyFile === null ? null : readTicketSecret(keyFile);
+  return secret ? new TicketKeys(secret, rotateMs) : TicketKeys.random(rotateMs);
+}
+
+function readTicketSecret(keyFile: string): Buffer | null {
+  const parsed = parseTicketSecret(readFileSync(keyFile));
+  return parsed.ok ? parsed.secret : null;
 }
 
 /** What this process knows for /readyz (a worker sends it to the supervisor). */
@@ -248,10 +250,13 @@ async function runSupervisor(config: PosternConfig): Promise<number> {
       return 1;
     }
   }
-  // Without a key file the workers still share one ticket secret, so a client resumes on any of
-  // them: made here, handed to each worker at its start (the environment of a process is
-  // readable only by its own user), and never logged.
-  const ticketSecret = config.sessionTickets.keyFile === null ? randomBytes(MIN_SECRET_BYTES).toString('hex') : null;
+  // The workers share one ticket secret, so a client resumes on any of them: the key file's,
+  // read here once, or (without one) a random one made here; handed to each worker at its start
+  // (the environment of a process is readable only by its own user), and never logged. A worker
+  // that replaces a dead one gets the same secret even if the key file changed since (a new
+  // secret takes a restart, as any sessionTickets change).
+  const keyFile = config.sessionTickets.keyFile;
+  const ticketSecret = ((keyFile === null ? null : readTicketSecret(keyFile)) ?? randomBytes(MIN_SECRET_BYTES)).toString('hex');
   // Workers bind with SO_REUSEPORT, which would also let them share a port with a second
   // postern left running by mistake (and split its connections with it). Each address is bound
   // here once without it first: taken by anyone, that fails, as a single process's bind would.
@@ -263,7 +268,7 @@ async function runSupervisor(config: PosternConfig): Promise<number> {
       return 1;
     }
   }
-  const sup = new Supervisor({ workers: config.workers, log, stopTimeoutMs: config.shutdown.drainTimeoutMs + 5000, env: ticketSecret ? { [TICKET_SECRET_ENV]: ticketSecret } : {} });
+  const sup = new Supervisor({ workers: config.workers, log, stopTimeoutMs: config.shutdown.drainTimeoutMs + 5000, env: { [TICKET_SECRET_ENV]: ticketSecret } });
   // Only the supervisor talks to the CA; the workers answer its validations and load the result.
   const fanout = acme ? new WorkerFanout() : null;
   log.info({ workers: config.workers }, 'starting workers');
@@ -273,7 +278,7 @@ async function runSupervisor(config: PosternConfig): Promise<number> {
   if (acme && fanout) {
     const board = new ChallengeBoard();
     try {
-      acmeService = await startAcme({ config: acme, log, registry: own, board, responder: fanout.responder(board), reload: () => fanout.reload() });
+      acmeService = await startAcme({ config: acme, log, registry: own, board, responder: fanout.responder(board), reload: (planned) => fanout.reload(planned) });
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       log.fatal({ reason: 'listen_failed', listen: `${acme.http?.listen.host}:${acme.http?.listen.port}`, error: e.code ?? e.message }, `cannot listen on acme http ${acme.http?.listen.host}:${acme.http?.listen.port}: ${e.code ?? e.message}`);

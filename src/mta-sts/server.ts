@@ -1,8 +1,9 @@
 // The MTA-STS policy host (RFC 8461 section 3.3): HTTPS on mtaSts.listen for the names
 // mta-sts.<domain>, answering exactly GET (and HEAD) /.well-known/mta-sts.txt with the policy as
 // text/plain, and 404 for everything else. The certificate for each name comes from the same
-// store the listeners use (so ACME and reloads apply); a handshake for any other name is refused
-// (unrecognized_name), as on a strict listener. It is on the Internet, so it is bounded like the
+// store the listeners use (so ACME and reloads apply); a handshake for any other name is refused:
+// closed without a certificate (and without an alert: unlike a strict listener's unrecognized_name,
+// Node sends none when the SNICallback fails). It is on the Internet, so it is bounded like the
 // HTTP-01 listener: 4 KiB request heads within 5 s, no bodies, 256 connections and 8 per client
 // address, one request per connection.
 import cluster from 'node:cluster';
