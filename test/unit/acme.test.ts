@@ -203,3 +203,17 @@ describe('the ACME setup the docs show', () => {
     });
   }
 });
+
+describe('the MTA-STS step the README shows', () => {
+  it('its mtaSts line, added to the README ACME file, loads: the policy covers the MX and ACME orders mta-sts.example.org', () => {
+    const readme = readFileSync(join(import.meta.dirname, '..', '..', 'README.md'), 'utf8');
+    const acme = /```yaml\n(acme:[\s\S]*?)```/.exec(readme)![1]!;
+    const sts = /```yaml\n\s*(mtaSts:[^\n]*)\n\s*```/.exec(readme)![1]!;
+    const r = loadConfigText(`${acme}${sts}\n`, join(dir, 'readme-sts.yaml'));
+    if (!r.ok) throw new Error(r.errors.map(formatConfigError).join('\n'));
+    const c = r.loaded.config;
+    expect(c.mtaSts).toMatchObject({ domains: ['example.org'], mode: 'testing', mx: ['mail.example.org'], tlsRpt: ['mailto:tlsrpt@example.org'] });
+    expect(c.mtaSts!.text).toBe('version: STSv1\r\nmode: testing\r\nmx: mail.example.org\r\nmax_age: 604800\r\n');
+    expect(c.acme!.names).toEqual(['mail.example.org', 'mta-sts.example.org']);
+  });
+});
