@@ -78,6 +78,12 @@ export interface Pebble {
   issued(): Promise<number>;
   /** Challenges that passed / failed ("authz <id> set VALID|INVALID by completed challenge <id>"). */
   validations(): Promise<{ valid: number; invalid: number }>;
+  /**
+   * validations() once at least `valid` have passed (or after `timeoutMs`): pebble's VA logs
+   * "set VALID" after it has updated the authorization, so a client can see it valid, finish its
+   * order and be done before the line is written.
+   */
+  validationsAtLeast(valid: number, timeoutMs?: number): Promise<{ valid: number; invalid: number }>;
   /** A CA outage: pebble stops (the DNS server stays); its ports refuse connections. */
   stopCa(): Promise<void>;
   /** The CA back on the same ports, with fresh state and a new root. */
@@ -298,6 +304,14 @@ export async function startPebble(opts: PebbleOptions): Promise<Pebble> {
     orders: () => count(/ Added order "[^"]+" to the db$/),
     issued: () => count(/ Issued certificate serial [0-9a-f]+ for order \S+$/),
     validations: async () => ({ valid: await count(/ authz \S+ set VALID by completed challenge /), invalid: await count(/ authz \S+ set INVALID by completed challenge /) }),
+    validationsAtLeast: async (valid: number, timeoutMs = 10_000) => {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        const v = { valid: await count(/ authz \S+ set VALID by completed challenge /), invalid: await count(/ authz \S+ set INVALID by completed challenge /) };
+        if (v.valid >= valid || Date.now() > until) return v;
+        await sleep(100);
+      }
+    },
     stopCa: () => kill(pebble),
     startCa,
     async restart() {

@@ -335,7 +335,23 @@ export function sleep(ms: number): Promise<void> {
  * a test, the daemon and its backends are stopped when that test finishes; called in beforeAll,
  * they are stopped by stopAll() (and by process exit at the latest).
  */
+/**
+ * spawnDaemonOnce, again with new ports when a port this harness picked was taken between its
+ * pick and the daemon's bind (freePort's window; seen in CI with pebble and other daemons
+ * starting on the same machine). Ports the test chose itself are never changed.
+ */
 export async function spawnDaemon(opts: DaemonOptions): Promise<SpawnedPostern> {
+  const picked = opts.listeners.every((l) => l.port === undefined);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await spawnDaemonOnce(opts);
+    } catch (err) {
+      if (!picked || attempt >= 3 || !/EADDRINUSE/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function spawnDaemonOnce(opts: DaemonOptions): Promise<SpawnedPostern> {
   const backends = new Map<string, RecordingBackend>();
   const listeners: Record<string, unknown>[] = [];
   const ports = new Map<string, number>();
