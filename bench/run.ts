@@ -1,6 +1,8 @@
 // The side-by-side benchmark of issue 6: postern, a bare Node.js terminator and the peers users
 // compare it with (HAProxy, nginx stream, hitch, stunnel), each on one core in front of the same
-// plaintext backend, with the same certificate and TLS 1.3 only. See bench/NOTES.md.
+// plaintext backend, with the same certificate and TLS 1.3 only. See bench/NOTES.md. Issue 17 added
+// resumed handshakes (`resumption`) and postern with two workers against one (`postern-w2`,
+// `workers`: CPU per handshake of the whole process tree at a paced load).
 //
 //   node bench/run.ts [--quick] [--only postern,haproxy] [--runs N] [--postern-dir DIR] [--keep]
 import fs from 'node:fs';
@@ -10,10 +12,11 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { CpuMeter, runCapture, sleep, spawnPinned, stopProc, treeRss, waitPort, which, round, type CpuUse, type Proc } from './lib/proc.ts';
 import { TARGETS, type BenchContext, type Target } from './lib/targets.ts';
-import { bulk, closeAll, negotiatedGroup, openIdleSessions, sanityCheck, starttlsLoop, type Endpoint } from './lib/clients.ts';
+import { bulk, closeAll, negotiatedGroup, openIdleSessions, sanityCheck, starttlsLoop, ResumingClients, type Endpoint, type ResumeResult } from './lib/clients.ts';
 import { runWrk, wrkErrorCount, type WrkResult } from './lib/wrk.ts';
 import {
   METRICS, absoluteTable, checkAgainstNode, checkTargets, checksTable, ratioTable, summarize, benchChart,
+  resumptionTable, workersTable, checkIssue17,
   type Limit, type Measurement, type MetricKey, type RunRecord, type TargetSummary,
 } from './lib/report.ts';
 
@@ -28,7 +31,7 @@ const NOFILE = 100_000;
 
 // ---- options --------------------------------------------------------------------------------
 
-const TESTS = ['memory', 'handshakes', 'keepalive', 'bulk', 'starttls'] as const;
+const TESTS = ['memory', 'handshakes', 'keepalive', 'bulk', 'starttls', 'resumption', 'workers'] as const;
 type Test = (typeof TESTS)[number];
 
 const USAGE = `usage: node bench/run.ts [--quick] [--only NAME,...] [--tests NAME,...] [--runs N] [--postern-dir DIR] [--keep]
@@ -38,9 +41,16 @@ const USAGE = `usage: node bench/run.ts [--quick] [--only NAME,...] [--tests NAM
   --runs N           repetitions (default 3; quick 1); the median is reported
   --postern-dir DIR  the postern checkout to run (default: this repository; dist/ must be built)
   --keep             keep the scratch folder (configs, logs) and print its path
-  --kex GROUPS       key exchange the idle sessions of the memory test offer (default X25519: what
-                     wrk and every peer on Debian 12's OpenSSL 3.0 negotiate; X25519MLKEM768 is
-                     what a Node 24 or OpenSSL 3.5 client gets from postern, ~15 KB more a session)
+  --kex GROUPS       key exchange the idle sessions of the memory test and the resumption clients
+                     offer (default X25519: what wrk and every peer on Debian 12's OpenSSL 3.0
+                     negotiate; X25519MLKEM768 is what a Node 24 or OpenSSL 3.5 client gets from
+                     postern, ~15 KB more a session)
+  --paced-rate N     the workers test's offered load, full handshakes per second (default 400;
+                     wrk with a delay before each request, so below what one core can do)
+tests: resumption   a pool of Node clients that keep their last session and reconnect with it
+                    (resumed handshakes per core-s, reuse ratio), then the same clients doing
+                    full handshakes; workers: the paced load, CPU s per 1,000 handshakes of the
+                    whole process tree (postern and postern-w2 only)
 environment: BENCH_LOG=warn runs postern without its per-connection log line (what logging costs)`;
 
 interface Options {
@@ -48,10 +58,11 @@ interface Options {
   seconds: number; warmupSeconds: number; idleSessions: number; bulkBytes: number; bulkTransfers: number;
   wrkConnections: number; smtpClients: number; handshakeParallel: number;
   quietWindowMs: number; quietMaxWaitMs: number; retries: number; kex: string;
+  resumeClients: number; singleUseProbe: number; pacedRate: number; pacedDelayMs: number;
 }
 
 function parseArgs(argv: string[]): Options {
-  let quick = false, keep = false, only: string[] | null = null, runs: number | null = null, kex = 'X25519';
+  let quick = false, keep = false, only: string[] | null = null, runs: number | null = null, kex = 'X25519', pacedRate = 400;
   let posternDir = REPO_DIR;
   let tests = new Set<Test>(TESTS);
   for (let i = 0; i < argv.length; i++) {
@@ -73,6 +84,7 @@ function parseArgs(argv: string[]): Options {
     }
     else if (a === '--runs') runs = Number(val());
     else if (a === '--kex') kex = val();
+    else if (a === '--paced-rate') pacedRate = Number(val());
     else if (a === '--postern-dir') posternDir = path.resolve(val());
     else if (a === '--help' || a === '-h') { console.log(USAGE); process.exit(0); }
     else { console.error(`unknown argument ${a}\n${USAGE}`); process.exit(2); }
@@ -82,6 +94,7 @@ function parseArgs(argv: string[]): Options {
     if (unknown.length) { console.error(`unknown target(s): ${unknown.join(', ')}\n${USAGE}`); process.exit(2); }
   }
   if (runs !== null && !(Number.isInteger(runs) && runs >= 1)) { console.error('--runs needs a whole number >= 1'); process.exit(2); }
+  if (!(pacedRate > 0)) { console.error('--paced-rate needs a number > 0'); process.exit(2); }
   return {
     quick, only, keep, posternDir, tests,
     runs: runs ?? (quick ? 1 : 3),
@@ -97,6 +110,10 @@ function parseArgs(argv: string[]): Options {
     quietMaxWaitMs: quick ? 1000 : 60_000,
     retries: quick ? 0 : 2,
     kex,
+    resumeClients: 50,
+    singleUseProbe: quick ? 20 : 40,
+    pacedRate,
+    pacedDelayMs: 100,
   };
 }
 
@@ -277,8 +294,78 @@ function say(text: string): void {
   process.stdout.write(text);
 }
 
+function perCoreText(r: { perCore: [MetricKey, Measurement] | null }, unit: string): string {
+  return r.perCore ? ` [${Math.round(r.perCore[1].value)} ${unit}/core-s]` : '';
+}
+
 function mark(m: Measurement): string {
   return (m.limitedBy === 'client' ? '*' : '') + (m.disturbed ? '~' : '');
+}
+
+/** Below this share of resumed handshakes the resumed rate is reported as not applicable. */
+const MIN_REUSE = 0.5;
+
+/**
+ * Issue 17, resumption: a pool of Node clients (on the load generator's core, in this process)
+ * that each keep their last session and reconnect with it, one request per connection as in the
+ * full-handshake test; only handshakes where isSessionReused() is true count. Then the same
+ * clients without sessions (full handshakes, the like-for-like base), and a short probe with a
+ * client that offers each ticket once (RFC 8446 appendix C.4).
+ */
+async function measureResumption(ep: Endpoint, o: Options, pid: number | null, kind: Target['kind'], rec: RunRecord): Promise<void> {
+  const kex = { ecdhCurve: o.kex };
+  const pool = new ResumingClients(ep, o.resumeClients, kex);
+  const warmed = await pool.warm(10_000);
+  if (warmed === 0) {
+    const na = { value: NaN, cpu: null, limitedBy: 'neither' as const, disturbed: false, detail: { notApplicable: 'no session (ticket) received' } };
+    rec.measurements.resumedPerSec = na;
+    rec.measurements.resumedPerCoreSec = na;
+    say('resumed n/a (no ticket)  ');
+    return;
+  }
+  if (o.warmupSeconds > 0) await pool.run('resume', o.warmupSeconds * 1000);
+  let res: ResumeResult | null = null;
+  const r = await measure(o, pid, kind, async () => {
+    const x = await pool.run('resume', o.seconds * 1000);
+    res = x;
+    return { value: x.resumed / x.seconds, perCore: { key: 'resumedPerCoreSec', amount: x.resumed }, detail: { ...x, clients: o.resumeClients, sessionsAfterWarmUp: warmed } };
+  });
+  const x = res as unknown as ResumeResult;
+  const ratio = x.connections ? x.resumed / x.connections : 0;
+  const same = { cpu: r.m.cpu, limitedBy: r.m.limitedBy, disturbed: r.m.disturbed, attempts: r.m.attempts };
+  rec.measurements.reuseRatio = { value: ratio, ...same };
+  if (x.resumed > 0) rec.measurements.ticketsPerResumed = { value: x.ticketsOnResumed / x.resumed, ...same };
+  if (ratio < MIN_REUSE) {
+    const why = `resumed ${x.resumed} of ${x.connections} connections`;
+    rec.measurements.resumedPerSec = { value: NaN, ...same, detail: { ...r.m.detail, notApplicable: why } };
+    rec.measurements.resumedPerCoreSec = { value: NaN, ...same, detail: { notApplicable: why } };
+  } else {
+    rec.measurements.resumedPerSec = r.m;
+    if (r.perCore) rec.measurements.resumedPerCoreSec = r.perCore[1];
+  }
+  if (x.errors > 0) rec.errors.push(`resumption: ${x.errors} failed connections, last: ${x.lastError}`);
+  say(`resumed ${ratio >= MIN_REUSE ? Math.round(r.m.value) : 'n/a'}/s${mark(r.m)}${ratio >= MIN_REUSE ? perCoreText(r, '') : ''} reuse ${ratio.toFixed(3)} tickets/resumed ${x.resumed ? (x.ticketsOnResumed / x.resumed).toFixed(2) : '-'}${x.errors ? ` (${x.errors} errors: ${x.lastError})` : ''}  `);
+
+  // The same clients, full handshakes.
+  const f = await measure(o, pid, kind, async () => {
+    const y = await pool.run('full', o.seconds * 1000);
+    return { value: y.full / y.seconds, perCore: { key: 'clientFullPerCoreSec', amount: y.full }, detail: { ...y, clients: o.resumeClients } };
+  });
+  rec.measurements.clientFullPerSec = f.m;
+  if (f.perCore) rec.measurements.clientFullPerCoreSec = f.perCore[1];
+  const fe = (f.m.detail as { errors?: number } | undefined)?.errors ?? 0;
+  if (fe > 0) rec.errors.push(`resumption (full): ${fe} failed connections`);
+  say(`full (node client) ${Math.round(f.m.value)}/s${mark(f.m)}${perCoreText(f, '')}  `);
+
+  // A client that uses each ticket once: resumes every time only if the server sends a new
+  // ticket on a resumed handshake.
+  const single = new ResumingClients(ep, 1, kex);
+  await single.warm(10_000);
+  const p = await single.sequence('single-use', o.singleUseProbe);
+  if (p.connections > 0) {
+    rec.measurements.singleUseReuseRatio = { value: p.resumed / p.connections, cpu: null, limitedBy: 'neither', disturbed: false, detail: { ...p } };
+    say(`single-use reuse ${(p.resumed / p.connections).toFixed(2)}  `);
+  }
 }
 
 async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: string | null, run: number, position: number): Promise<RunRecord> {
@@ -317,12 +404,17 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
     if (r.perCore) rec.measurements[r.perCore[0]] = r.perCore[1];
     return r.m;
   };
-  const perCoreText = (r: { perCore: [MetricKey, Measurement] | null }, unit: string): string =>
-    r.perCore ? ` [${Math.round(r.perCore[1].value)} ${unit}/core-s]` : '';
+  /** Asked for, and measured for this target (postern-w2 runs only some tests). */
+  const has = (test: Test): boolean => o.tests.has(test) && (!t.tests || t.tests.includes(test));
+  /** CPU seconds of the proxy's process tree per 1,000 of `count`, from a measurement's meter. */
+  const cpuPer1000 = (m: Measurement, count: number): Measurement | null =>
+    m.cpu?.proxySeconds != null && count > 0
+      ? { value: (m.cpu.proxySeconds / count) * 1000, cpu: m.cpu, limitedBy: m.limitedBy, disturbed: m.disturbed, attempts: m.attempts }
+      : null;
 
   // Memory first, on the fresh process: RSS of the proxy's process tree before and while holding
   // N idle sessions (each has sent one request, so the backend connection exists too).
-  if (pid !== null && o.tests.has('memory')) {
+  if (pid !== null && has('memory')) {
     try {
       // The same key exchange for every target: a Node 24 client offers X25519MLKEM768 first, which
       // postern and bare Node (OpenSSL 3.5) accept and the peers (OpenSSL 3.0) cannot; a hybrid
@@ -352,7 +444,7 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
     } catch (err) { fail('memory', err); }
   }
 
-  const wantWrk = o.tests.has('handshakes') || o.tests.has('keepalive');
+  const wantWrk = has('handshakes') || has('keepalive') || (has('workers') && t.workers !== undefined);
   if (o.warmupSeconds > 0 && wantWrk && which('wrk') && (shim || !isTls)) {
     try { await runWrk('wrk', { url, connections: o.wrkConnections, seconds: o.warmupSeconds, close: true, shim: isTls ? shim : null, sni: SNI }); }
     catch (err) { fail('warm-up', err); }
@@ -365,16 +457,18 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
   } else if (isTls && !shim) {
     rec.errors.push('no wrk shim: no handshake and keep-alive figures');
   } else {
-    if (o.tests.has('handshakes')) try {
+    if (has('handshakes')) try {
       const r = await measure(o, pid, t.kind, async () => {
         const w = await runWrk('wrk', { url, connections: o.wrkConnections, seconds: o.seconds, close: true, shim: isTls ? shim : null, sni: SNI });
         return { value: w.reqPerSec, perCore: { key: 'handshakesPerCoreSec', amount: w.requests }, detail: wrkDetail(w) };
       });
       const m = keep('handshakesPerSec', r);
+      const per1000 = isTls ? cpuPer1000(m, (m.detail as { requests: number }).requests) : null;
+      if (per1000) rec.measurements.cpuPer1000Full = per1000;
       const errs = wrkErrorCount(m.detail as unknown as WrkResult);
       say(`${isTls ? 'handshakes' : 'connections'} ${Math.round(m.value)}/s${mark(m)}${perCoreText(r, '')}${errs ? ` (${errs} errors)` : ''}  `);
     } catch (err) { fail('handshakes', err); }
-    if (o.tests.has('keepalive')) try {
+    if (has('keepalive')) try {
       let p50: number | null = null, p99: number | null = null;
       const r = await measure(o, pid, t.kind, async () => {
         const w = await runWrk('wrk', { url, connections: o.wrkConnections, seconds: o.seconds, close: false, shim: isTls ? shim : null, sni: SNI });
@@ -388,9 +482,32 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
       const errs = wrkErrorCount(m.detail as unknown as WrkResult);
       say(`keep-alive ${Math.round(m.value)}/s${mark(m)}${perCoreText(r, '')} p50 ${(p50 as number | null)?.toFixed(2)} p99 ${(p99 as number | null)?.toFixed(2)} ms${errs ? ` (${errs} errors)` : ''}  `);
     } catch (err) { fail('keep-alive', err); }
+    // Issue 17, workers: the same full handshakes at a paced load (wrk waits pacedDelayMs before
+    // each request; with Connection: close that is once per connection), so that postern with
+    // one worker and with two do the same work per second; CPU of the whole process tree
+    // (supervisor and workers) per 1,000 handshakes.
+    if (has('workers') && t.workers !== undefined && isTls) try {
+      const script = path.join(ctx.dir, 'paced.lua');
+      if (!fs.existsSync(script)) fs.writeFileSync(script, `-- generated by bench/run.ts: wait before each request\nfunction delay()\n  return ${o.pacedDelayMs}\nend\n`);
+      const connections = Math.max(1, Math.round((o.pacedRate * o.pacedDelayMs) / 1000));
+      const r = await measure(o, pid, t.kind, async () => {
+        const w = await runWrk('wrk', { url, connections, seconds: o.seconds, close: true, shim, sni: SNI, script });
+        return { value: w.reqPerSec, detail: { ...wrkDetail(w), offeredPerSec: o.pacedRate, connections, delayMs: o.pacedDelayMs } };
+      });
+      const m = keep('pacedPerSec', r);
+      const per1000 = cpuPer1000(m, (m.detail as { requests: number }).requests);
+      if (per1000) rec.measurements.pacedCpuPer1000 = per1000;
+      const errs = wrkErrorCount(m.detail as unknown as WrkResult);
+      say(`paced ${Math.round(m.value)}/s of ${o.pacedRate}${m.disturbed ? '~' : ''} [${per1000 ? per1000.value.toFixed(3) : '-'} CPU s/1000]${errs ? ` (${errs} errors)` : ''}  `);
+    } catch (err) { fail('workers', err); }
   }
 
-  for (const dir of o.tests.has('bulk') ? (['upload', 'download'] as const) : []) {
+  if (has('resumption') && isTls) {
+    try { await measureResumption(ep, o, pid, t.kind, rec); }
+    catch (err) { fail('resumption', err); }
+  }
+
+  for (const dir of has('bulk') ? (['upload', 'download'] as const) : []) {
     try {
       const r = await measure(o, pid, t.kind, async () => {
         // Several transfers of bulkBytes, one connection each, so that the proxy's CPU time
@@ -411,7 +528,7 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
     } catch (err) { fail(dir, err); }
   }
 
-  if (t.starttls && o.tests.has('starttls')) {
+  if (t.starttls && has('starttls')) {
     try {
       let failed = 0, lastError: string | null = null;
       const r = await measure(o, pid, t.kind, async () => {
@@ -549,6 +666,29 @@ async function main(): Promise<number> {
     out.push('', `${name} against the bare Node.js terminator (the features must cost < 5%):`, '', checksTable(c));
     break;
   }
+  // Issue 17: resumption and workers.
+  const resumption = summaries.filter((x) => x.name !== 'direct' && (x.summary.resumedPerSec || x.summary.reuseRatio));
+  if (resumption.length) {
+    out.push('', 'Session resumption (issue 17), per proxy CPU-second: Node clients that keep their last session and',
+      'reconnect with it (one request per connection, as wrk); "reuse ratio" = resumed / connections; "new tickets',
+      'per resumption" = NewSessionTickets the server sent on a resumed handshake; "reuse, single-use tickets" = what',
+      'a client that offers each ticket once (RFC 8446 C.4) gets. Ticket setup per target:',
+      ...resumption.map((x) => `  ${x.name}: ${available.find((a) => a.t.name === x.name)?.t.tickets ?? '?'}`),
+      '', resumptionTable(resumption));
+  }
+  const workerTargets = available.filter((a) => a.t.workers !== undefined).map((a) => summaries.find((x) => x.name === a.t.name)!)
+    .filter((x) => x.summary.cpuPer1000Full || x.summary.pacedCpuPer1000);
+  if (workerTargets.length) {
+    out.push('', `postern workers: 1 against 2 (issue 17): every process on core ${PROXY_CORE}, wrk on core ${CLIENT_CORE}; CPU s per 1,000 full handshakes`,
+      `of the whole process tree (supervisor + workers), saturated (the handshakes test) and paced (${o.pacedRate}/s offered):`,
+      '', workersTable(workerTargets));
+  }
+  const w2 = summaries.find((x) => x.name === 'postern-w2');
+  if (postern && (postern.summary.resumedPerCoreSec || w2)) {
+    const c = checkIssue17(postern, w2);
+    checks.issue17 = c;
+    out.push('', 'postern against the targets of issue 17:', '', checksTable(c));
+  }
   const failures = [...runs.entries()].flatMap(([name, rs]) => rs.flatMap((r) => r.errors.map((e) => `${name} run ${r.run}: ${e}`)));
   if (missing.length) out.push('', `Not measured (missing): ${missing.map((m) => `${m.name} (${m.reason})`).join('; ')}`);
   if (failures.length) out.push('', 'Errors:', ...failures.map((f) => `  ${f}`));
@@ -566,6 +706,8 @@ async function main(): Promise<number> {
       bulkBytes: o.bulkBytes, bulkTransfers: o.bulkTransfers, wrkConnections: o.wrkConnections, smtpClients: o.smtpClients,
       quietWindowMs: o.quietWindowMs, quietMaxWaitMs: o.quietMaxWaitMs, retriesWhenDisturbed: o.retries, foreignLimitCores: FOREIGN_LIMIT,
       proxyCore: PROXY_CORE, clientCore: CLIENT_CORE, sni: SNI, certificate: 'ECDSA P-256, self-signed', tls: 'TLSv1.3 only',
+      kex: o.kex, resumeClients: o.resumeClients, singleUseProbe: o.singleUseProbe, pacedRate: o.pacedRate, pacedDelayMs: o.pacedDelayMs,
+      tickets: Object.fromEntries(available.map((a) => [a.t.name, a.t.tickets])),
     },
     environment: { ...env, loadavgEnd: os.loadavg().map((x) => round(x, 2)) },
     versions: Object.fromEntries(available.map((a) => [a.t.name, a.version])),

@@ -270,3 +270,127 @@ export async function starttlsLoop(host: string, port: number, sni: string, para
   const secs = (performance.now() - t0) / 1000;
   return { count, errors, perSec: count / secs, lastError };
 }
+
+/**
+ * How a resuming client treats its tickets:
+ * - `resume`: keeps the last session it was given (each 'session' event replaces it) and offers it
+ *   again on every connection, also when the server sent no new one (OpenSSL's client cache, and
+ *   so Postfix's, does this).
+ * - `single-use`: offers a ticket once (RFC 8446 appendix C.4: clients SHOULD NOT reuse a
+ *   ticket); without a new ticket from that connection the next one is a full handshake.
+ * - `full`: never offers a session (full handshakes from the same client, the like-for-like base).
+ */
+export type ResumeMode = 'resume' | 'single-use' | 'full';
+
+export interface ResumeResult {
+  /** Connections that completed (handshake, request, answer). */
+  connections: number;
+  /** Handshakes where isSessionReused() was true. */
+  resumed: number;
+  /** Handshakes that offered a session the server did not take, or offered none. */
+  full: number;
+  /** Connections that offered a session (resumed + refused offers). */
+  offered: number;
+  /** 'session' events (NewSessionTicket messages) received on resumed connections. */
+  ticketsOnResumed: number;
+  /** ... and on full handshakes. */
+  ticketsOnFull: number;
+  errors: number;
+  lastError: string | null;
+  seconds: number;
+}
+
+const GET_CLOSE = Buffer.from('GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n');
+
+/**
+ * A pool of TLS clients that reconnect in a loop, one request per connection (as wrk does for the
+ * full-handshake figure), each holding its own session. `warm()` gives every client a session
+ * (one full handshake each) before the measured `run()`.
+ */
+export class ResumingClients {
+  private readonly sessions: (Buffer | undefined)[];
+  private readonly ep: Endpoint;
+  private readonly tlsOpts: tls.ConnectionOptions;
+
+  constructor(ep: Endpoint, clients: number, tlsOpts: tls.ConnectionOptions = {}) {
+    if (ep.sni === null) throw new Error('ResumingClients needs a TLS endpoint');
+    this.ep = ep;
+    this.tlsOpts = tlsOpts;
+    this.sessions = new Array<Buffer | undefined>(clients).fill(undefined);
+  }
+
+  /** One connection for client i; updates its session as the mode says. */
+  private async once(i: number, mode: ResumeMode, r: ResumeResult): Promise<void> {
+    const offer = mode === 'full' ? undefined : this.sessions[i];
+    if (mode === 'single-use') this.sessions[i] = undefined;
+    let tickets = 0;
+    const s = tls.connect({
+      host: this.ep.host, port: this.ep.port, servername: this.ep.sni!, rejectUnauthorized: false,
+      minVersion: 'TLSv1.3', ...this.tlsOpts, ...(offer ? { session: offer } : {}),
+    });
+    s.setNoDelay(true);
+    s.on('session', (sess: Buffer) => {
+      tickets++;
+      if (mode !== 'full') this.sessions[i] = sess;
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        s.once('secureConnect', () => { s.removeListener('error', reject); resolve(); });
+        s.once('error', reject);
+      });
+      s.on('error', () => {});
+      s.write(GET_CLOSE);
+      await awaitOk(s);
+      if (offer) r.offered++;
+      if (s.isSessionReused()) { r.resumed++; r.ticketsOnResumed += tickets; }
+      else { r.full++; r.ticketsOnFull += tickets; }
+      r.connections++;
+    } finally {
+      s.destroy();
+    }
+  }
+
+  /** Gives every client a session (a full handshake each); returns how many have one. */
+  async warm(timeoutMs: number): Promise<number> {
+    const r = emptyResume();
+    await Promise.all(this.sessions.map(async (_, i) => {
+      try { await withTimeout(this.once(i, 'resume', r), timeoutMs, 'warm-up connection'); } catch { /* counted below */ }
+    }));
+    return this.sessions.filter((x) => x !== undefined).length;
+  }
+
+  /** Every client reconnects in a loop for `durationMs`. */
+  async run(mode: ResumeMode, durationMs: number): Promise<ResumeResult> {
+    const r = emptyResume();
+    const t0 = performance.now();
+    const end = t0 + durationMs;
+    await Promise.all(this.sessions.map(async (_, i) => {
+      while (performance.now() < end) {
+        try {
+          await withTimeout(this.once(i, mode, r), 10_000, 'connection');
+        } catch (err) {
+          r.errors++;
+          r.lastError = (err as Error).message;
+          await new Promise((res) => setTimeout(res, 10));
+        }
+      }
+    }));
+    r.seconds = (performance.now() - t0) / 1000;
+    return r;
+  }
+
+  /** `n` connections in a row on client 0 (a short probe, not a load). */
+  async sequence(mode: ResumeMode, n: number): Promise<ResumeResult> {
+    const r = emptyResume();
+    const t0 = performance.now();
+    for (let k = 0; k < n; k++) {
+      try { await withTimeout(this.once(0, mode, r), 10_000, 'connection'); } catch (err) { r.errors++; r.lastError = (err as Error).message; }
+    }
+    r.seconds = (performance.now() - t0) / 1000;
+    return r;
+  }
+}
+
+function emptyResume(): ResumeResult {
+  return { connections: 0, resumed: 0, full: 0, offered: 0, ticketsOnResumed: 0, ticketsOnFull: 0, errors: 0, lastError: null, seconds: 0 };
+}

@@ -4,7 +4,12 @@ import type { CpuUse } from './proc.ts';
 export type MetricKey =
   | 'handshakesPerSec' | 'keepAliveReqPerSec' | 'keepAliveP50Ms' | 'keepAliveP99Ms'
   | 'uploadMBps' | 'downloadMBps' | 'idleSessionKB' | 'starttlsPerSec'
-  | 'handshakesPerCoreSec' | 'keepAlivePerCoreSec' | 'uploadMBPerCoreSec' | 'downloadMBPerCoreSec' | 'starttlsPerCoreSec';
+  | 'handshakesPerCoreSec' | 'keepAlivePerCoreSec' | 'uploadMBPerCoreSec' | 'downloadMBPerCoreSec' | 'starttlsPerCoreSec'
+  // issue 17: resumption
+  | 'resumedPerSec' | 'resumedPerCoreSec' | 'reuseRatio' | 'ticketsPerResumed' | 'singleUseReuseRatio'
+  | 'clientFullPerSec' | 'clientFullPerCoreSec'
+  // issue 17: workers (CPU seconds of the whole process tree per 1,000 full handshakes)
+  | 'cpuPer1000Full' | 'pacedPerSec' | 'pacedCpuPer1000';
 
 export interface Metric {
   key: MetricKey;
@@ -12,8 +17,11 @@ export interface Metric {
   unit: string;
   better: 'higher' | 'lower';
   digits: number;
-  /** `measured`: what the load reached; `perCore`: per CPU-second the proxy used (its capacity on one core). */
-  table: 'measured' | 'perCore';
+  /**
+   * `measured`: what the load reached; `perCore`: per CPU-second the proxy used (its capacity on
+   * one core); `resumption` and `workers`: the tables of issue 17.
+   */
+  table: 'measured' | 'perCore' | 'resumption' | 'workers';
   /** The issue's target for postern: a ratio to HAProxy, or an absolute limit. */
   target?: { kind: 'ratio' | 'absolute'; op: '>=' | '<='; value: number };
 }
@@ -35,6 +43,16 @@ export const METRICS: Metric[] = [
   { key: 'uploadMBPerCoreSec', label: 'upload MB', unit: 'MB/core-s', better: 'higher', digits: 0, table: 'perCore', target: RATIO_95 },
   { key: 'downloadMBPerCoreSec', label: 'download MB', unit: 'MB/core-s', better: 'higher', digits: 0, table: 'perCore', target: RATIO_95 },
   { key: 'starttlsPerCoreSec', label: 'STARTTLS sessions', unit: '/core-s', better: 'higher', digits: 0, table: 'perCore' },
+  { key: 'clientFullPerSec', label: 'full/s (node client)', unit: '/s', better: 'higher', digits: 0, table: 'resumption' },
+  { key: 'clientFullPerCoreSec', label: 'full /core-s (node client)', unit: '/core-s', better: 'higher', digits: 0, table: 'resumption' },
+  { key: 'resumedPerSec', label: 'resumed/s', unit: '/s', better: 'higher', digits: 0, table: 'resumption' },
+  { key: 'resumedPerCoreSec', label: 'resumed /core-s', unit: '/core-s', better: 'higher', digits: 0, table: 'resumption' },
+  { key: 'reuseRatio', label: 'reuse ratio', unit: '', better: 'higher', digits: 3, table: 'resumption' },
+  { key: 'ticketsPerResumed', label: 'new tickets per resumption', unit: '', better: 'higher', digits: 2, table: 'resumption' },
+  { key: 'singleUseReuseRatio', label: 'reuse ratio, single-use tickets', unit: '', better: 'higher', digits: 3, table: 'resumption' },
+  { key: 'cpuPer1000Full', label: 'CPU s per 1,000 (saturated)', unit: 's', better: 'lower', digits: 3, table: 'workers' },
+  { key: 'pacedPerSec', label: 'paced handshakes/s', unit: '/s', better: 'higher', digits: 0, table: 'workers' },
+  { key: 'pacedCpuPer1000', label: 'CPU s per 1,000 (paced)', unit: 's', better: 'lower', digits: 3, table: 'workers' },
 ];
 
 export type Limit = 'proxy' | 'client' | 'neither';
@@ -70,6 +88,8 @@ export interface Summary {
   clientBound: number;
   /** Runs disturbed by other processes on the machine. */
   disturbed: number;
+  /** The figure does not exist for this target (e.g. it never resumed a session): why. */
+  notApplicable?: string;
 }
 
 export function median(xs: number[]): number {
@@ -81,8 +101,13 @@ export function median(xs: number[]): number {
 export function summarize(runs: RunRecord[]): Partial<Record<MetricKey, Summary>> {
   const out: Partial<Record<MetricKey, Summary>> = {};
   for (const m of METRICS) {
-    const ms = runs.map((r) => r.measurements[m.key]).filter((x): x is Measurement => x !== undefined && Number.isFinite(x.value));
-    if (!ms.length) continue;
+    const all = runs.map((r) => r.measurements[m.key]).filter((x): x is Measurement => x !== undefined);
+    const ms = all.filter((x) => Number.isFinite(x.value));
+    if (!ms.length) {
+      const na = all.map((x) => x.detail?.notApplicable).find((x): x is string => typeof x === 'string');
+      if (na !== undefined) out[m.key] = { median: NaN, min: NaN, max: NaN, runs: 0, clientBound: 0, disturbed: 0, notApplicable: na };
+      continue;
+    }
     const v = ms.map((x) => x.value);
     out[m.key] = {
       median: median(v), min: Math.min(...v), max: Math.max(...v), runs: v.length,
@@ -160,12 +185,89 @@ export function checkTargets(p: TargetSummary, haproxy: TargetSummary | undefine
 export function checkAgainstNode(p: TargetSummary, node: TargetSummary): TargetCheck[] {
   const out: TargetCheck[] = [];
   for (const m of METRICS) {
+    if (m.table !== 'measured' && m.table !== 'perCore') continue;
     const v = p.summary[m.key]?.median, b = node.summary[m.key]?.median;
     if (v === undefined || b === undefined || !b) continue;
     const r = v / b;
     const met = m.better === 'higher' ? r >= 0.95 : r <= 1.05;
     out.push({ metric: m.table === 'perCore' ? `${m.label} per core-s` : m.label, value: `${r.toFixed(2)}x node`, target: m.better === 'higher' ? '>= 0.95x' : '<= 1.05x', met });
   }
+  return out;
+}
+
+/**
+ * Issue 17's resumption table: per target, full and resumed handshakes per proxy CPU-second, the
+ * reuse ratio (resumed / connections), new tickets per resumed handshake, the reuse ratio of a
+ * client that uses each ticket once, and resumed / full per core-s (against wrk's full-handshake
+ * figure and against the same Node client doing full handshakes).
+ */
+export function resumptionTable(targets: TargetSummary[]): string {
+  const v = (t: TargetSummary, k: MetricKey): number | undefined => {
+    const x = t.summary[k]?.median;
+    return x !== undefined && Number.isFinite(x) ? x : undefined;
+  };
+  const cell = (t: TargetSummary, k: MetricKey, digits: number): string => {
+    const s = t.summary[k];
+    if (!s) return '-';
+    if (s.notApplicable !== undefined) return 'n/a';
+    return fmt(s.median, digits) + flags(s);
+  };
+  const ratio = (a: number | undefined, b: number | undefined): string => (a !== undefined && b ? `${(a / b).toFixed(2)}x` : '-');
+  const header = ['target', 'full /core-s (wrk)', 'full /core-s (node client)', 'resumed/s', 'resumed /core-s', 'reuse ratio',
+    'new tickets per resumption', 'reuse, single-use tickets', 'resumed / full (wrk)', 'resumed / full (node client)'];
+  const rows = targets.filter((t) => t.summary.resumedPerSec || t.summary.reuseRatio).map((t) => [
+    t.name, cell(t, 'handshakesPerCoreSec', 0), cell(t, 'clientFullPerCoreSec', 0), cell(t, 'resumedPerSec', 0), cell(t, 'resumedPerCoreSec', 0),
+    cell(t, 'reuseRatio', 3), cell(t, 'ticketsPerResumed', 2), cell(t, 'singleUseReuseRatio', 3),
+    t.summary.resumedPerCoreSec?.notApplicable !== undefined ? 'n/a' : ratio(v(t, 'resumedPerCoreSec'), v(t, 'handshakesPerCoreSec')),
+    t.summary.resumedPerCoreSec?.notApplicable !== undefined ? 'n/a' : ratio(v(t, 'resumedPerCoreSec'), v(t, 'clientFullPerCoreSec')),
+  ]);
+  const na = targets.flatMap((t) => {
+    const why = t.summary.resumedPerCoreSec?.notApplicable;
+    return why === undefined ? [] : [`  ${t.name}: n/a, ${why}`];
+  });
+  return [table(header, rows), ...na].join('\n');
+}
+
+/** Issue 17's workers table: the targets that name a `workers` setting, and each against the first. */
+export function workersTable(targets: TargetSummary[]): string {
+  const keys: MetricKey[] = ['handshakesPerSec', 'handshakesPerCoreSec', 'cpuPer1000Full', 'pacedPerSec', 'pacedCpuPer1000'];
+  const ms = keys.map((k) => METRICS.find((m) => m.key === k)!);
+  const header = ['target', ...ms.map((m) => (m.table === 'perCore' ? `${m.label} ${m.unit}` : m.label))];
+  const rows = targets.map((t) => [t.name, ...ms.map((m) => {
+    const s = t.summary[m.key];
+    return s ? fmt(s.median, m.digits) + flags(s) : '-';
+  })]);
+  const base = targets[0];
+  if (base) {
+    for (const t of targets.slice(1)) {
+      rows.push([`${t.name} / ${base.name}`, ...ms.map((m) => {
+        const a = t.summary[m.key]?.median, b = base.summary[m.key]?.median;
+        return a !== undefined && b ? `${(a / b).toFixed(2)}x` : '-';
+      })]);
+    }
+  }
+  return table(header, rows);
+}
+
+/**
+ * Issue 17's targets: postern's resumed handshakes >= 1.5x its full handshakes per core-s, and
+ * CPU per handshake with workers: 2 (supervisor included) within 10% of workers: 1.
+ */
+export function checkIssue17(postern: TargetSummary | undefined, w2: TargetSummary | undefined): TargetCheck[] {
+  const out: TargetCheck[] = [];
+  const med = (t: TargetSummary | undefined, k: MetricKey): number | undefined => {
+    const x = t?.summary[k]?.median;
+    return x !== undefined && Number.isFinite(x) ? x : undefined;
+  };
+  const row = (metric: string, a: number | undefined, b: number | undefined, op: '>=' | '<=', limit: number, unit: string): void => {
+    const r = a !== undefined && b ? a / b : undefined;
+    out.push({ metric, value: r === undefined ? '-' : `${r.toFixed(2)}x ${unit}`, target: `${op} ${limit.toFixed(2)}x`,
+      met: r === undefined ? null : op === '>=' ? r >= limit : r <= limit });
+  };
+  row('postern resumed / full handshakes per core-s (full: wrk)', med(postern, 'resumedPerCoreSec'), med(postern, 'handshakesPerCoreSec'), '>=', 1.5, 'full');
+  row('postern resumed / full handshakes per core-s (full: same node client)', med(postern, 'resumedPerCoreSec'), med(postern, 'clientFullPerCoreSec'), '>=', 1.5, 'full');
+  row('CPU per 1,000 full handshakes, workers: 2 / workers: 1 (saturated)', med(w2, 'cpuPer1000Full'), med(postern, 'cpuPer1000Full'), '<=', 1.1, 'workers: 1');
+  row('CPU per 1,000 full handshakes, workers: 2 / workers: 1 (paced)', med(w2, 'pacedCpuPer1000'), med(postern, 'pacedCpuPer1000'), '<=', 1.1, 'workers: 1');
   return out;
 }
 

@@ -47,11 +47,14 @@ export interface WrkOptions {
   /** The LD_PRELOAD shim (full handshakes, SNI); null for plaintext. */
   shim: string | null;
   sni: string;
+  /** A Lua script (wrk -s), e.g. the paced load's delay(). */
+  script?: string;
 }
 
 export async function runWrk(wrk: string, o: WrkOptions): Promise<WrkResult> {
   const args = ['-t1', `-c${o.connections}`, `-d${o.seconds}s`, '--latency', '--timeout', '5s'];
   if (o.close) args.push('-H', 'Connection: close');
+  if (o.script) args.push('-s', o.script);
   args.push(o.url);
   const env: NodeJS.ProcessEnv = { ...process.env, BENCH_SNI: o.sni };
   if (o.shim) env.LD_PRELOAD = o.shim;
