@@ -12,11 +12,12 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { CpuMeter, runCapture, sleep, spawnPinned, stopProc, treeRss, waitPort, which, round, type CpuUse, type Proc } from './lib/proc.ts';
 import { TARGETS, type BenchContext, type Target } from './lib/targets.ts';
-import { bulk, closeAll, negotiatedGroup, openIdleSessions, sanityCheck, starttlsLoop, ResumingClients, type Endpoint, type ResumeResult } from './lib/clients.ts';
+import { bulk, closeAll, negotiatedGroup, openIdleSessions, sanityCheck, ResumingClients, type Endpoint, type ResumeResult } from './lib/clients.ts';
+import { MAIL_KINDS, holdMailSessions, mailSessionLoop, type MailKind } from './lib/mail-sessions.ts';
 import { runWrk, wrkErrorCount, type WrkResult } from './lib/wrk.ts';
 import {
   METRICS, absoluteTable, checkAgainstNode, checkTargets, checksTable, ratioTable, summarize, benchChart,
-  resumptionTable, workersTable, checkIssue17,
+  resumptionTable, workersTable, checkIssue17, mailTable, MAIL_METRICS,
   type Limit, type Measurement, type MetricKey, type RunRecord, type TargetSummary,
 } from './lib/report.ts';
 
@@ -24,7 +25,7 @@ const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 const REPO_DIR = path.dirname(BENCH_DIR);
 const HOST = '127.0.0.1';
 const SNI = 'bench.postern.test';
-const PORTS = { backend: 18400, smtpBackend: 18425, proxy: 18443, smtpProxy: 18587, selfCheck: 18444 };
+const PORTS = { backend: 18400, smtpBackend: 18425, imapBackend: 18426, proxy: 18443, smtpProxy: 18587, smtpsProxy: 18465, imapProxy: 18143, imapsProxy: 18993, selfCheck: 18444 };
 const PROXY_CORE = 0;
 const CLIENT_CORE = 1;
 const NOFILE = 100_000;
@@ -58,7 +59,7 @@ interface Options {
   seconds: number; warmupSeconds: number; idleSessions: number; bulkBytes: number; bulkTransfers: number;
   wrkConnections: number; smtpClients: number; handshakeParallel: number;
   quietWindowMs: number; quietMaxWaitMs: number; retries: number; kex: string;
-  resumeClients: number; singleUseProbe: number; pacedRate: number; pacedDelayMs: number;
+  resumeClients: number; mailIdleSessions: number; singleUseProbe: number; pacedRate: number; pacedDelayMs: number;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -111,6 +112,7 @@ function parseArgs(argv: string[]): Options {
     retries: quick ? 0 : 2,
     kex,
     resumeClients: 50,
+    mailIdleSessions: quick ? 200 : 2000,
     singleUseProbe: quick ? 20 : 40,
     pacedRate,
     pacedDelayMs: 100,
@@ -290,6 +292,14 @@ function wrkDetail(r: WrkResult): Record<string, unknown> {
   return { requests: r.requests, seconds: r.seconds, errors: r.errors, p50Ms: r.p50Ms, p99Ms: r.p99Ms };
 }
 
+/** RSS of a process tree while it holds sessions: the median of three samples 100 ms apart. */
+async function steadyRss(pid: number): Promise<number> {
+  const samples: number[] = [];
+  for (let i = 0; i < 3; i++) { samples.push(treeRss(pid)); await sleep(100); }
+  samples.sort((a, b) => a - b);
+  return samples[1]!;
+}
+
 function say(text: string): void {
   process.stdout.write(text);
 }
@@ -428,10 +438,7 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
       try {
         if (held.failed > 0) throw new Error(`${held.failed} of ${o.idleSessions} sessions failed (${held.lastError})`);
         await sleep(o.quick ? 300 : 1000);
-        const samples: number[] = [];
-        for (let i = 0; i < 3; i++) { samples.push(treeRss(pid)); await sleep(100); }
-        samples.sort((a, b) => a - b);
-        const rss1 = samples[1]!;
+        const rss1 = await steadyRss(pid);
         const kb = (rss1 - rss0) / 1024 / held.sockets.length;
         const group = negotiatedGroup(held.sockets[0]);
         rec.measurements.idleSessionKB = { value: kb, cpu: null, limitedBy: 'neither', disturbed: false,
@@ -528,18 +535,47 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
     } catch (err) { fail(dir, err); }
   }
 
+  // Issue 17, target 2: the same SMTP and IMAP session over STARTTLS and over implicit TLS
+  // (bench/lib/mail-sessions.ts), sessions per proxy CPU-second and then KB per idle session.
   if (t.starttls && has('starttls')) {
-    try {
-      let failed = 0, lastError: string | null = null;
-      const r = await measure(o, pid, t.kind, async () => {
-        const l = await starttlsLoop(HOST, PORTS.smtpProxy, SNI, o.smtpClients, o.seconds * 1000);
-        failed = l.errors; lastError = l.lastError;
-        return { value: l.perSec, perCore: { key: 'starttlsPerCoreSec', amount: l.count }, detail: { ...l } };
-      });
-      const m = keep('starttlsPerSec', r);
-      if (failed > 0) rec.errors.push(`starttls: ${failed} failed sessions, last: ${lastError}`);
-      say(`STARTTLS ${Math.round(m.value)}/s${mark(m)}${perCoreText(r, '')}${failed ? ` (${failed} errors: ${lastError})` : ''}  `);
-    } catch (err) { fail('starttls', err); }
+    const kex = { ecdhCurve: o.kex };
+    const mailPort: Record<MailKind, number> = {
+      'smtp-starttls': PORTS.smtpProxy, 'smtp-implicit': PORTS.smtpsProxy, 'imap-starttls': PORTS.imapProxy, 'imap-implicit': PORTS.imapsProxy,
+    };
+    for (const kind of MAIL_KINDS) {
+      const keys = MAIL_METRICS[kind];
+      const ep = { host: HOST, port: mailPort[kind], sni: SNI };
+      try {
+        let failed = 0, lastError: string | null = null;
+        const r = await measure(o, pid, t.kind, async () => {
+          const l = await mailSessionLoop(kind, ep, o.smtpClients, o.seconds * 1000, kex);
+          failed = l.errors; lastError = l.lastError;
+          return { value: l.perSec, perCore: { key: keys.perCore, amount: l.count }, detail: { ...l } };
+        });
+        const m = keep(keys.perSec, r);
+        if (failed > 0) rec.errors.push(`${kind}: ${failed} failed sessions, last: ${lastError}`);
+        say(`${kind} ${Math.round(m.value)}/s${mark(m)}${perCoreText(r, '')}${failed ? ` (${failed} errors: ${lastError})` : ''}  `);
+      } catch (err) { fail(kind, err); }
+    }
+    if (pid !== null) for (const kind of MAIL_KINDS) {
+      const ep = { host: HOST, port: mailPort[kind], sni: SNI };
+      try {
+        await sleep(o.quick ? 300 : 1000);
+        const rss0 = treeRss(pid);
+        const held = await holdMailSessions(kind, ep, o.mailIdleSessions, o.handshakeParallel, o.quick ? 30_000 : 120_000, kex);
+        try {
+          if (held.failed > 0) throw new Error(`${held.failed} of ${o.mailIdleSessions} sessions failed (${held.lastError})`);
+          await sleep(o.quick ? 300 : 1000);
+          const rss1 = await steadyRss(pid);
+          const kb = (rss1 - rss0) / 1024 / held.sessions.length;
+          rec.measurements[MAIL_METRICS[kind].idle] = { value: kb, cpu: null, limitedBy: 'neither', disturbed: false,
+            detail: { sessions: held.sessions.length, rssBeforeBytes: rss0, rssHoldingBytes: rss1, kex: negotiatedGroup(held.sessions[0]?.socket) } };
+          say(`${kind} idle ${kb.toFixed(1)} KB  `);
+        } finally {
+          await closeAll(held.sessions.map((x) => x.socket));
+        }
+      } catch (err) { fail(`${kind} idle`, err); }
+    }
   }
 
   if (proc) {
@@ -555,14 +591,15 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
 
 async function startBackend(dir: string): Promise<Proc> {
   const logFile = path.join(dir, 'logs', 'backend.log');
-  for (const port of [PORTS.backend, PORTS.smtpBackend, PORTS.proxy, PORTS.smtpProxy, PORTS.selfCheck]) {
+  for (const port of Object.values(PORTS)) {
     if (await waitPort(HOST, port, 200)) throw new Error(`${HOST}:${port} is already in use (another benchmark running?)`);
   }
   const p = spawnPinned('backend', CLIENT_CORE, process.execPath, [
     path.join(BENCH_DIR, 'lib', 'backend.ts'), '--host', HOST, '--http', String(PORTS.backend), '--smtp', String(PORTS.smtpBackend),
+    '--imap', String(PORTS.imapBackend),
   ], { logFile });
   live.add(p);
-  if (!(await waitPort(HOST, PORTS.backend, 10_000)) || !(await waitPort(HOST, PORTS.smtpBackend, 2000))) {
+  if (!(await waitPort(HOST, PORTS.backend, 10_000)) || !(await waitPort(HOST, PORTS.smtpBackend, 2000)) || !(await waitPort(HOST, PORTS.imapBackend, 2000))) {
     throw new Error(`the backend did not start\n${logTail(logFile)}`);
   }
   return p;
@@ -683,8 +720,12 @@ async function main(): Promise<number> {
       `of the whole process tree (supervisor + workers), saturated (the handshakes test) and paced (${o.pacedRate}/s offered):`,
       '', workersTable(workerTargets));
   }
+  if (postern && (postern.summary.smtpsPerSec || postern.summary.imapsPerSec)) {
+    out.push('', `postern's mail sessions (issue 17, target 2), ${o.smtpClients} clients at a time; idle: ${o.mailIdleSessions} sessions held after`,
+      'the post-TLS EHLO / CAPABILITY (RSS of the process tree):', '', mailTable(postern));
+  }
   const w2 = summaries.find((x) => x.name === 'postern-w2');
-  if (postern && (postern.summary.resumedPerCoreSec || w2)) {
+  if (postern && (postern.summary.resumedPerCoreSec || w2 || postern.summary.smtpsPerCoreSec)) {
     const c = checkIssue17(postern, w2);
     checks.issue17 = c;
     out.push('', 'postern against the targets of issue 17:', '', checksTable(c));
@@ -706,7 +747,7 @@ async function main(): Promise<number> {
       bulkBytes: o.bulkBytes, bulkTransfers: o.bulkTransfers, wrkConnections: o.wrkConnections, smtpClients: o.smtpClients,
       quietWindowMs: o.quietWindowMs, quietMaxWaitMs: o.quietMaxWaitMs, retriesWhenDisturbed: o.retries, foreignLimitCores: FOREIGN_LIMIT,
       proxyCore: PROXY_CORE, clientCore: CLIENT_CORE, sni: SNI, certificate: 'ECDSA P-256, self-signed', tls: 'TLSv1.3 only',
-      kex: o.kex, resumeClients: o.resumeClients, singleUseProbe: o.singleUseProbe, pacedRate: o.pacedRate, pacedDelayMs: o.pacedDelayMs,
+      kex: o.kex, resumeClients: o.resumeClients, mailIdleSessions: o.mailIdleSessions, singleUseProbe: o.singleUseProbe, pacedRate: o.pacedRate, pacedDelayMs: o.pacedDelayMs,
       tickets: Object.fromEntries(available.map((a) => [a.t.name, a.t.tickets])),
     },
     environment: { ...env, loadavgEnd: os.loadavg().map((x) => round(x, 2)) },

@@ -4,6 +4,7 @@
 //                        GET /bytes/N     -> 200 with N bytes (the download test)
 //                        POST /sink       -> reads Content-Length bytes, then 200 (the upload test)
 //   SMTP (--smtp PORT):  220 greeting, EHLO/HELO, QUIT, anything else 250.
+//   IMAP (--imap PORT):  * OK greeting, CAPABILITY, LOGOUT, anything else "tag OK".
 // Both strip a PROXY v1/v2 header at the start of a connection if one is sent (postern-v2 and
 // postern's STARTTLS listener send one). Deliberately tiny: raw `net`, no `http` module, so that
 // it is not the bottleneck (the harness measures it directly as the ceiling).
@@ -119,10 +120,14 @@ function serveHttp(socket: net.Socket): void {
   socket.on('data', onData);
 }
 
-function serveSmtp(socket: net.Socket): void {
+/**
+ * A line protocol after an optional PROXY header: `onLine` answers each line and returns false
+ * once the session is over.
+ */
+function serveLines(socket: net.Socket, greeting: string, onLine: (line: string) => boolean): void {
   socket.setNoDelay(true);
   socket.on('error', () => {});
-  socket.write('220 backend.bench.test ESMTP bench backend\r\n');
+  socket.write(greeting);
   let pending = '';
   let first = true;
   let head: Buffer = Buffer.alloc(0);
@@ -135,16 +140,36 @@ function serveSmtp(socket: net.Socket): void {
       chunk = head.subarray(n);
     }
     pending += chunk.toString('latin1');
+    if (pending.length > MAX_HEAD) { socket.destroy(); return; }
     let nl: number;
     while ((nl = pending.indexOf('\n')) >= 0) {
       const line = pending.slice(0, nl).replace(/\r$/, '');
       pending = pending.slice(nl + 1);
-      const verb = line.slice(0, 4).toUpperCase();
-      if (verb === 'EHLO') socket.write('250-backend.bench.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 10240000\r\n250 ENHANCEDSTATUSCODES\r\n');
-      else if (verb === 'HELO') socket.write('250 backend.bench.test\r\n');
-      else if (verb === 'QUIT') { socket.end('221 2.0.0 bye\r\n'); return; }
-      else socket.write('250 2.0.0 ok\r\n');
+      if (!onLine(line)) return;
     }
+  });
+}
+
+function serveSmtp(socket: net.Socket): void {
+  serveLines(socket, '220 backend.bench.test ESMTP bench backend\r\n', (line) => {
+    const verb = line.slice(0, 4).toUpperCase();
+    if (verb === 'EHLO') socket.write('250-backend.bench.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 10240000\r\n250 ENHANCEDSTATUSCODES\r\n');
+    else if (verb === 'HELO') socket.write('250 backend.bench.test\r\n');
+    else if (verb === 'QUIT') { socket.end('221 2.0.0 bye\r\n'); return false; }
+    else socket.write('250 2.0.0 ok\r\n');
+    return true;
+  });
+}
+
+function serveImap(socket: net.Socket): void {
+  serveLines(socket, '* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] bench backend ready\r\n', (line) => {
+    const sp = line.indexOf(' ');
+    const tag = sp > 0 ? line.slice(0, sp) : '*';
+    const verb = line.slice(sp + 1).split(' ')[0]!.toUpperCase();
+    if (verb === 'CAPABILITY') socket.write(`* CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE\r\n${tag} OK done\r\n`);
+    else if (verb === 'LOGOUT') { socket.end(`* BYE bench backend\r\n${tag} OK bye\r\n`); return false; }
+    else socket.write(`${tag} OK done\r\n`);
+    return true;
   });
 }
 
@@ -155,7 +180,7 @@ function arg(name: string): string | undefined {
 
 const host = arg('--host') ?? '127.0.0.1';
 const servers: Promise<void>[] = [];
-for (const [flag, handler] of [['--http', serveHttp], ['--smtp', serveSmtp]] as const) {
+for (const [flag, handler] of [['--http', serveHttp], ['--smtp', serveSmtp], ['--imap', serveImap]] as const) {
   const port = arg(flag);
   if (!port) continue;
   const server = net.createServer({ noDelay: true }, handler);

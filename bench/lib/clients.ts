@@ -1,5 +1,5 @@
 // The Node.js load clients that wrk does not cover: bulk transfer, idle sessions for the memory
-// figure, the STARTTLS SMTP loop, and the start-up sanity check. They run in the harness process,
+// figure, session resumption, and the start-up sanity check (mail sessions: mail-sessions.ts). They run in the harness process,
 // which is pinned to the load generator's core.
 import net from 'node:net';
 import tls from 'node:tls';
@@ -11,7 +11,7 @@ export interface Endpoint {
   sni: string | null;
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
     p,
@@ -177,98 +177,6 @@ export async function closeAll(sockets: net.Socket[]): Promise<void> {
     s.once('close', () => resolve());
     s.destroy();
   })));
-}
-
-/** Reads SMTP replies; `reply()` resolves with the next complete (possibly multi-line) reply. */
-class SmtpReader {
-  private buf = '';
-  private waiter: ((r: string) => void) | null = null;
-  private failer: ((e: Error) => void) | null = null;
-  private readonly sock: net.Socket;
-  private readonly onData = (d: Buffer): void => { this.buf += d.toString('latin1'); this.check(); };
-  constructor(sock: net.Socket) {
-    this.sock = sock;
-    sock.on('data', this.onData);
-    sock.on('error', (e) => this.failer?.(e));
-    sock.on('close', () => this.failer?.(new Error(`closed; pending ${JSON.stringify(this.buf.slice(0, 60))}`)));
-  }
-  detach(): void { this.sock.off('data', this.onData); }
-  private check(): void {
-    if (!this.waiter) return;
-    // A complete reply ends with a line "NNN text\r\n" (a space after the code).
-    const m = /(^|\n)\d{3} [^\n]*\n/.exec(this.buf);
-    if (!m) return;
-    const end = m.index + m[0].length;
-    const r = this.buf.slice(0, end);
-    this.buf = this.buf.slice(end);
-    const w = this.waiter;
-    this.waiter = null;
-    this.failer = null;
-    w(r);
-  }
-  reply(): Promise<string> {
-    return new Promise((resolve, reject) => { this.waiter = resolve; this.failer = reject; this.check(); });
-  }
-}
-
-function expectCode(r: string, code: string, step: string): void {
-  if (!r.startsWith(code)) throw new Error(`${step}: expected ${code}, got ${JSON.stringify(r.slice(0, 80))}`);
-}
-
-/** One SMTP session: connect, EHLO, STARTTLS, handshake, EHLO, QUIT. */
-async function smtpSession(host: string, port: number, sni: string): Promise<void> {
-  const plain = net.connect(port, host);
-  plain.setNoDelay(true);
-  let secure: tls.TLSSocket | null = null;
-  try {
-    await new Promise<void>((resolve, reject) => { plain.once('connect', resolve); plain.once('error', reject); });
-    const r1 = new SmtpReader(plain);
-    expectCode(await r1.reply(), '220', 'greeting');
-    plain.write('EHLO client.bench.test\r\n');
-    expectCode(await r1.reply(), '250', 'EHLO');
-    plain.write('STARTTLS\r\n');
-    expectCode(await r1.reply(), '220', 'STARTTLS');
-    r1.detach();
-    plain.removeAllListeners('close');
-    plain.removeAllListeners('error');
-    const s = tls.connect({ socket: plain, servername: sni, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
-    secure = s;
-    await new Promise<void>((resolve, reject) => { s.once('secureConnect', resolve); s.once('error', reject); });
-    const r2 = new SmtpReader(s);
-    s.write('EHLO client.bench.test\r\n');
-    expectCode(await r2.reply(), '250', 'EHLO after TLS');
-    s.write('QUIT\r\n');
-    expectCode(await r2.reply(), '221', 'QUIT');
-  } finally {
-    (secure ?? plain).on('error', () => {});
-    (secure ?? plain).destroy();
-    plain.destroy();
-  }
-}
-
-export interface LoopResult { count: number; errors: number; perSec: number; lastError: string | null }
-
-/** Runs SMTP STARTTLS sessions with `parallel` clients for `durationMs`. */
-export async function starttlsLoop(host: string, port: number, sni: string, parallel: number, durationMs: number): Promise<LoopResult> {
-  let count = 0, errors = 0;
-  let lastError: string | null = null;
-  const t0 = performance.now();
-  const end = t0 + durationMs;
-  const worker = async (): Promise<void> => {
-    while (performance.now() < end) {
-      try {
-        await withTimeout(smtpSession(host, port, sni), 10_000, 'SMTP session');
-        count++;
-      } catch (err) {
-        errors++;
-        lastError = (err as Error).message;
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: parallel }, worker));
-  const secs = (performance.now() - t0) / 1000;
-  return { count, errors, perSec: count / secs, lastError };
 }
 
 /**

@@ -9,7 +9,10 @@ export type MetricKey =
   | 'resumedPerSec' | 'resumedPerCoreSec' | 'reuseRatio' | 'ticketsPerResumed' | 'singleUseReuseRatio'
   | 'clientFullPerSec' | 'clientFullPerCoreSec'
   // issue 17: workers (CPU seconds of the whole process tree per 1,000 full handshakes)
-  | 'cpuPer1000Full' | 'pacedPerSec' | 'pacedCpuPer1000';
+  | 'cpuPer1000Full' | 'pacedPerSec' | 'pacedCpuPer1000'
+  // issue 17: mail sessions, STARTTLS against implicit TLS (starttlsPerSec is smtp-starttls)
+  | 'smtpsPerSec' | 'smtpsPerCoreSec' | 'imapStarttlsPerSec' | 'imapStarttlsPerCoreSec' | 'imapsPerSec' | 'imapsPerCoreSec'
+  | 'smtpStarttlsIdleKB' | 'smtpsIdleKB' | 'imapStarttlsIdleKB' | 'imapsIdleKB';
 
 export interface Metric {
   key: MetricKey;
@@ -19,9 +22,9 @@ export interface Metric {
   digits: number;
   /**
    * `measured`: what the load reached; `perCore`: per CPU-second the proxy used (its capacity on
-   * one core); `resumption` and `workers`: the tables of issue 17.
+   * one core); `resumption`, `workers` and `mail`: the tables of issue 17.
    */
-  table: 'measured' | 'perCore' | 'resumption' | 'workers';
+  table: 'measured' | 'perCore' | 'resumption' | 'workers' | 'mail';
   /** The issue's target for postern: a ratio to HAProxy, or an absolute limit. */
   target?: { kind: 'ratio' | 'absolute'; op: '>=' | '<='; value: number };
 }
@@ -53,7 +56,25 @@ export const METRICS: Metric[] = [
   { key: 'cpuPer1000Full', label: 'CPU s per 1,000 (saturated)', unit: 's', better: 'lower', digits: 3, table: 'workers' },
   { key: 'pacedPerSec', label: 'paced handshakes/s', unit: '/s', better: 'higher', digits: 0, table: 'workers' },
   { key: 'pacedCpuPer1000', label: 'CPU s per 1,000 (paced)', unit: 's', better: 'lower', digits: 3, table: 'workers' },
+  { key: 'smtpsPerSec', label: 'SMTP implicit/s', unit: '/s', better: 'higher', digits: 0, table: 'mail' },
+  { key: 'smtpsPerCoreSec', label: 'SMTP implicit', unit: '/core-s', better: 'higher', digits: 0, table: 'mail' },
+  { key: 'imapStarttlsPerSec', label: 'IMAP STARTTLS/s', unit: '/s', better: 'higher', digits: 0, table: 'mail' },
+  { key: 'imapStarttlsPerCoreSec', label: 'IMAP STARTTLS', unit: '/core-s', better: 'higher', digits: 0, table: 'mail' },
+  { key: 'imapsPerSec', label: 'IMAP implicit/s', unit: '/s', better: 'higher', digits: 0, table: 'mail' },
+  { key: 'imapsPerCoreSec', label: 'IMAP implicit', unit: '/core-s', better: 'higher', digits: 0, table: 'mail' },
+  { key: 'smtpStarttlsIdleKB', label: 'KB/idle SMTP STARTTLS', unit: 'KB', better: 'lower', digits: 1, table: 'mail' },
+  { key: 'smtpsIdleKB', label: 'KB/idle SMTP implicit', unit: 'KB', better: 'lower', digits: 1, table: 'mail' },
+  { key: 'imapStarttlsIdleKB', label: 'KB/idle IMAP STARTTLS', unit: 'KB', better: 'lower', digits: 1, table: 'mail' },
+  { key: 'imapsIdleKB', label: 'KB/idle IMAP implicit', unit: 'KB', better: 'lower', digits: 1, table: 'mail' },
 ];
+
+/** The mail-session figures per kind (bench/lib/mail-sessions.ts), for the run and the tables. */
+export const MAIL_METRICS = {
+  'smtp-starttls': { perSec: 'starttlsPerSec', perCore: 'starttlsPerCoreSec', idle: 'smtpStarttlsIdleKB' },
+  'smtp-implicit': { perSec: 'smtpsPerSec', perCore: 'smtpsPerCoreSec', idle: 'smtpsIdleKB' },
+  'imap-starttls': { perSec: 'imapStarttlsPerSec', perCore: 'imapStarttlsPerCoreSec', idle: 'imapStarttlsIdleKB' },
+  'imap-implicit': { perSec: 'imapsPerSec', perCore: 'imapsPerCoreSec', idle: 'imapsIdleKB' },
+} as const satisfies Record<string, { perSec: MetricKey; perCore: MetricKey; idle: MetricKey }>;
 
 export type Limit = 'proxy' | 'client' | 'neither';
 
@@ -268,7 +289,28 @@ export function checkIssue17(postern: TargetSummary | undefined, w2: TargetSumma
   row('postern resumed / full handshakes per core-s (full: same node client)', med(postern, 'resumedPerCoreSec'), med(postern, 'clientFullPerCoreSec'), '>=', 1.5, 'full');
   row('CPU per 1,000 full handshakes, workers: 2 / workers: 1 (saturated)', med(w2, 'cpuPer1000Full'), med(postern, 'cpuPer1000Full'), '<=', 1.1, 'workers: 1');
   row('CPU per 1,000 full handshakes, workers: 2 / workers: 1 (paced)', med(w2, 'pacedCpuPer1000'), med(postern, 'pacedCpuPer1000'), '<=', 1.1, 'workers: 1');
+  // Target 2: a STARTTLS session within 15% of the same session over implicit TLS.
+  for (const proto of ['smtp', 'imap'] as const) {
+    const st = MAIL_METRICS[`${proto}-starttls`], im = MAIL_METRICS[`${proto}-implicit`];
+    const P = proto.toUpperCase();
+    row(`${P} STARTTLS / implicit TLS sessions per core-s`, med(postern, st.perCore), med(postern, im.perCore), '>=', 0.85, 'implicit');
+    row(`${P} STARTTLS / implicit TLS KB per idle session`, med(postern, st.idle), med(postern, im.idle), '<=', 1.15, 'implicit');
+  }
   return out;
+}
+
+/** Issue 17, target 2: postern's mail sessions, STARTTLS against implicit TLS, per protocol. */
+export function mailTable(t: TargetSummary): string {
+  const cell = (k: MetricKey, digits: number): string => {
+    const s = t.summary[k];
+    return s ? fmt(s.median, digits) + flags(s) : '-';
+  };
+  const rows: string[][] = [];
+  for (const kind of Object.keys(MAIL_METRICS) as (keyof typeof MAIL_METRICS)[]) {
+    const m = MAIL_METRICS[kind];
+    rows.push([kind, cell(m.perSec, 0), cell(m.perCore, 0), cell(m.idle, 1)]);
+  }
+  return table(['session', 'sessions/s', 'sessions /core-s', 'KB per idle session'], rows);
 }
 
 export function checksTable(checks: TargetCheck[]): string {

@@ -11,7 +11,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnPinned, runCapture, which, type Proc } from './proc.ts';
 
-export interface Ports { backend: number; smtpBackend: number; proxy: number; smtpProxy: number }
+export interface Ports {
+  backend: number; smtpBackend: number; imapBackend: number; proxy: number;
+  /** postern's mail listeners (the starttls test): SMTP STARTTLS and implicit, IMAP STARTTLS and implicit. */
+  smtpProxy: number; smtpsProxy: number; imapProxy: number; imapsProxy: number;
+}
 
 export interface BenchContext {
   /** Scratch folder for certificates, configs and logs. */
@@ -38,7 +42,7 @@ export interface Target {
   description: string;
   /** `ceiling`: no proxy at all (plaintext to the backend). */
   kind: 'ceiling' | 'proxy';
-  /** postern only: also measure STARTTLS SMTP sessions. */
+  /** postern only: also measure mail sessions (SMTP and IMAP, STARTTLS against implicit TLS). */
   starttls: boolean;
   /** Only these tests run for this target (default: all asked for). */
   tests?: readonly string[];
@@ -110,6 +114,28 @@ listeners:
     hostname: ${ctx.sni}
     minVersion: TLSv1.3
     backend: { address: "${host}:${ports.smtpBackend}", proxyProtocol: v2 }
+  - name: smtps
+    listen: "${host}:${ports.smtpsProxy}"
+    protocol: smtp
+    role: submission
+    tls: implicit
+    hostname: ${ctx.sni}
+    minVersion: TLSv1.3
+    backend: { address: "${host}:${ports.smtpBackend}", proxyProtocol: v2 }
+  - name: imap
+    listen: "${host}:${ports.imapProxy}"
+    protocol: imap
+    tls: starttls
+    hostname: ${ctx.sni}
+    minVersion: TLSv1.3
+    backend: { address: "${host}:${ports.imapBackend}", proxyProtocol: v2 }
+  - name: imaps
+    listen: "${host}:${ports.imapsProxy}"
+    protocol: imap
+    tls: implicit
+    hostname: ${ctx.sni}
+    minVersion: TLSv1.3
+    backend: { address: "${host}:${ports.imapBackend}", proxyProtocol: v2 }
 `;
 }
 
