@@ -24,6 +24,7 @@ import tls from 'node:tls';
 import { stringify } from 'yaml';
 import { createCa, issueCert } from '../test/helpers/pki.ts';
 import { buildOnce } from '../test/helpers/build.ts';
+import { freePort } from '../test/helpers/ports.ts';
 
 const ROOT = join(import.meta.dirname, '..');
 const arg = (name: string, def: string) => {
@@ -66,12 +67,7 @@ async function startDaemon(dir: string, proto: Proto, backendPort: number, requi
   const leaf = await issueCert(ca, { names: ['mail.example.org'] });
   writeFileSync(join(dir, 'c.pem'), leaf.certPem + ca.certPem);
   writeFileSync(join(dir, 'k.pem'), leaf.keyPem, { mode: 0o600 });
-  const port = await new Promise<number>((r) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => r(p));
-    });
-  });
+  const port = await freePort();
   const yaml = stringify({
     log: { level: 'info' },
     certificates: [{ cert: 'c.pem', key: 'k.pem' }],

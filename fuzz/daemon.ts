@@ -38,7 +38,7 @@ import { CloseReason } from '../src/errors.ts';
 import { buildOnce } from '../test/helpers/build.ts';
 import { makePki } from '../test/helpers/certs.ts';
 import { memoryAfterGc } from '../test/helpers/inspector.ts';
-import { freePort } from '../test/helpers/ports.ts';
+import { freePort, freePorts } from '../test/helpers/ports.ts';
 import { startScriptedBackend, type ScriptedBackend, type Violation } from './daemon-backends.ts';
 import { generate, runScript, sessionSeed, HOSTNAME, LISTENERS, type GenOptions, type ListenerName, type SessionRun, type SessionScript, type Step } from './daemon-sessions.ts';
 
@@ -124,12 +124,13 @@ async function startDaemon(): Promise<Daemon> {
   const cert = await pki.issue('mail', { names: [HOSTNAME, 'example.org'] });
   const backends = {} as Record<ListenerName, ScriptedBackend>;
   const ports = {} as Record<ListenerName, number>;
-  for (const l of LISTENERS) {
+  const picked = await freePorts(LISTENERS.length + 1);
+  for (const [i, l] of LISTENERS.entries()) {
     // Behind implicit TLS postern pipes raw and refuses nothing: its backend does not check.
     backends[l] = await startScriptedBackend(l, PROTOCOL[l], l !== 'smtps');
-    ports[l] = await freePort();
+    ports[l] = picked[i]!;
   }
-  const adminPort = await freePort();
+  const adminPort = picked[LISTENERS.length]!;
   const timeouts = { starttls: '5s', handshake: '3s', idle: '10s', connect: '2s', ...(hasBackendReply ? { backendReply: '3s' } : {}) };
   const listener = (name: ListenerName, extra: Record<string, unknown>) => ({
     name,

@@ -31,12 +31,12 @@ import { mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import http from 'node:http';
-import net from 'node:net';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { stringify } from 'yaml';
 import { createCa, issueCert, type TestCa } from '../test/helpers/pki.ts';
 import { buildOnce } from '../test/helpers/build.ts';
+import { freePort, freePorts } from '../test/helpers/ports.ts';
 import { memoryAfterGc } from '../test/helpers/inspector.ts';
 import { imapBackend, pop3Backend, smtpBackend, type HeldMessage, type RestartableServer, type SlowPlan } from './backends.ts';
 import { ATTACKER_KINDS, HOSTILE_KINDS, HOSTNAME, attacker, hostile, imapSession, realClientHello, smtpDelivery, type Delivery, type Endpoints, type HostileOutcome, type ImapSession } from './clients.ts';
@@ -92,17 +92,6 @@ function buildIfStale(): void {
 }
 
 // ---- the daemon -----------------------------------------------------------------------------
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen({ port: 0, host: '127.0.0.1', exclusive: true }, () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -230,7 +219,7 @@ async function main(): Promise<number> {
   await attackerBackends.imap.start();
   await attackerBackends.pop3.start();
 
-  const [smtpPort, imapPort, adminPort, imapStarttlsPort, pop3Port] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+  const [smtpPort, imapPort, adminPort, imapStarttlsPort, pop3Port] = (await freePorts(5)) as [number, number, number, number, number];
   const config = {
     log: { level: 'info' },
     admin: { listen: `127.0.0.1:${adminPort}` },

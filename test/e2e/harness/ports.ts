@@ -1,30 +1,9 @@
 // Loopback ports for the private daemons.
 import { readFileSync } from 'node:fs';
-import net from 'node:net';
 import { sleep } from './system.ts';
 
-/** A port the kernel just handed out on 127.0.0.1 (free at the time of the call). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => {
-        if (address && typeof address === 'object') resolve(address.port);
-        else reject(new Error('no port from listen(0)'));
-      });
-    });
-  });
-}
-
-/** Distinct free ports (the kernel may hand the same one out twice across close/listen). */
-export async function freePorts(count: number): Promise<number[]> {
-  const ports = new Set<number>();
-  while (ports.size < count) ports.add(await freePort());
-  return [...ports];
-}
+// Ports below the ephemeral range, so no outgoing connection takes one before a daemon binds it.
+export { freePort, freePorts } from '../../helpers/ports.ts';
 
 /**
  * True when something listens on 127.0.0.1:port. Read from /proc/net/tcp rather than by
