@@ -16,7 +16,8 @@ export interface Proc {
 }
 
 /** Starts `cmd args` under `taskset -c core` (taskset execs, so the pid is the command's). */
-export function spawnPinned(name: string, core: number, cmd: string, args: string[], opts: {
+/** `core`: one core, or a taskset CPU list ("0-1": the scheduler places each process). */
+export function spawnPinned(name: string, core: number | string, cmd: string, args: string[], opts: {
   logFile: string; env?: NodeJS.ProcessEnv; cwd?: string;
 }): Proc {
   const fd = fs.openSync(opts.logFile, 'a');

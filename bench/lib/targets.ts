@@ -8,6 +8,7 @@
 // with their defaults, OpenSSL's own random ticket key.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { spawnPinned, runCapture, which, type Proc } from './proc.ts';
 
@@ -151,7 +152,7 @@ async function detectPostern(ctx: BenchContext): Promise<Detection> {
 }
 
 function posternTarget(name: string, proxyProtocol: 'none' | 'v2', starttls: boolean, description: string,
-  extra: { workers?: number; tests?: readonly string[] } = {}): Target {
+  extra: { workers?: number; tests?: readonly string[]; allCores?: boolean } = {}): Target {
   const workers = extra.workers ?? 1;
   return {
     name, description, kind: 'proxy', starttls, ...(extra.workers !== undefined ? { workers } : {}), ...(extra.tests ? { tests: extra.tests } : {}),
@@ -159,7 +160,8 @@ function posternTarget(name: string, proxyProtocol: 'none' | 'v2', starttls: boo
     detect: detectPostern,
     start(ctx, logFile) {
       const cfg = write(ctx, `${name}.yaml`, posternYaml(ctx, proxyProtocol, workers));
-      return spawnPinned(name, ctx.proxyCore, ctx.node, [path.join(ctx.posternDir, 'bin', 'postern.js'), 'run', '-c', cfg], { logFile });
+      const cores = extra.allCores ? `0-${os.cpus().length - 1}` : ctx.proxyCore;
+      return spawnPinned(name, cores, ctx.node, [path.join(ctx.posternDir, 'bin', 'postern.js'), 'run', '-c', cfg], { logFile });
     },
   };
 }
@@ -179,6 +181,11 @@ export const TARGETS: Target[] = [
   // the comparison is CPU per handshake, not parallelism (bench/NOTES.md, issue 17).
   posternTarget('postern-w2', 'none', false, 'postern with workers: 2 (supervisor + 2 workers, all on the proxy core), PROXY none, log level info',
     { workers: 2, tests: ['handshakes', 'resumption', 'workers'] }),
+  // The same, as deployed: the processes on every core (the scheduler places them), the paced
+  // load only (its load generator needs little CPU). CPU time per handshake of the whole tree is
+  // then compared with one worker on one core, without two processes sharing one core's caches.
+  posternTarget('postern-w2-all', 'none', false, 'postern with workers: 2 on all cores (taskset 0-N), paced load only, PROXY none, log level info',
+    { workers: 2, tests: ['workers'], allCores: true }),
   {
     name: 'node',
     description: 'bare Node.js tls.createServer + net.connect + pipe (bench/lib/bare-node.ts)',
