@@ -758,7 +758,7 @@ async function main(): Promise<void> {
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, `${JSON.stringify({
     date: new Date().toISOString(), postern, cpuProf: CPU_PROF, profile, quick: QUICK, runs: RUNS, seconds: SECONDS, concurrency: CONCURRENCY, idleSessions: IDLE, disturbed, notes,
-    machine: { cpus: os.availableParallelism(), cpuModel: os.cpus()[0]?.model ?? '?', kernel: os.release(), memoryGB: round(os.totalmem() / 2 ** 30, 1), node: process.version },
+    machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? '?', kernel: os.release(), memoryGB: round(os.totalmem() / 2 ** 30, 1), node: process.version },
     pinning: { servers: SERVER_CORE, loadGenerator: CLIENT_CORE }, cpuAccounting: st.cgroup, settings: st.settings,
     summary: sums, ratios, records: runs,
   }, null, 2)}\n`);
