@@ -26,6 +26,10 @@ const COMMAND_START = /^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+ ([A-Z
  * base64 and never a literal (RFC 4959), APPEND and the like are refused before login without
  * reading their literal.
  */
+/** An overlong command line is forwarded only if its tag and whole command name come first (see overlong()). */
+const OVERLONG_START = /^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]{1,200} [A-Za-z]+ /;
+/** RFC 9051 section 7.1: TOOBIG, untagged because the tag may be what made the line too long. */
+const OVERLONG = '* BAD [TOOBIG] Command line too long\r\n';
 const LITERAL_COMMANDS = new Set(['LOGIN', 'ID']);
 const HIDDEN = new Set(['STARTTLS', 'LOGINDISABLED']);
 /** Commands whose tagged OK ends the filtering: the session is authenticated (or compressed) from then on. */
@@ -115,25 +119,43 @@ class ImapFilter implements SessionFilter {
       }
       if (lf < 0) {
         this.clientLine.add(chunk.subarray(i));
-        if (this.clientLine.length > MAX_LINE) this.overlong(out, local);
+        if (this.clientLine.length > MAX_LINE) this.overlong(out, local, false);
         break;
       }
-      this.clientCommandLine(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
+      // A line over the limit is treated the same whether its end came with it or not, so that
+      // how the client's bytes were split never changes what postern does.
+      if (this.clientLine.length + lf + 1 - i > MAX_LINE) {
+        this.clientLine.add(chunk.subarray(i, lf + 1));
+        this.overlong(out, local, true);
+      } else this.clientCommandLine(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
       i = lf + 1;
     }
     return { toBackend: out.result(), toClient: local.result(), rest: null };
   }
 
-  /** A line over MAX_LINE whose end has not arrived: decided on its first bytes, forwarded as it comes. */
-  private overlong(out: Output, local: Output): void {
+  /**
+   * A line over MAX_LINE: decided on its first bytes, forwarded as it comes (`complete`: its LF
+   * came with it). At the start of a command its tag and name must be readable in those bytes:
+   * a backend reads the name wherever it ends, so a tag or padding longer than the head could
+   * carry a STARTTLS postern never saw. Such a line is refused (a backend refuses it too: Dovecot's
+   * pre-login input is far smaller) and dropped up to its end.
+   */
+  private overlong(out: Output, local: Output, complete: boolean): void {
     const head = this.clientLine.take();
-    if (this.commandStart && this.refused(head, local)) {
-      this.clientMode = 'discard';
-      return;
+    // A line this long announces no literal: a backend refuses it whole (Dovecot's limit is
+    // 64 KiB), so what follows is commands, for postern too.
+    let refused = false;
+    if (this.commandStart) {
+      refused = !OVERLONG_START.test(head.toString('latin1', 0, Math.min(head.length, 256)));
+      if (refused) local.push(OVERLONG);
+      else refused = this.refused(head, local);
     }
-    out.push(head);
-    this.clientMode = 'long';
-    this.commandStart = false;
+    if (!refused) out.push(head);
+    if (complete) this.commandStart = true;
+    else {
+      this.clientMode = refused ? 'discard' : 'long';
+      this.commandStart = false;
+    }
   }
 
   /**

@@ -102,6 +102,17 @@ export function splitCommand(text: string): { verb: string; args: string } {
 }
 
 /**
+ * Whether the command word of a line's first bytes ends inside them (see leadingWord): when the
+ * white space or the word runs to their end, the word a backend reads is still to come.
+ */
+export function wordEnds(head: Buffer): boolean {
+  let i = 0;
+  while (i < head.length && (head[i] === 0x20 || (head[i]! >= 0x09 && head[i]! <= 0x0d))) i++;
+  while (i < head.length && (head[i]! | 0x20) >= 0x61 && (head[i]! | 0x20) <= 0x7a) i++;
+  return i < head.length;
+}
+
+/**
  * The command word a backend would run for this line, read conservatively: leading white space
  * of any kind and any length skipped, then the run of ASCII letters (at most `max` of them),
  * upper-cased ("  xclient\x0bNAME=a" -> "XCLIENT"). Used to refuse commands after TLS, so a

@@ -4,10 +4,12 @@
 // AUTH) the session is in the TRANSACTION state, where STLS is not valid (RFC 2595 section 4):
 // the filter steps aside and the rest is piped raw.
 import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
-import { DotTerminator, LF, Output, PartialLine, contentLength, leadingWord, splitCommand, splitEol } from './lines.ts';
+import { DotTerminator, LF, Output, PartialLine, contentLength, leadingWord, splitCommand, splitEol, wordEnds } from './lines.ts';
 
 /** Lines longer than this are forwarded as they come (RFC 2449 section 4 allows 255 / 512 octets). */
 const MAX_LINE = 4096;
+/** RFC 2449 section 4: commands are at most 255 octets; a longer line without a readable command is refused. */
+const OVERLONG = '-ERR Line too long\r\n';
 
 /**
  * What each command forwarded to the backend waits for, in order (RFC 2449 section 6.6: with
@@ -122,8 +124,12 @@ class Pop3Filter implements SessionFilter {
       } else this.clientMode = 'sasl-long';
       return;
     }
-    if (leadingWord(head) === 'STLS') {
-      this.answer(this.stlsAnswer, local);
+    // Decided on exactly the first MAX_LINE + 1 bytes, however many have come: white space as
+    // long as that hides the command a backend would read after it (an STLS), so it is refused.
+    const first = head.subarray(0, MAX_LINE + 1);
+    const word = wordEnds(first) ? leadingWord(first) : null;
+    if (word === null || word === 'STLS') {
+      this.answer(word === null ? OVERLONG : this.stlsAnswer, local);
       if (!complete) this.clientMode = 'discard';
       return;
     }

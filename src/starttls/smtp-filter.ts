@@ -4,7 +4,7 @@
 // are never parsed. SMTP stays filtered for the whole session: any later command line may be one
 // that postern refuses.
 import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
-import { DotTerminator, LF, Output, PartialLine, leadingWord, pushCrlf, splitEol, contentLength } from './lines.ts';
+import { DotTerminator, LF, Output, PartialLine, leadingWord, pushCrlf, splitEol, contentLength, wordEnds } from './lines.ts';
 
 /**
  * A command line longer than this is not held. RFC 5321 section 4.5.3.1.4 allows 512 octets;
@@ -137,7 +137,10 @@ class SmtpFilter implements SessionFilter {
    */
   private overlong(out: Output, local: Output, then: 'long' | 'cmd'): void {
     const head = this.clientLine.take();
-    if (this.saslResponse || leadingWord(head) === 'AUTH') {
+    // Decided on exactly the first MAX_COMMAND + 1 bytes, however many have come, and only on a
+    // verb that ends inside them.
+    const first = head.subarray(0, MAX_COMMAND + 1);
+    if (this.saslResponse || (wordEnds(first) && leadingWord(first) === 'AUTH')) {
       this.saslResponse = false;
       out.push(head);
       this.expect.push({ kind: 'reply' });

@@ -267,3 +267,38 @@ describe('a refused verb behind more than 64 bytes of white space', () => {
     expect(text).not.toMatch(/STLS/i);
   });
 });
+
+describe('a command line longer than the filter keeps, its verb after the first 64 KiB (IMAP) / 4 KiB (POP3)', () => {
+  // fuzz:daemon seed 1558786818: "s2 LOGIN {5000000}", the backend refuses the synchronizing
+  // literal, the client had already rushed 272 KB of "x" and then "sù STARTTLS": for the backend
+  // that is one command line, tag "xxx...sù", command STARTTLS. postern forwarded lines over its
+  // limit as they came, deciding on a head that held only part of the tag.
+  const xs = 'x'.repeat(272_000);
+  it('imap: STARTTLS after a 272 KB tag, rushed after a refused synchronizing literal, never reaches the backend as a command', async () => {
+    const { secure, r, localPort } = await secured('imap');
+    secure.write(`s2 LOGIN {5000000}\r\n${xs}s3 STARTTLS\r\nc NOOP last\r\n`);
+    await r.readUntil(/\* BAD \[TOOBIG\] Command line too long\r\n/);
+    const text = await backendHas('imap', localPort, 'c NOOP last');
+    secure.destroy();
+    expect(text).toContain('c NOOP last');
+    expect(text.split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => /^\S+ +STARTTLS\b/i.test(l))).toEqual([]);
+  });
+
+  it('imap: STARTTLS after 70,000 spaces is refused with BAD [TOOBIG] and never forwarded', async () => {
+    const { secure, r, localPort } = await secured('imap');
+    secure.write(`b${' '.repeat(70_000)}STARTTLS\r\nc NOOP last\r\n`);
+    await r.readUntil(/\* BAD \[TOOBIG\] Command line too long\r\n/);
+    const text = await backendHas('imap', localPort, 'c NOOP last');
+    secure.destroy();
+    expect(text).not.toMatch(/STARTTLS/i);
+  });
+
+  it('pop3: STLS after 5,000 spaces is refused with -ERR and never forwarded', async () => {
+    const { secure, r, localPort } = await secured('pop3');
+    secure.write(`${' '.repeat(5000)}STLS\r\nNOOP last\r\n`);
+    await r.readUntil(/-ERR Line too long\r\n/);
+    const text = await backendHas('pop3', localPort, 'NOOP last');
+    secure.destroy();
+    expect(text).not.toMatch(/STLS/i);
+  });
+});

@@ -209,6 +209,20 @@ describe('imap filter', () => {
     const r = session([GREETING, ['c', `a STARTTLS${' '.repeat(70_000)}\r\nb NOOP\r\n`]]);
     expect(r).toEqual({ toBackend: 'b NOOP\r\n', toClient: 'a BAD TLS already active\r\n' });
   });
+  it('a tag or padding longer than the line limit hides no STARTTLS: the line is refused with BAD [TOOBIG] and dropped', () => {
+    for (const hidden of [`${'x'.repeat(70_000)} STARTTLS`, `a${' '.repeat(70_000)}STARTTLS`, `a ${'x'.repeat(70_000)} STARTTLS`]) {
+      const r = session([GREETING, ['c', `${hidden}\r\nb NOOP\r\n`]]);
+      expect(r).toEqual({ toBackend: 'b NOOP\r\n', toClient: '* BAD [TOOBIG] Command line too long\r\n' });
+    }
+  });
+  it('octets rushed after a refused synchronizing literal are commands: a long run of them hides no STARTTLS (fuzz:daemon seed 1558786818)', () => {
+    const r = session([GREETING, ['c', `s2 LOGIN {5000000}\r\n${'x'.repeat(70_000)}s3 STARTTLS\r\nb NOOP\r\n`], ['b', '* BAD literal refused\r\n']]);
+    expect(r).toEqual({ toBackend: 's2 LOGIN {5000000}\r\nb NOOP\r\n', toClient: '* BAD literal refused\r\n* BAD [TOOBIG] Command line too long\r\n' });
+  });
+  it('a long command line with its tag and name first is forwarded whole', () => {
+    const long = `a LOGIN user ${'p'.repeat(70_000)}\r\n`;
+    expect(session([GREETING, ['c', long]])).toEqual({ toBackend: long, toClient: '' });
+  });
   it('on a plaintext session handed to the backend, STARTTLS gets NO (TLS cannot start any more)', () => {
     expect(session([GREETING, ['c', 'a STARTTLS\r\n']], 1).toClient).toBe('');
     const f = imapFilter({ swallow: 0, tls: false });

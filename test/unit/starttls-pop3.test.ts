@@ -148,6 +148,15 @@ describe('pop3 filter', () => {
     const r = session([GREETING, ['c', `STLS${' '.repeat(5000)}\r\nNOOP\r\n`], ['b', '+OK\r\n']]);
     expect(r).toEqual({ toBackend: 'NOOP\r\n', toClient: '-ERR TLS already active\r\n+OK\r\n' });
   });
+  it('white space longer than the line limit before STLS is refused whole: the command a backend reads after it never reaches it', () => {
+    const r = session([GREETING, ['c', `${' '.repeat(5000)}STLS\r\nNOOP\r\n`], ['b', '+OK\r\n']]);
+    expect(r).toEqual({ toBackend: 'NOOP\r\n', toClient: '-ERR Line too long\r\n+OK\r\n' });
+  });
+  it('a long command whose verb comes first is forwarded whole', () => {
+    const long = `USER ${'u'.repeat(5000)}\r\n`;
+    const r = session([GREETING, ['c', long], ['b', '+OK\r\n']]);
+    expect(r).toEqual({ toBackend: long, toClient: '+OK\r\n' });
+  });
   it('on a plaintext session handed to the backend, STLS gets -ERR [SYS/TEMP]', () => {
     const f = pop3Filter({ swallow: 0, tls: false });
     f.fromBackend(Buffer.from('+OK hi\r\n'));
