@@ -52,7 +52,8 @@ tests: resumption   a pool of Node clients that keep their last session and reco
                     (resumed handshakes per core-s, reuse ratio), then the same clients doing
                     full handshakes; workers: the paced load, CPU s per 1,000 handshakes of the
                     whole process tree (postern, postern-w2 and postern-w2-all only)
-environment: BENCH_LOG=warn runs postern without its per-connection log line (what logging costs)`;
+environment: BENCH_LOG=warn runs postern without its per-connection log line (what logging costs);
+             BENCH_POSTERN_NODE_ARGS="--cpu-prof --cpu-prof-dir DIR" passes node options to postern`;
 
 interface Options {
   quick: boolean; only: string[] | null; tests: Set<Test>; runs: number; posternDir: string; keep: boolean;

@@ -150,7 +150,10 @@ function posternTarget(name: string, proxyProtocol: 'none' | 'v2', starttls: boo
     start(ctx, logFile) {
       const cfg = write(ctx, `${name}.yaml`, posternYaml(ctx, proxyProtocol, workers));
       const cores = extra.allCores ? `0-${os.cpus().length - 1}` : ctx.proxyCore;
-      return spawnPinned(name, cores, ctx.node, [path.join(ctx.posternDir, 'bin', 'postern.js'), 'run', '-c', cfg], { logFile });
+      // BENCH_POSTERN_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir /tmp/prof"): node options for
+      // postern's process, kept across its re-exec with the V8 flags (bin/postern.js).
+      const nodeArgs = process.env.BENCH_POSTERN_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+      return spawnPinned(name, cores, ctx.node, [...nodeArgs, path.join(ctx.posternDir, 'bin', 'postern.js'), 'run', '-c', cfg], { logFile });
     },
   };
 }
