@@ -1,7 +1,7 @@
 // Pure PROXY protocol header encoders (haproxy's doc/proxy-protocol.txt, versions 1 and 2).
 // Bytes out, nothing else: no sockets, no clocks. The caller writes the result as the very first
 // bytes on the backend connection, in one write (section 2 of the spec).
-import { formatAddress, parseAddress } from '../net/address.ts';
+import { formatAddress, parseAddress, type IpAddress } from '../net/address.ts';
 
 export interface ProxyEndpoints {
   /** Addresses as Node reports them: '127.0.0.1', '::1', '::ffff:1.2.3.4'. */
@@ -46,13 +46,11 @@ export const PP2_CLIENT_SSL = 0x01;
  */
 export const PP2_VERIFY_NO_CLIENT_CERT = 1;
 
-type Endpoint = { family: 4 | 6; bytes: Buffer; text: string };
+type Endpoint = IpAddress;
 
 /** Parses an address as Node reports it; IPv4-mapped IPv6 becomes IPv4. Null if unusable. */
 function parseEndpoint(address: string): Endpoint | null {
-  const bare = address.split('%')[0] ?? ''; // drop an IPv6 zone id ('fe80::1%eth0')
-  const a = parseAddress(bare);
-  return a ? { family: a.family, bytes: a.bytes, text: formatAddress(a) } : null;
+  return parseAddress(address.split('%')[0] ?? ''); // an IPv6 zone id ('fe80::1%eth0') dropped
 }
 
 function validPort(port: number): boolean {
@@ -73,56 +71,72 @@ export function encodeProxyV1(ep: ProxyEndpoints): Buffer {
   const r = resolveEndpoints(ep);
   if (!r) return Buffer.from('PROXY UNKNOWN\r\n', 'latin1');
   const proto = r.src.family === 4 ? 'TCP4' : 'TCP6';
-  return Buffer.from(`PROXY ${proto} ${r.src.text} ${r.dst.text} ${ep.clientPort} ${ep.localPort}\r\n`, 'latin1');
+  return Buffer.from(`PROXY ${proto} ${formatAddress(r.src)} ${formatAddress(r.dst)} ${ep.clientPort} ${ep.localPort}\r\n`, 'latin1');
 }
 
-function tlv(type: number, value: Buffer): Buffer {
-  if (value.length > 0xffff) throw new RangeError(`PROXY v2 TLV 0x${type.toString(16)} too long: ${value.length} bytes`);
-  const head = Buffer.alloc(3);
-  head.writeUInt8(type, 0);
-  head.writeUInt16BE(value.length, 1);
-  return Buffer.concat([head, value]);
+/** A TLV's value: text in its encoding, or the SSL TLV's fixed part and sub-TLVs. */
+type TlvValue = { text: string; encoding: 'latin1' | 'ascii' | 'utf8' };
+
+/** Bytes of a TLV (type, 2-byte length, value) whose value is `text`. */
+function tlvLength(type: number, v: TlvValue): number {
+  const n = Buffer.byteLength(v.text, v.encoding);
+  if (n > 0xffff) throw new RangeError(`PROXY v2 TLV 0x${type.toString(16)} too long: ${n} bytes`);
+  return 3 + n;
 }
 
-function sslTlv(tls: ProxyTlsInfo): Buffer {
-  const fixed = Buffer.alloc(5);
-  fixed.writeUInt8(PP2_CLIENT_SSL, 0);
-  fixed.writeUInt32BE(PP2_VERIFY_NO_CLIENT_CERT, 1);
-  const subs: Buffer[] = [fixed];
-  if (tls.version) subs.push(tlv(PP2_SUBTYPE_SSL_VERSION, Buffer.from(tls.version, 'ascii')));
-  if (tls.cipher) subs.push(tlv(PP2_SUBTYPE_SSL_CIPHER, Buffer.from(tls.cipher, 'ascii')));
-  return tlv(PP2_TYPE_SSL, Buffer.concat(subs));
+/** Writes a TLV at `at`; returns the offset after it. */
+function writeTlv(out: Buffer, at: number, type: number, v: TlvValue): number {
+  const n = out.write(v.text, at + 3, v.encoding);
+  out[at] = type;
+  out.writeUInt16BE(n, at + 1);
+  return at + 3 + n;
 }
 
 /**
  * Binary header: signature, 0x21, family (0x11 TCP4, 0x21 TCP6, 0x00 UNSPEC for mixed or unusable
  * endpoints, then without addresses), exact length, addresses and ports, then TLVs: ALPN,
  * AUTHORITY (the SNI), SSL (client = PP2_CLIENT_SSL, verify, VERSION and CIPHER sub-TLVs).
- * No TLVs at all when `tls` is null.
+ * No TLVs at all when `tls` is null. Sized first and written into one buffer: it is built for
+ * every connection.
  */
 export function encodeProxyV2(ep: ProxyEndpoints, tls: ProxyTlsInfo | null): Buffer {
   const r = resolveEndpoints(ep);
-  let family = FAMILY_UNSPEC;
-  let addresses = Buffer.alloc(0);
+  const addressLength = r ? 2 * r.src.bytes.length + 4 : 0;
+  const alpn: TlvValue | null = tls?.alpn ? { text: tls.alpn, encoding: 'latin1' } : null;
+  const sni: TlvValue | null = tls?.sni ? { text: tls.sni, encoding: 'utf8' } : null;
+  const version: TlvValue | null = tls?.version ? { text: tls.version, encoding: 'ascii' } : null;
+  const cipher: TlvValue | null = tls?.cipher ? { text: tls.cipher, encoding: 'ascii' } : null;
+  // PP2_TYPE_SSL: client (1 byte) and verify (4 bytes), then its sub-TLVs.
+  const sslValue = tls ? 5 + (version ? tlvLength(PP2_SUBTYPE_SSL_VERSION, version) : 0) + (cipher ? tlvLength(PP2_SUBTYPE_SSL_CIPHER, cipher) : 0) : 0;
+  if (sslValue > 0xffff) throw new RangeError(`PROXY v2 TLV 0x${PP2_TYPE_SSL.toString(16)} too long: ${sslValue} bytes`);
+  const bodyLength = addressLength
+    + (alpn ? tlvLength(PP2_TYPE_ALPN, alpn) : 0)
+    + (sni ? tlvLength(PP2_TYPE_AUTHORITY, sni) : 0)
+    + (tls ? 3 + sslValue : 0);
+  if (bodyLength > 0xffff) throw new RangeError(`PROXY v2 header too long: ${bodyLength} bytes`);
+  const out = Buffer.allocUnsafe(16 + bodyLength);
+  V2_SIGNATURE.copy(out, 0);
+  out[12] = V2_VERSION_PROXY;
+  out[13] = r ? (r.src.family === 4 ? FAMILY_TCP4 : FAMILY_TCP6) : FAMILY_UNSPEC;
+  out.writeUInt16BE(bodyLength, 14);
+  let at = 16;
   if (r) {
-    family = r.src.family === 4 ? FAMILY_TCP4 : FAMILY_TCP6;
-    const ports = Buffer.alloc(4);
-    ports.writeUInt16BE(ep.clientPort, 0);
-    ports.writeUInt16BE(ep.localPort, 2);
-    addresses = Buffer.concat([r.src.bytes, r.dst.bytes, ports]);
+    at += r.src.bytes.copy(out, at);
+    at += r.dst.bytes.copy(out, at);
+    out.writeUInt16BE(ep.clientPort, at);
+    out.writeUInt16BE(ep.localPort, at + 2);
+    at += 4;
   }
-  const tlvs: Buffer[] = [];
   if (tls) {
-    if (tls.alpn) tlvs.push(tlv(PP2_TYPE_ALPN, Buffer.from(tls.alpn, 'latin1')));
-    if (tls.sni) tlvs.push(tlv(PP2_TYPE_AUTHORITY, Buffer.from(tls.sni, 'utf8')));
-    tlvs.push(sslTlv(tls));
+    if (alpn) at = writeTlv(out, at, PP2_TYPE_ALPN, alpn);
+    if (sni) at = writeTlv(out, at, PP2_TYPE_AUTHORITY, sni);
+    out[at] = PP2_TYPE_SSL;
+    out.writeUInt16BE(sslValue, at + 1);
+    out[at + 3] = PP2_CLIENT_SSL;
+    out.writeUInt32BE(PP2_VERIFY_NO_CLIENT_CERT, at + 4);
+    at += 8;
+    if (version) at = writeTlv(out, at, PP2_SUBTYPE_SSL_VERSION, version);
+    if (cipher) at = writeTlv(out, at, PP2_SUBTYPE_SSL_CIPHER, cipher);
   }
-  const body = Buffer.concat([addresses, ...tlvs]);
-  if (body.length > 0xffff) throw new RangeError(`PROXY v2 header too long: ${body.length} bytes`);
-  const head = Buffer.alloc(16);
-  V2_SIGNATURE.copy(head, 0);
-  head.writeUInt8(V2_VERSION_PROXY, 12);
-  head.writeUInt8(family, 13);
-  head.writeUInt16BE(body.length, 14);
-  return Buffer.concat([head, body]);
+  return out;
 }

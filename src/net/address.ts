@@ -25,6 +25,8 @@ const MAX_ZONE = 64;
 /** RFC 6943 section 3.1.1 and proxy-protocol.txt section 2.1: decimal, no heading zeros. */
 const OCTET = /^(?:0|[1-9][0-9]{0,2})$/;
 const HEX_GROUP = /^[0-9a-fA-F]{1,4}$/;
+/** A dotted quad exactly as formatAddress writes it (0-255, no heading zeros). */
+const CANONICAL_IPV4 = /^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 /** Printable ASCII without "%" or space: what an interface name or number can be. */
 const ZONE = /^[\x21-\x24\x26-\x7e]+$/;
 
@@ -152,6 +154,9 @@ function formatIPv6(bytes: Buffer): string {
  * IPv6 in RFC 5952 form. Text that is not an address comes back unchanged.
  */
 export function unmapped(address: string): string {
+  // What Node reports for every IPv4 peer, already in the form written: not parsed again (two
+  // calls per connection).
+  if (CANONICAL_IPV4.test(address)) return address;
   const a = parseAddress(address);
   return a ? formatAddress(a) : address;
 }
