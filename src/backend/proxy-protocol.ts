@@ -74,7 +74,7 @@ export function encodeProxyV1(ep: ProxyEndpoints): Buffer {
   return Buffer.from(`PROXY ${proto} ${formatAddress(r.src)} ${formatAddress(r.dst)} ${ep.clientPort} ${ep.localPort}\r\n`, 'latin1');
 }
 
-/** A TLV's value: text in its encoding, or the SSL TLV's fixed part and sub-TLVs. */
+/** A TLV's value: text, written in its encoding. */
 type TlvValue = { text: string; encoding: 'latin1' | 'ascii' | 'utf8' };
 
 /** Bytes of a TLV (type, 2-byte length, value) whose value is `text`. */
@@ -108,7 +108,6 @@ export function encodeProxyV2(ep: ProxyEndpoints, tls: ProxyTlsInfo | null): Buf
   const cipher: TlvValue | null = tls?.cipher ? { text: tls.cipher, encoding: 'ascii' } : null;
   // PP2_TYPE_SSL: client (1 byte) and verify (4 bytes), then its sub-TLVs.
   const sslValue = tls ? 5 + (version ? tlvLength(PP2_SUBTYPE_SSL_VERSION, version) : 0) + (cipher ? tlvLength(PP2_SUBTYPE_SSL_CIPHER, cipher) : 0) : 0;
-  if (sslValue > 0xffff) throw new RangeError(`PROXY v2 TLV 0x${PP2_TYPE_SSL.toString(16)} too long: ${sslValue} bytes`);
   const bodyLength = addressLength
     + (alpn ? tlvLength(PP2_TYPE_ALPN, alpn) : 0)
     + (sni ? tlvLength(PP2_TYPE_AUTHORITY, sni) : 0)

@@ -9,16 +9,22 @@
 import { LOCAL_REPLY_BUDGET, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
 import { LF, LineTail, Output, PartialLine, contentLength, leadingWord, splitEol } from './lines.ts';
 
-/** Lines longer than this are forwarded as they come; only their last bytes are kept, to see a literal. */
+/**
+ * Lines longer than this are forwarded as they come when their tag and command name come first
+ * (overlong()); only their last bytes are kept, to see a literal.
+ */
 const MAX_LINE = 65536;
 /** RFC 9051 section 4.3: a literal is announced by "{" number "}" (client: "{n+}" with RFC 7888) at the end of a line. */
 const CLIENT_LITERAL = /\{(\d{1,19})(\+?)\}$/;
 const SERVER_LITERAL = /\{(\d{1,19})\}$/;
-/**
- * RFC 9051 section 9: tag = 1*<any ASTRING-CHAR except "+">. Only a command line with a valid tag,
- * one SP and a command name is one a backend reads literals for.
- */
-const COMMAND_START = /^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+ ([A-Za-z]+)(?: |$)/;
+/** RFC 9051 section 9: tag = 1*<any ASTRING-CHAR except "+">. */
+const TAG_CHAR = '[\\x21\\x23\\x24\\x26\\x27\\x2c-\\x5b\\x5d-\\x7a\\x7c-\\x7e]';
+/** Only a command line with a valid tag, one SP and a command name is one a backend reads literals for. */
+const COMMAND_START = new RegExp(`^${TAG_CHAR}+ ([A-Za-z]+)(?: |$)`);
+/** An overlong command line is forwarded only if its tag and whole command name come first (see overlong()). */
+const OVERLONG_START = new RegExp(`^${TAG_CHAR}{1,200} [A-Za-z]+ `);
+/** RFC 9051 section 7.1: TOOBIG, untagged because the tag may be what made the line too long. */
+const OVERLONG = '* BAD [TOOBIG] Command line too long\r\n';
 /**
  * The commands valid before authentication that take literal arguments (RFC 9051 section 6.2.3
  * LOGIN's astrings, RFC 2971 ID's nstrings). The filter only runs before authentication, so a
@@ -26,10 +32,6 @@ const COMMAND_START = /^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+ ([A-Z
  * base64 and never a literal (RFC 4959), APPEND and the like are refused before login without
  * reading their literal.
  */
-/** An overlong command line is forwarded only if its tag and whole command name come first (see overlong()). */
-const OVERLONG_START = /^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]{1,200} [A-Za-z]+ /;
-/** RFC 9051 section 7.1: TOOBIG, untagged because the tag may be what made the line too long. */
-const OVERLONG = '* BAD [TOOBIG] Command line too long\r\n';
 const LITERAL_COMMANDS = new Set(['LOGIN', 'ID']);
 const HIDDEN = new Set(['STARTTLS', 'LOGINDISABLED']);
 /** Commands whose tagged OK ends the filtering: the session is authenticated (or compressed) from then on. */
@@ -137,13 +139,13 @@ class ImapFilter implements SessionFilter {
    * A line over MAX_LINE: decided on its first bytes, forwarded as it comes (`complete`: its LF
    * came with it). At the start of a command its tag and name must be readable in those bytes:
    * a backend reads the name wherever it ends, so a tag or padding longer than the head could
-   * carry a STARTTLS postern never saw. Such a line is refused (a backend refuses it too: Dovecot's
-   * pre-login input is far smaller) and dropped up to its end.
+   * carry a STARTTLS postern never saw. Such a line is refused (a backend refuses it too: Dovecot
+   * 2.3 refuses pre-login lines over 1-2 KB) and dropped up to its end.
    */
   private overlong(out: Output, local: Output, complete: boolean): void {
     const head = this.clientLine.take();
-    // A line this long announces no literal: a backend refuses it whole (Dovecot's limit is
-    // 64 KiB), so what follows is commands, for postern too.
+    // A line this long announces no literal: a backend refuses it whole, so what follows is
+    // commands, for postern too.
     let refused = false;
     if (this.commandStart) {
       refused = !OVERLONG_START.test(head.toString('latin1', 0, Math.min(head.length, 256)));

@@ -102,29 +102,36 @@ export function splitCommand(text: string): { verb: string; args: string } {
 }
 
 /**
- * Whether the command word of a line's first bytes ends inside them (see leadingWord): when the
- * white space or the word runs to their end, the word a backend reads is still to come.
- */
-export function wordEnds(head: Buffer): boolean {
-  let i = 0;
-  while (i < head.length && (head[i] === 0x20 || (head[i]! >= 0x09 && head[i]! <= 0x0d))) i++;
-  while (i < head.length && (head[i]! | 0x20) >= 0x61 && (head[i]! | 0x20) <= 0x7a) i++;
-  return i < head.length;
-}
-
-/**
  * The command word a backend would run for this line, read conservatively: leading white space
  * of any kind and any length skipped, then the run of ASCII letters (at most `max` of them),
  * upper-cased ("  xclient\x0bNAME=a" -> "XCLIENT"). Used to refuse commands after TLS, so a
  * padded or oddly separated command is still caught.
  */
 export function leadingWord(line: Buffer, max = 64): string {
+  const start = skipBlank(line);
+  const end = wordEnd(line, start, Math.min(line.length, start + max));
+  return line.toString('latin1', start, end).toUpperCase();
+}
+
+/**
+ * leadingWord of the first bytes of an overlong line, or null when its white space or its word
+ * runs to their end: the word a backend reads is then still to come, and cannot be judged.
+ */
+export function headWord(head: Buffer): string | null {
+  return wordEnd(head, skipBlank(head), head.length) < head.length ? leadingWord(head) : null;
+}
+
+/** Index of the first byte after leading white space of any kind and any length. */
+function skipBlank(line: Buffer): number {
   let i = 0;
   while (i < line.length && (line[i] === 0x20 || (line[i]! >= 0x09 && line[i]! <= 0x0d))) i++;
-  const start = i;
-  const end = Math.min(line.length, start + max);
+  return i;
+}
+
+/** Index of the first byte at or after `i` (before `end`) that is not an ASCII letter. */
+function wordEnd(line: Buffer, i: number, end: number): number {
   while (i < end && (line[i]! | 0x20) >= 0x61 && (line[i]! | 0x20) <= 0x7a) i++;
-  return line.toString('latin1', start, i).toUpperCase();
+  return i;
 }
 
 /**

@@ -4,7 +4,7 @@
 // AUTH) the session is in the TRANSACTION state, where STLS is not valid (RFC 2595 section 4):
 // the filter steps aside and the rest is piped raw.
 import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
-import { DotTerminator, LF, Output, PartialLine, contentLength, leadingWord, splitCommand, splitEol, wordEnds } from './lines.ts';
+import { DotTerminator, LF, Output, PartialLine, contentLength, leadingWord, splitCommand, splitEol, headWord } from './lines.ts';
 
 /** Lines longer than this are forwarded as they come (RFC 2449 section 4 allows 255 / 512 octets). */
 const MAX_LINE = 4096;
@@ -126,8 +126,7 @@ class Pop3Filter implements SessionFilter {
     }
     // Decided on exactly the first MAX_LINE + 1 bytes, however many have come: white space as
     // long as that hides the command a backend would read after it (an STLS), so it is refused.
-    const first = head.subarray(0, MAX_LINE + 1);
-    const word = wordEnds(first) ? leadingWord(first) : null;
+    const word = headWord(head.subarray(0, MAX_LINE + 1));
     if (word === null || word === 'STLS') {
       this.answer(word === null ? OVERLONG : this.stlsAnswer, local);
       if (!complete) this.clientMode = 'discard';

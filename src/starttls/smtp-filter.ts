@@ -4,7 +4,7 @@
 // are never parsed. SMTP stays filtered for the whole session: any later command line may be one
 // that postern refuses.
 import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
-import { DotTerminator, LF, Output, PartialLine, leadingWord, pushCrlf, splitEol, contentLength, wordEnds } from './lines.ts';
+import { DotTerminator, LF, Output, PartialLine, leadingWord, pushCrlf, splitEol, contentLength, headWord } from './lines.ts';
 
 /**
  * A command line longer than this is not held. RFC 5321 section 4.5.3.1.4 allows 512 octets;
@@ -139,8 +139,7 @@ class SmtpFilter implements SessionFilter {
     const head = this.clientLine.take();
     // Decided on exactly the first MAX_COMMAND + 1 bytes, however many have come, and only on a
     // verb that ends inside them.
-    const first = head.subarray(0, MAX_COMMAND + 1);
-    if (this.saslResponse || (wordEnds(first) && leadingWord(first) === 'AUTH')) {
+    if (this.saslResponse || headWord(head.subarray(0, MAX_COMMAND + 1)) === 'AUTH') {
       this.saslResponse = false;
       out.push(head);
       this.expect.push({ kind: 'reply' });
