@@ -40,7 +40,9 @@ export interface PebbleOptions {
   /**
    * PEBBLE_AUTHZREUSE, the percentage of new orders that reuse an already valid authorization
    * instead of asking for a new challenge. pebble's default is 50, which makes "was a challenge
-   * answered?" a coin toss; 0 unless a test asks.
+   * answered?" a coin toss; 0 unless a test asks. Even 0 is not never: pebble 2.4 creates a new
+   * authorization when `rand.Intn(100) > percent` (wfe.go, makeAuthorizations), so one order in 100
+   * still reuses a valid one. A test that needs a challenge answered counts authorizations().
    */
   authzReuse?: number;
   /** More environment for pebble (PEBBLE_CHAIN_LENGTH, PEBBLE_ALTERNATE_ROOTS, ...). */
@@ -76,6 +78,11 @@ export interface Pebble {
   orders(): Promise<number>;
   /** Certificates issued ("Issued certificate serial <hex> for order <id>"). */
   issued(): Promise<number>;
+  /**
+   * Authorizations created ("There are now N authorizations in the db", logged once per new one):
+   * an order that reused a valid authorization adds none, and asks for no challenge.
+   */
+  authorizations(): Promise<number>;
   /** Challenges that passed / failed ("authz <id> set VALID|INVALID by completed challenge <id>"). */
   validations(): Promise<{ valid: number; invalid: number }>;
   /**
@@ -303,6 +310,7 @@ export async function startPebble(opts: PebbleOptions): Promise<Pebble> {
     count,
     orders: () => count(/ Added order "[^"]+" to the db$/),
     issued: () => count(/ Issued certificate serial [0-9a-f]+ for order \S+$/),
+    authorizations: () => count(/ There are now \d+ authorizations in the db$/),
     validations: async () => ({ valid: await count(/ authz \S+ set VALID by completed challenge /), invalid: await count(/ authz \S+ set INVALID by completed challenge /) }),
     validationsAtLeast: async (valid: number, timeoutMs = 10_000) => {
       const until = Date.now() + timeoutMs;

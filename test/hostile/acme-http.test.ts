@@ -477,15 +477,24 @@ describe('acme HTTP-01 listener under attack', () => {
       }
     };
     const attack = Promise.all([...Array.from({ length: 30 }, keep), noise(), noise()]);
+    const authzBefore = await pebble.authorizations();
+    let renewals = 0;
     try {
       await sleep(500);
-      const renew = await fetch(`http://127.0.0.1:${adminPort}/acme/renew?name=${NAME}`, { method: 'POST' });
-      expect(renew.status).toBe(202);
-      await d.waitMsg('acme: certificate renewed', { name: NAME }, 30_000);
+      // pebble reuses the valid authorization for one order in 100 (see authzReuse in the helper):
+      // such a renewal asks for no challenge and proves nothing here, so it is made again.
+      while (renewals < 3 && (await pebble.authorizations()) === authzBefore) {
+        const renew = await fetch(`http://127.0.0.1:${adminPort}/acme/renew?name=${NAME}`, { method: 'POST' });
+        expect(renew.status).toBe(202);
+        await d.waitMsg('acme: certificate renewed', { name: NAME }, 30_000); // each line is matched once
+        renewals++;
+      }
     } finally {
       stop = true;
       await attack;
     }
+    const created = (await pebble.authorizations()) - authzBefore;
+    expect(created, `${renewals} renewals`).toBe(1);
     expect(await pebble.validationsAtLeast(before.valid + 1)).toEqual({ valid: before.valid + 1, invalid: 0 });
     const answered = newLines(from, (l) => l.msg === 'acme http-01 validation answered');
     expect(answered.length).toBeGreaterThanOrEqual(1);
