@@ -70,3 +70,18 @@ export const CloseReason = {
   acmeChallenge: 'acme_challenge',
 } as const;
 export type CloseReason = (typeof CloseReason)[keyof typeof CloseReason];
+
+/**
+ * A command postern answers itself with a refusal after STARTTLS (or on a plaintext session it
+ * handed to the backend): the session goes on. Logged (the first of each per session), counted in
+ * postern_commands_refused_total, and summed in the summary line's `refused`.
+ */
+export const RefusalReason = {
+  /** A command line over the filter's limit (SMTP 500 5.5.6, IMAP TOOBIG, POP3 -ERR). */
+  lineTooLong: 'line_too_long',
+  /** STARTTLS / STLS with TLS already active (RFC 3207 section 4.2, RFC 2595), or on a handed-off plaintext session. */
+  starttlsRefused: 'starttls_refused',
+  /** SMTP XCLIENT / XFORWARD: the backend must not take an identity from the client (the PROXY header carries it). */
+  commandNotPermitted: 'command_not_permitted',
+} as const;
+export type RefusalReason = (typeof RefusalReason)[keyof typeof RefusalReason];

@@ -10,6 +10,7 @@
 //   - a side whose peer's write() returned false is paused until the peer drains.
 // Once the filter has nothing more to rewrite (passthrough), the rest is two plain pipes.
 import type { Socket } from 'node:net';
+import type { RefusalReason } from './errors.ts';
 import type { SessionFilter } from './starttls/types.ts';
 
 /** Client bytes held while the filter cannot read them; the client is paused above this. */
@@ -41,6 +42,8 @@ export interface PumpOptions {
    * the filter was still waiting for its reply (greeting, 354, "+").
    */
   backendGone(waiting: boolean): void;
+  /** The filter refused commands of the client itself (its answers are on their way): log and count them. */
+  refused(reasons: readonly RefusalReason[]): void;
   /** Wraps every event handler: an exception in one ends the session, never the process. */
   guard<A extends unknown[]>(fn: (...args: A) => void): (...args: A) => void;
 }
@@ -75,6 +78,7 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
       const chunk = held.shift()!;
       heldBytes -= chunk.length;
       const r = filter.fromClient(chunk);
+      if (r.refused) opts.refused(r.refused);
       if (r.toClient) client.write(r.toClient);
       if (r.toBackend) backend.write(r.toBackend);
       if (r.rest && r.rest.length > 0) {
@@ -130,6 +134,7 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
   const goRaw = () => {
     listen(false);
     setWaiting(false);
+    // A filter switches to passthrough only in raw mode, where it answers nothing itself.
     const fromClient = filter.fromClient(EMPTY).toBackend;
     if (fromClient && fromClient.length > 0) backend.write(fromClient);
     for (const c of held) backend.write(c);

@@ -138,6 +138,12 @@ export class Metrics {
     labelNames: ['listener'] as const,
     registers: [this.registry],
   });
+  readonly commandsRefused = new Counter({
+    name: 'postern_commands_refused_total',
+    help: 'Commands postern refused itself after STARTTLS or on a handed-off plaintext session (the session goes on), by listener and reason (line_too_long|starttls_refused|command_not_permitted)',
+    labelNames: ['listener', 'reason'] as const,
+    registers: [this.registry],
+  });
   readonly resumptions = new Counter({
     name: 'postern_handshakes_resumed_total',
     help: 'TLS handshakes that resumed a session from a ticket (a subset of postern_handshakes_total{result="ok"}), by listener',

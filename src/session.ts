@@ -13,7 +13,7 @@ import type { BackendConfig, ListenerConfig } from './config/types.ts';
 import type { CertStore } from './tls/certstore.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
-import { CloseReason, type Side } from './errors.ts';
+import { CloseReason, type RefusalReason, type Side } from './errors.ts';
 import { peekClientHello } from './tls/peek.ts';
 import type { ClientHello } from './tls/clienthello.ts';
 import { decide, type SniClass, type Decision } from './tls/sni-policy.ts';
@@ -74,6 +74,8 @@ export interface Summary {
   closeReason: CloseReason;
   side: Side | null;
   detail: string | null;
+  /** Commands postern refused itself after STARTTLS or the handoff (RefusalReason); null when none. */
+  refused: number | null;
 }
 
 /** How a stage ended the session: the reason, who caused it, and the last words to the client. */
@@ -119,6 +121,8 @@ export class Session {
   private ended = false;
   private finished = false;
   private channelClosed: Promise<void>;
+  /** The refusal reasons already logged for this session (REFUSAL_BITS). */
+  refusalsLogged = 0;
 
   constructor(socket: Socket, env: SessionEnv, words: ProtocolWords | null) {
     this.socket = socket;
@@ -148,6 +152,7 @@ export class Session {
       closeReason: CloseReason.clientGone,
       side: null,
       detail: null,
+      refused: null,
     };
     this.channelClosed = closedPromise(socket);
     this.recordErrors(socket);
@@ -518,6 +523,7 @@ async function proxy(s: Session, client: Socket, filter: SessionFilter | null, r
     silentBackendWords: silent === null ? null : Buffer.from(silent),
     ungreetedBackendWords: filter && l.tls === 'implicit' && down !== null ? Buffer.from(down) : null,
     resetClient: () => (raw.destroyed ? client.destroy() : raw.resetAndDestroy()),
+    refused: (reasons) => countRefusals(s, reasons),
   });
   s.spliced(sp);
   const counted = () => {
@@ -552,6 +558,24 @@ function policyScope(l: ListenerConfig): string {
 function countInjection(s: Session, bytes: number) {
   s.env.metrics.starttlsInjections.inc({ listener: s.listener.name });
   s.env.log.warn({ id: s.summary.id, listener: s.listener.name, client: s.summary.client, bytes }, 'discarded bytes sent after STARTTLS (CVE-2011-0411)');
+}
+
+const REFUSAL_BITS: Record<RefusalReason, number> = { line_too_long: 1, starttls_refused: 2, command_not_permitted: 4 };
+
+/**
+ * Commands the after-TLS filter refused itself: every one counted; the first of each reason in a
+ * session logged (a client repeating one costs one line, not one per command), and the summary
+ * line carries how many there were.
+ */
+function countRefusals(s: Session, reasons: readonly RefusalReason[]) {
+  const sum = s.summary;
+  for (const reason of reasons) {
+    s.env.metrics.commandsRefused.inc({ listener: s.listener.name, reason });
+    sum.refused = (sum.refused ?? 0) + 1;
+    if (s.refusalsLogged & REFUSAL_BITS[reason]) continue;
+    s.refusalsLogged |= REFUSAL_BITS[reason];
+    s.env.log.warn({ id: sum.id, listener: s.listener.name, client: sum.client, reason }, 'command refused');
+  }
 }
 
 function countAlert(s: Session, alert: number) {

@@ -5,7 +5,7 @@
 // once both sockets are closed; rejects at once if a handler threw (the backend closed, the
 // client left to the session, which tells it to try later).
 import type { Socket } from 'node:net';
-import { CloseReason, type Side } from './errors.ts';
+import { CloseReason, type RefusalReason, type Side } from './errors.ts';
 import type { SessionFilter } from './starttls/types.ts';
 import { pumpFiltered, type FilteredPipe } from './filtered-pipe.ts';
 import { endGracefully } from './net/last-words.ts';
@@ -37,6 +37,8 @@ export interface SpliceOptions {
    * send a RST (ERR_INVALID_HANDLE_TYPE); the raw socket beneath it can.
    */
   resetClient: () => void;
+  /** With a filter: commands it refused itself (reason codes), to log and count. */
+  refused?: (reasons: readonly RefusalReason[]) => void;
 }
 
 export interface Splice {
@@ -155,6 +157,7 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
       pump = pumpFiltered(client, backend, filter, {
         replay: opts.replay,
         guard,
+        refused: opts.refused ?? (() => {}),
         backendGone: (waiting) => {
           if (waiting) result ??= { reason: CloseReason.backendClosed, side: 'backend', error: 'the backend closed while postern waited for its reply' };
           // Unlike a raw pipe, a filtered (mail) session does not stay half-open: what the client

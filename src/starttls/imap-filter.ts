@@ -7,7 +7,8 @@
 // piped raw, which is also what a compression layer needs (RFC 4978 COMPRESS=DEFLATE, valid only
 // once authenticated, changes every byte after its tagged OK).
 import { LOCAL_REPLY_BUDGET, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
-import { LF, LineTail, Output, PartialLine, contentLength, leadingWord, splitEol } from './lines.ts';
+import { RefusalReason } from '../errors.ts';
+import { Answers, LF, LineTail, Output, PartialLine, contentLength, leadingWord, splitEol } from './lines.ts';
 
 /**
  * Lines longer than this are forwarded as they come when their tag and command name come first
@@ -91,9 +92,9 @@ class ImapFilter implements SessionFilter {
 
   fromClient(chunk: Buffer): FilterStep {
     // A line begun before the switch is still in the store: it goes first.
-    if (this.raw) return { toBackend: this.clientLine.take(chunk), toClient: null, rest: null };
+    if (this.raw) return { toBackend: this.clientLine.take(chunk), toClient: null, refused: null, rest: null };
     const out = new Output();
-    const local = new Output();
+    const local = new Answers();
     let i = 0;
     while (i < chunk.length) {
       if (this.clientMode === 'literal') {
@@ -117,7 +118,7 @@ class ImapFilter implements SessionFilter {
         continue;
       }
       if (this.clientLine.length === 0 && (this.waitTag !== null || local.length >= LOCAL_REPLY_BUDGET)) {
-        return { toBackend: out.result(), toClient: local.result(), rest: chunk.subarray(i) };
+        return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: chunk.subarray(i) };
       }
       if (lf < 0) {
         this.clientLine.add(chunk.subarray(i));
@@ -132,7 +133,7 @@ class ImapFilter implements SessionFilter {
       } else this.clientCommandLine(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
       i = lf + 1;
     }
-    return { toBackend: out.result(), toClient: local.result(), rest: null };
+    return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: null };
   }
 
   /**
@@ -142,14 +143,17 @@ class ImapFilter implements SessionFilter {
    * carry a STARTTLS postern never saw. Such a line is refused (a backend refuses it too: Dovecot
    * 2.3 refuses pre-login lines over 1-2 KB) and dropped up to its end.
    */
-  private overlong(out: Output, local: Output, complete: boolean): void {
+  private overlong(out: Output, local: Answers, complete: boolean): void {
     const head = this.clientLine.take();
     // A line this long announces no literal: a backend refuses it whole, so what follows is
     // commands, for postern too.
     let refused = false;
     if (this.commandStart) {
       refused = !OVERLONG_START.test(head.toString('latin1', 0, Math.min(head.length, 256)));
-      if (refused) local.push(OVERLONG);
+      if (refused) {
+        local.refuse(RefusalReason.lineTooLong);
+        local.push(OVERLONG);
+      }
       else refused = this.refused(head, local);
     }
     if (!refused) out.push(head);
@@ -166,7 +170,7 @@ class ImapFilter implements SessionFilter {
    * start a second TLS layer). The verb is read conservatively (leadingWord), so padding or odd
    * separators do not hide it.
    */
-  private refused(line: Buffer, local: Output): boolean {
+  private refused(line: Buffer, local: Answers): boolean {
     const sp = line.indexOf(0x20);
     const tagEnd = sp < 0 ? contentLength(line) : sp;
     this.tag = line.toString('latin1', 0, tagEnd);
@@ -175,6 +179,7 @@ class ImapFilter implements SessionFilter {
     if (sp < 0) return false;
     const verb = leadingWord(line.subarray(sp + 1));
     if (verb === 'STARTTLS') {
+      local.refuse(RefusalReason.starttlsRefused);
       local.push(this.tls ? `${this.tag} BAD TLS already active\r\n` : `${this.tag} NO STARTTLS not available now\r\n`);
       return true;
     }
@@ -182,7 +187,7 @@ class ImapFilter implements SessionFilter {
     return false;
   }
 
-  private clientCommandLine(line: Buffer, out: Output, local: Output): void {
+  private clientCommandLine(line: Buffer, out: Output, local: Answers): void {
     if (this.commandStart && this.refused(line, local)) return;
     out.push(line);
     this.afterClientLine(line.toString('latin1', 0, contentLength(line)));

@@ -2,6 +2,7 @@
 // line store, an output collector that keeps untouched bytes zero-copy, the end-of-data scanner
 // for SMTP DATA / POP3 multi-line responses, and the limits every dialogue shares.
 import { isUtf8 } from 'node:buffer';
+import type { RefusalReason } from '../errors.ts';
 
 export const LF = 0x0a;
 export const CR = 0x0d;
@@ -51,6 +52,15 @@ export class Output {
     this.parts = [];
     this.length = 0;
     return out;
+  }
+}
+
+/** postern's own answers in one fromClient() call, and the reason code of each refusal among them. */
+export class Answers extends Output {
+  refused: RefusalReason[] | null = null;
+
+  refuse(reason: RefusalReason): void {
+    (this.refused ??= []).push(reason);
   }
 }
 

@@ -4,7 +4,8 @@
 // AUTH) the session is in the TRANSACTION state, where STLS is not valid (RFC 2595 section 4):
 // the filter steps aside and the rest is piped raw.
 import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
-import { DotTerminator, LF, Output, PartialLine, contentLength, leadingWord, splitCommand, splitEol, headWord } from './lines.ts';
+import { RefusalReason } from '../errors.ts';
+import { Answers, DotTerminator, LF, Output, PartialLine, contentLength, leadingWord, splitCommand, splitEol, headWord } from './lines.ts';
 
 /** Lines longer than this are forwarded as they come (RFC 2449 section 4 allows 255 / 512 octets). */
 const MAX_LINE = 4096;
@@ -69,9 +70,9 @@ class Pop3Filter implements SessionFilter {
   }
 
   fromClient(chunk: Buffer): FilterStep {
-    if (this.raw) return { toBackend: this.clientLine.take(chunk), toClient: null, rest: null };
+    if (this.raw) return { toBackend: this.clientLine.take(chunk), toClient: null, refused: null, rest: null };
     const out = new Output();
-    const local = new Output();
+    const local = new Answers();
     let i = 0;
     while (i < chunk.length) {
       const lf = chunk.indexOf(LF, i);
@@ -85,7 +86,7 @@ class Pop3Filter implements SessionFilter {
         continue;
       }
       if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET)) {
-        return { toBackend: out.result(), toClient: local.result(), rest: chunk.subarray(i) };
+        return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: chunk.subarray(i) };
       }
       if (lf < 0) {
         this.clientLine.add(chunk.subarray(i));
@@ -100,11 +101,12 @@ class Pop3Filter implements SessionFilter {
       } else this.clientCommand(this.clientLine.take(chunk.subarray(i, lf + 1)), out, local);
       i = lf + 1;
     }
-    return { toBackend: out.result(), toClient: local.result(), rest: null };
+    return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: null };
   }
 
   /** postern's own answer, in its place among the responses to pipelined commands. */
-  private answer(text: string, local: Output): void {
+  private answer(text: string, reason: RefusalReason, local: Answers): void {
+    local.refuse(reason);
     if (this.expect.length === 0) local.push(text);
     else this.expect.push({ kind: 'local', text });
   }
@@ -114,7 +116,7 @@ class Pop3Filter implements SessionFilter {
    * it comes (its expected answer read from its head), STLS answered and dropped. `complete`: its
    * LF came with it.
    */
-  private overlong(out: Output, local: Output, complete: boolean): void {
+  private overlong(out: Output, local: Answers, complete: boolean): void {
     const head = this.clientLine.take();
     if (this.clientMode === 'sasl') {
       out.push(head);
@@ -128,7 +130,8 @@ class Pop3Filter implements SessionFilter {
     // long as that hides the command a backend would read after it (an STLS), so it is refused.
     const word = headWord(head.subarray(0, MAX_LINE + 1));
     if (word === null || word === 'STLS') {
-      this.answer(word === null ? OVERLONG : this.stlsAnswer, local);
+      if (word === null) this.answer(OVERLONG, RefusalReason.lineTooLong, local);
+      else this.answer(this.stlsAnswer, RefusalReason.starttlsRefused, local);
       if (!complete) this.clientMode = 'discard';
       return;
     }
@@ -140,7 +143,7 @@ class Pop3Filter implements SessionFilter {
     else this.clientMode = kind === 'auth' ? 'auth-long' : 'long';
   }
 
-  private clientCommand(line: Buffer, out: Output, local: Output): void {
+  private clientCommand(line: Buffer, out: Output, local: Answers): void {
     if (this.clientMode === 'sasl') {
       // RFC 5034 section 4: a base64 answer to a "+ " challenge, not a command; then the backend
       // speaks again.
@@ -151,7 +154,7 @@ class Pop3Filter implements SessionFilter {
     }
     if (leadingWord(line) === 'STLS') {
       // RFC 2595 section 4. The answer keeps its place among the responses to pipelined commands.
-      return this.answer(this.stlsAnswer, local);
+      return this.answer(this.stlsAnswer, RefusalReason.starttlsRefused, local);
     }
     const { verb, args } = splitCommand(line.toString('latin1', 0, contentLength(line)));
     out.push(line);

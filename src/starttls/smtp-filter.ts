@@ -4,7 +4,8 @@
 // are never parsed. SMTP stays filtered for the whole session: any later command line may be one
 // that postern refuses.
 import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
-import { DotTerminator, LF, Output, PartialLine, leadingWord, pushCrlf, splitEol, contentLength, headWord } from './lines.ts';
+import { RefusalReason } from '../errors.ts';
+import { Answers, DotTerminator, LF, Output, PartialLine, leadingWord, pushCrlf, splitEol, contentLength, headWord } from './lines.ts';
 
 /**
  * A command line longer than this is not held. RFC 5321 section 4.5.3.1.4 allows 512 octets;
@@ -74,7 +75,7 @@ class SmtpFilter implements SessionFilter {
 
   fromClient(chunk: Buffer): FilterStep {
     const out = new Output();
-    const local = new Output();
+    const local = new Answers();
     let i = 0;
     while (i < chunk.length) {
       if (this.mode === 'data') {
@@ -104,7 +105,7 @@ class SmtpFilter implements SessionFilter {
         // At a command boundary: stop where the backend must answer first, or where postern has
         // said enough for the client to read before it hears more.
         if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET)) {
-          return { toBackend: out.result(), toClient: local.result(), rest: chunk.subarray(i) };
+          return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: chunk.subarray(i) };
         }
         const lf = chunk.indexOf(LF, i);
         if (lf < 0) {
@@ -121,11 +122,12 @@ class SmtpFilter implements SessionFilter {
         i = lf + 1;
       }
     }
-    return { toBackend: out.result(), toClient: local.result(), rest: null };
+    return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: null };
   }
 
   /** postern's own answer, in its place among the replies to pipelined commands. */
-  private answer(text: string, local: Output): void {
+  private answer(text: string, reason: RefusalReason, local: Answers): void {
+    local.refuse(reason);
     if (this.expect.length === 0) local.push(text);
     else this.expect.push({ kind: 'local', text });
   }
@@ -135,7 +137,7 @@ class SmtpFilter implements SessionFilter {
    * is forwarded, anything else answered 500 and dropped. `then`: 'long' while its end has not
    * arrived (the rest follows the same way), 'cmd' when it came whole.
    */
-  private overlong(out: Output, local: Output, then: 'long' | 'cmd'): void {
+  private overlong(out: Output, local: Answers, then: 'long' | 'cmd'): void {
     const head = this.clientLine.take();
     // Decided on exactly the first MAX_COMMAND + 1 bytes, however many have come, and only on a
     // verb that ends inside them.
@@ -146,11 +148,11 @@ class SmtpFilter implements SessionFilter {
       this.mode = then;
       return;
     }
-    this.answer(OVERLONG, local);
+    this.answer(OVERLONG, RefusalReason.lineTooLong, local);
     this.mode = then === 'long' ? 'discard' : 'cmd';
   }
 
-  private command(line: Buffer, out: Output, local: Output): void {
+  private command(line: Buffer, out: Output, local: Answers): void {
     if (this.saslResponse) {
       // RFC 4954 section 4: a base64 line answering a 334 challenge, not a command.
       this.saslResponse = false;
@@ -162,13 +164,13 @@ class SmtpFilter implements SessionFilter {
     if (verb === 'STARTTLS') {
       // STARTTLS is never advertised after TLS (or after the handoff); the answer keeps its
       // place among the replies to pipelined commands.
-      return this.answer(this.starttlsAnswer, local);
+      return this.answer(this.starttlsAnswer, RefusalReason.starttlsRefused, local);
     }
     if (verb === 'XCLIENT' || verb === 'XFORWARD') {
       // Postfix trusts these from smtpd_authorized_xclient_hosts; the backend sees postern's own
       // address, so a client could otherwise claim any identity. The client's real address
       // travels in the PROXY header instead.
-      return this.answer(REFUSED_XCLIENT, local);
+      return this.answer(REFUSED_XCLIENT, RefusalReason.commandNotPermitted, local);
     }
     out.push(line);
     if (verb === 'DATA') {

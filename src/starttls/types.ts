@@ -1,5 +1,6 @@
 // Interfaces between the pure STARTTLS protocol machines (smtp/imap/pop3 dialogues and the
 // after-TLS stream filters) and the socket code that drives them (src/starttls/prelude.ts).
+import type { RefusalReason } from '../errors.ts';
 
 export interface DialogueOptions {
   /** The listener's hostname (lowercase). */
@@ -64,6 +65,8 @@ export interface FilterStep {
   toBackend: Buffer | null;
   /** postern's own answers (a second STARTTLS refused, XCLIENT refused). */
   toClient: Buffer | null;
+  /** The reason code of each command refused in this step (its answer may come later, in its place among pipelined replies). */
+  refused: readonly RefusalReason[] | null;
   /**
    * Bytes the filter did not read, because from them on it must wait for the backend (the
    * reply to DATA, the "+" for a synchronizing literal, too many commands outstanding) or

@@ -230,6 +230,72 @@ describe('after TLS everything learned before it is forgotten', () => {
   });
 });
 
+/**
+ * Commands postern refuses itself after TLS: what the client sends, the reply it hears, the reason
+ * code. A reason comes twice in each list: the second is counted but not logged again.
+ */
+const REFUSALS: Record<MailProtocol, Array<{ send: string; reply: string; reason: string }>> = {
+  smtp: [
+    { send: 'STARTTLS\r\n', reply: '503 5.5.1 TLS already active\r\n', reason: 'starttls_refused' },
+    { send: 'XCLIENT ADDR=192.0.2.1\r\n', reply: '550 5.7.0 Command not permitted through postern\r\n', reason: 'command_not_permitted' },
+    { send: `NOOP ${'x'.repeat(5000)}\r\n`, reply: '500 5.5.6 Line too long\r\n', reason: 'line_too_long' },
+    { send: 'XFORWARD ADDR=192.0.2.1\r\n', reply: '550 5.7.0 Command not permitted through postern\r\n', reason: 'command_not_permitted' },
+    { send: 'STARTTLS\r\n', reply: '503 5.5.1 TLS already active\r\n', reason: 'starttls_refused' },
+  ],
+  imap: [
+    { send: 'c STARTTLS\r\n', reply: 'c BAD TLS already active\r\n', reason: 'starttls_refused' },
+    // A tag longer than any a backend would read: refused whole (RFC 9051 section 7.1, TOOBIG).
+    { send: `${'t'.repeat(70_000)} NOOP\r\n`, reply: '* BAD [TOOBIG] Command line too long\r\n', reason: 'line_too_long' },
+    { send: 'e STARTTLS\r\n', reply: 'e BAD TLS already active\r\n', reason: 'starttls_refused' },
+  ],
+  pop3: [
+    { send: 'STLS\r\n', reply: '-ERR TLS already active\r\n', reason: 'starttls_refused' },
+    { send: `${'A'.repeat(5000)}\r\n`, reply: '-ERR Line too long\r\n', reason: 'line_too_long' },
+    { send: 'STLS\r\n', reply: '-ERR TLS already active\r\n', reason: 'starttls_refused' },
+  ],
+};
+
+describe('commands postern refuses itself after TLS: a reply, a reason code, a counter, one log line per reason', () => {
+  for (const proto of ['smtp', 'imap', 'pop3'] as const) {
+    it(`${proto}: ${[...new Set(REFUSALS[proto].map((x) => x.reason))].join(', ')}; the session goes on and the backend sees none of them`, async () => {
+      const listener = LISTENER[proto];
+      const base = await d.settledFds();
+      const cases = REFUSALS[proto];
+      const reasons = [...new Set(cases.map((x) => x.reason))];
+      const before = new Map<string, number>();
+      for (const reason of reasons) before.set(reason, await d.metric('postern_commands_refused_total', { listener, reason }));
+      const c = await open(proto);
+      c.socket.write(STARTTLS_CMD[proto].command);
+      await c.reader.readUntil(STARTTLS_CMD[proto].reply);
+      c.reader.detach();
+      const secure = await startTls(c.socket, { servername: 'mail.example.org', ca: pki.ca.certPem });
+      const r = readStream(secure);
+      for (const x of cases) {
+        secure.write(x.send);
+        expect(await r.readUntil(/\r\n/)).toBe(x.reply);
+      }
+      // Still a working session: the backend answers the next command.
+      await roundTrip(proto, secure, r);
+      secure.end();
+      await r.readToEnd(5000).catch(() => '');
+      const s = await d.summaryFor(c.localPort);
+      expect(s).toMatchObject({ listener, closeReason: 'done', refused: cases.length });
+      for (const reason of reasons) {
+        const n = cases.filter((x) => x.reason === reason).length;
+        expect(await d.metric('postern_commands_refused_total', { listener, reason }), reason).toBe(before.get(reason)! + n);
+        expect(await d.waitMsg('command refused', { listener, id: s.id, reason })).toMatchObject({ level: 'warn', client: '127.0.0.1' });
+      }
+      // One line per reason, however often the client repeated it.
+      await sleep(300);
+      const lines = d.logs.filter((l) => l.msg === 'command refused' && l.id === s.id);
+      expect(lines.map((l) => l.reason).sort()).toEqual([...reasons].sort());
+      const seen = sessionsOf(d.backend(listener), c.localPort)[0]!.data.toString('latin1');
+      expect(seen).not.toMatch(/STARTTLS|STLS|XCLIENT|XFORWARD|xxxxxxxx|tttttttt|AAAAAAAA/);
+      await stillServes(listener, proto, base);
+    });
+  }
+});
+
 describe('STARTTLS with an argument; STARTTLS without a certificate', () => {
   const cases: Array<{ proto: MailProtocol; bad: string; reply: string }> = [
     { proto: 'smtp', bad: 'STARTTLS x\r\n', reply: '501 5.5.4 Syntax error (no parameters allowed)\r\n' },
