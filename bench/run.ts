@@ -381,7 +381,7 @@ async function measureResumption(ep: Endpoint, o: Options, pid: number | null, k
 
 async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: string | null, run: number, position: number): Promise<RunRecord> {
   const rec: RunRecord = { run, position, startedAt: new Date().toISOString(), sanity: null, measurements: {}, errors: [] };
-  const logFile = path.join(ctx.dir, 'logs', `${t.name}-run${run}.log`);
+  let logFile = path.join(ctx.dir, 'logs', `${t.name}-run${run}.log`);
   const isTls = t.kind === 'proxy';
   const ep: Endpoint = isTls ? { host: HOST, port: PORTS.proxy, sni: SNI } : { host: HOST, port: PORTS.backend, sni: null };
   const url = isTls ? `https://${HOST}:${PORTS.proxy}/` : `http://${HOST}:${PORTS.backend}/`;
@@ -409,7 +409,7 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
     say('\n');
     return rec;
   }
-  const pid = proc?.pid ?? null;
+  let pid = proc?.pid ?? null;
   const keep = (key: MetricKey, r: { m: Measurement; perCore: [MetricKey, Measurement] | null }): Measurement => {
     rec.measurements[key] = r.m;
     if (r.perCore) rec.measurements[r.perCore[0]] = r.perCore[1];
@@ -450,6 +450,29 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
       }
       await sleep(300);
     } catch (err) { fail('memory', err); }
+    // Everything else on a fresh process: what the memory test's 5,000 sessions leave behind is
+    // not what a handshake costs, and after it the per-core figures of postern and bare Node alike
+    // were lower and scattered (bench/NOTES.md, 2026-12-06).
+    if (proc && [...o.tests].some((x) => x !== 'memory' && has(x))) {
+      try {
+        await stopProc(proc);
+        live.delete(proc);
+        proc = null;
+        if (!(await waitPort(HOST, PORTS.proxy, 3000, 'closed'))) throw new Error(`port ${PORTS.proxy} is still in use`);
+        logFile = path.join(ctx.dir, 'logs', `${t.name}-run${run}-after-memory.log`);
+        proc = t.start(ctx, logFile);
+        if (proc) {
+          live.add(proc);
+          if (!(await waitPort(HOST, PORTS.proxy, 15_000))) throw new Error(`did not listen on ${HOST}:${PORTS.proxy} within 15 s (exit: ${proc.exitedEarly() ?? 'still running'})\n${logTail(logFile)}`);
+        }
+        pid = proc?.pid ?? null;
+      } catch (err) {
+        fail('restart after the memory test', err);
+        if (proc) { await stopProc(proc); live.delete(proc); }
+        say('\n');
+        return rec;
+      }
+    }
   }
 
   const wantWrk = has('handshakes') || has('keepalive') || (has('workers') && t.workers !== undefined);

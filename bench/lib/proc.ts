@@ -107,12 +107,21 @@ export function treeRss(root: number): number {
 const TICK = 100; // USER_HZ on Linux
 /** CPU seconds (user + system, all threads) used so far by the process tree. */
 export function treeCpuSeconds(root: number): number {
-  let ticks = 0;
+  const t = treeCpuSplit(root);
+  return t.user + t.system;
+}
+
+/** The same, split: user time (JavaScript, OpenSSL) and system time (the kernel's socket work). */
+export function treeCpuSplit(root: number): { user: number; system: number } {
+  let user = 0, system = 0;
   for (const pid of treePids(root)) {
     const st = readStat(pid);
-    if (st) ticks += st.utime + st.stime;
+    if (st) {
+      user += st.utime;
+      system += st.stime;
+    }
   }
-  return ticks / TICK;
+  return { user: user / TICK, system: system / TICK };
 }
 
 /**
@@ -149,6 +158,8 @@ export interface CpuUse {
   proxySeconds: number | null;
   /** The same in cores (seconds per wall second). */
   proxyCores: number | null;
+  /** The kernel's share of proxySeconds (system time: sockets, TCP); the rest is user time. */
+  proxySystemSeconds: number | null;
   core0Busy: number | null;
   core1Busy: number | null;
   /** Cores' worth of task time used by processes this harness did not start (other users). */
@@ -162,11 +173,14 @@ export class CpuMeter {
   private readonly t0 = performance.now();
   private readonly pid: number | null;
   private readonly proc0: number;
+  private readonly sys0: number;
   private readonly own0 = ownCpuSeconds();
   private readonly cpus0 = cpuTimes();
   constructor(pid: number | null) {
     this.pid = pid;
-    this.proc0 = pid === null ? 0 : treeCpuSeconds(pid);
+    const t = pid === null ? { user: 0, system: 0 } : treeCpuSplit(pid);
+    this.proc0 = t.user + t.system;
+    this.sys0 = t.system;
   }
   stop(): CpuUse {
     const secs = (performance.now() - this.t0) / 1000;
@@ -185,10 +199,12 @@ export class CpuMeter {
       steal += b.steal - a.steal;
       total += b.total - a.total;
     }
-    const proxySeconds = this.pid === null ? null : treeCpuSeconds(this.pid) - this.proc0;
+    const t = this.pid === null ? null : treeCpuSplit(this.pid);
+    const proxySeconds = t === null ? null : t.user + t.system - this.proc0;
     return {
       proxySeconds: proxySeconds === null ? null : round(proxySeconds, 3),
       proxyCores: proxySeconds === null ? null : round(proxySeconds / secs, 3),
+      proxySystemSeconds: t === null ? null : round(t.system - this.sys0, 3),
       core0Busy: busy(0),
       core1Busy: busy(1),
       foreignCores: round(Math.max(0, task / TICK - own) / secs, 3),
