@@ -14,7 +14,7 @@
 //   data-flood       after TLS: DATA, then floods message text while the backend delays 354
 //   literal-flood    IMAP after TLS: a synchronizing literal, then floods while "+" never comes
 //   handoff-flood    SMTP port-25 plaintext handoff: floods while the backend never greets
-//   starttls-noread  after TLS: a second STARTTLS over and over, never reads the 503s
+//   starttls-noread  after TLS: a second STARTTLS over and over, never reads the 503s (postern ends the session at the 20th)
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

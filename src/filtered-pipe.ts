@@ -11,7 +11,7 @@
 // Once the filter has nothing more to rewrite (passthrough), the rest is two plain pipes.
 import type { Socket } from 'node:net';
 import type { RefusalReason } from './errors.ts';
-import type { SessionFilter } from './starttls/types.ts';
+import { MAX_REFUSALS, type SessionFilter } from './starttls/types.ts';
 
 /** Client bytes held while the filter cannot read them; the client is paused above this. */
 export const HOLD_LIMIT = 64 * 1024;
@@ -44,6 +44,11 @@ export interface PumpOptions {
   backendGone(waiting: boolean): void;
   /** The filter refused commands of the client itself (its answers are on their way): log and count them. */
   refused(reasons: readonly RefusalReason[]): void;
+  /**
+   * MAX_REFUSALS reached: the client is no longer read and the backend has its FIN; what the
+   * backend still answers goes on to the client, then backendGone() follows.
+   */
+  tooManyRefusals(): void;
   /** Wraps every event handler: an exception in one ends the session, never the process. */
   guard<A extends unknown[]>(fn: (...args: A) => void): (...args: A) => void;
 }
@@ -59,6 +64,8 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
   let backendEndSent = false;
   let waiting = false;
   let detached = false;
+  let refusals = 0;
+  let refusing = false; // MAX_REFUSALS reached: the client is not read any more
 
   const blocked = () => backend.writableNeedDrain || client.writableNeedDrain;
   const endBackend = () => {
@@ -74,13 +81,18 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
 
   /** Offers held client bytes to the filter while it can read them, then decides whether to read more. */
   const feed = () => {
+    if (refusing) return;
     while (held.length > 0 && filter.ready() && !blocked()) {
       const chunk = held.shift()!;
       heldBytes -= chunk.length;
       const r = filter.fromClient(chunk);
-      if (r.refused) opts.refused(r.refused);
+      if (r.refused) {
+        opts.refused(r.refused);
+        refusals += r.refused.length;
+      }
       if (r.toClient) client.write(r.toClient);
       if (r.toBackend) backend.write(r.toBackend);
+      if (refusals >= MAX_REFUSALS) return stopClient();
       if (r.rest && r.rest.length > 0) {
         held.unshift(r.rest);
         heldBytes += r.rest.length;
@@ -128,6 +140,24 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
     backend[m]('drain', onBackendDrain);
     client[m]('end', onClientEnd);
     backend[m]('end', onBackendEnd);
+  };
+
+  /**
+   * Too many refusals. The rest of what the client sent is not read (the socket stays paused; the
+   * splice's close drains it, capped), the backend gets a FIN after what it was sent, and its
+   * replies still pass the filter in order (RFC 2920: a client that pipelined gets every reply),
+   * then its close ends the session.
+   */
+  const stopClient = () => {
+    refusing = true;
+    client.off('data', onClientData);
+    client.off('end', onClientEnd);
+    client.pause();
+    held = [];
+    heldBytes = 0;
+    endBackend();
+    setWaiting(false);
+    opts.tooManyRefusals();
   };
 
   /** Nothing left to rewrite: what the filter and postern still hold goes first, then two pipes. */

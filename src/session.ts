@@ -524,6 +524,7 @@ async function proxy(s: Session, client: Socket, filter: SessionFilter | null, r
     ungreetedBackendWords: filter && l.tls === 'implicit' && down !== null ? Buffer.from(down) : null,
     resetClient: () => (raw.destroyed ? client.destroy() : raw.resetAndDestroy()),
     refused: (reasons) => countRefusals(s, reasons),
+    tooManyErrorsWords: () => s.say('tooManyErrors'),
   });
   s.spliced(sp);
   const counted = () => {

@@ -6,7 +6,7 @@
 // client left to the session, which tells it to try later).
 import type { Socket } from 'node:net';
 import { CloseReason, type RefusalReason, type Side } from './errors.ts';
-import type { SessionFilter } from './starttls/types.ts';
+import { MAX_REFUSALS, type SessionFilter } from './starttls/types.ts';
 import { pumpFiltered, type FilteredPipe } from './filtered-pipe.ts';
 import { endGracefully } from './net/last-words.ts';
 
@@ -39,6 +39,8 @@ export interface SpliceOptions {
   resetClient: () => void;
   /** With a filter: commands it refused itself (reason codes), to log and count. */
   refused?: (reasons: readonly RefusalReason[]) => void;
+  /** What the client is told when it had too many commands refused (the protocol's "too many errors"), asked only then. */
+  tooManyErrorsWords?: () => string | null;
 }
 
 export interface Splice {
@@ -143,7 +145,7 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
 
   if (filter) {
     /** The pump stops; the client gets `words` (if any) and its FIN, and at most LAST_WORDS_MS to go. */
-    const closeClient = (words: Buffer | null) => {
+    const closeClient = (words: Buffer | string | null) => {
       pump?.detach();
       endGracefully(client, words);
     };
@@ -153,6 +155,12 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
       backend.destroy();
       closeClient(opts.silentBackendWords);
     };
+    // The client's last words once it had too many commands refused; null until then.
+    let refusedWords: string | null = null;
+    let refusalTimer: NodeJS.Timeout | null = null;
+    client.once('close', () => {
+      if (refusalTimer) clearTimeout(refusalTimer);
+    });
     try {
       pump = pumpFiltered(client, backend, filter, {
         replay: opts.replay,
@@ -160,10 +168,21 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
         refused: opts.refused ?? (() => {}),
         backendGone: (waiting) => {
           if (waiting) result ??= { reason: CloseReason.backendClosed, side: 'backend', error: 'the backend closed while postern waited for its reply' };
+          if (refusalTimer) clearTimeout(refusalTimer);
           // Unlike a raw pipe, a filtered (mail) session does not stay half-open: what the client
           // still sends is dropped, and a client that does not close within the grace is closed.
           backend.end();
-          closeClient(filter.greeted() ? null : (opts.ungreetedBackendWords ?? null));
+          closeClient(filter.greeted() ? refusedWords : (opts.ungreetedBackendWords ?? null));
+        },
+        // The backend has its FIN and answers what it already has; a backend that does not close
+        // within timeouts.backendReply is closed.
+        tooManyRefusals: () => {
+          result ??= { reason: CloseReason.tooManyErrors, side: 'client', error: `${MAX_REFUSALS} commands refused by postern` };
+          refusedWords = opts.tooManyErrorsWords?.() ?? null;
+          refusalTimer = setTimeout(guard(() => {
+            backend.destroy();
+            closeClient(refusedWords);
+          }), opts.backendReplyMs);
         },
         // Waits for the backend have their own deadline: the client's bytes (which reset the idle
         // timer) never extend it (threats.md: "Client bytes never extend a deadline that waits on

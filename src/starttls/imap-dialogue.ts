@@ -34,6 +34,7 @@ export function imapWords(hostname: string): ProtocolWords {
     tooMany: `* BYE [UNAVAILABLE] ${hostname} too many connections, try again later\r\n`,
     shutdown: `* BYE ${hostname} shutting down\r\n`,
     internalError: `* BYE [SERVERBUG] ${hostname} internal error, try again later\r\n`,
+    tooManyErrors: '* BYE Too many errors\r\n',
   };
 }
 

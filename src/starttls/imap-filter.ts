@@ -6,7 +6,7 @@
 // not-authenticated state (RFC 9051 section 6.2.1), so the filter steps aside and the session is
 // piped raw, which is also what a compression layer needs (RFC 4978 COMPRESS=DEFLATE, valid only
 // once authenticated, changes every byte after its tagged OK).
-import { LOCAL_REPLY_BUDGET, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
+import { LOCAL_REPLY_BUDGET, MAX_REFUSALS, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
 import { RefusalReason } from '../errors.ts';
 import { Answers, LF, LineTail, Output, PartialLine, contentLength, leadingWord, splitEol } from './lines.ts';
 
@@ -45,6 +45,8 @@ export function imapFilter(opts: FilterOptions): SessionFilter {
 }
 
 class ImapFilter implements SessionFilter {
+  /** Refusals over the whole session (MAX_REFUSALS). */
+  private readonly tally = { refusals: 0 };
   private greetingDone = false;
   private swallow: number; // tagged completions still to drop (with the untagged lines before them)
   private readonly tls: boolean;
@@ -83,7 +85,7 @@ class ImapFilter implements SessionFilter {
    * command is the backend's decision, so postern reads them only once it knows.
    */
   ready(): boolean {
-    return this.raw || (this.greetingDone && this.swallow === 0 && this.waitTag === null);
+    return this.raw || (this.greetingDone && this.swallow === 0 && this.waitTag === null && this.tally.refusals < MAX_REFUSALS);
   }
 
   passthrough(): boolean {
@@ -94,7 +96,7 @@ class ImapFilter implements SessionFilter {
     // A line begun before the switch is still in the store: it goes first.
     if (this.raw) return { toBackend: this.clientLine.take(chunk), toClient: null, refused: null, rest: null };
     const out = new Output();
-    const local = new Answers();
+    const local = new Answers(this.tally);
     let i = 0;
     while (i < chunk.length) {
       if (this.clientMode === 'literal') {
@@ -117,7 +119,7 @@ class ImapFilter implements SessionFilter {
         this.clientMode = 'line';
         continue;
       }
-      if (this.clientLine.length === 0 && (this.waitTag !== null || local.length >= LOCAL_REPLY_BUDGET)) {
+      if (this.clientLine.length === 0 && (this.waitTag !== null || local.length >= LOCAL_REPLY_BUDGET || local.atLimit())) {
         return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: chunk.subarray(i) };
       }
       if (lf < 0) {

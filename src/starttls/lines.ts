@@ -3,6 +3,7 @@
 // for SMTP DATA / POP3 multi-line responses, and the limits every dialogue shares.
 import { isUtf8 } from 'node:buffer';
 import type { RefusalReason } from '../errors.ts';
+import { MAX_REFUSALS } from './types.ts';
 
 export const LF = 0x0a;
 export const CR = 0x0d;
@@ -55,12 +56,27 @@ export class Output {
   }
 }
 
-/** postern's own answers in one fromClient() call, and the reason code of each refusal among them. */
+/**
+ * postern's own answers in one fromClient() call, and the reason code of each refusal among them;
+ * `tally` is the filter's count of refusals over the whole session.
+ */
 export class Answers extends Output {
   refused: RefusalReason[] | null = null;
+  private readonly tally: { refusals: number };
+
+  constructor(tally: { refusals: number }) {
+    super();
+    this.tally = tally;
+  }
 
   refuse(reason: RefusalReason): void {
     (this.refused ??= []).push(reason);
+    this.tally.refusals++;
+  }
+
+  /** MAX_REFUSALS reached in this session: the filter reads no further command. */
+  atLimit(): boolean {
+    return this.tally.refusals >= MAX_REFUSALS;
   }
 }
 

@@ -18,6 +18,7 @@ export function pop3Words(hostname: string): ProtocolWords {
     tooMany: `-ERR [SYS/TEMP] ${hostname} too many connections, try again later\r\n`,
     shutdown: `-ERR [SYS/TEMP] ${hostname} shutting down\r\n`,
     internalError: `-ERR [SYS/TEMP] ${hostname} internal error, try again later\r\n`,
+    tooManyErrors: '-ERR Too many errors\r\n',
   };
 }
 

@@ -3,7 +3,7 @@
 // through as raw bytes that are never parsed. Once the client has logged in (+OK to PASS, APOP or
 // AUTH) the session is in the TRANSACTION state, where STLS is not valid (RFC 2595 section 4):
 // the filter steps aside and the rest is piped raw.
-import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
+import { LOCAL_REPLY_BUDGET, MAX_REFUSALS, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
 import { RefusalReason } from '../errors.ts';
 import { Answers, DotTerminator, LF, Output, PartialLine, contentLength, leadingWord, splitCommand, splitEol, headWord } from './lines.ts';
 
@@ -25,6 +25,8 @@ export function pop3Filter(opts: FilterOptions): SessionFilter {
 }
 
 class Pop3Filter implements SessionFilter {
+  /** Refusals over the whole session (MAX_REFUSALS). */
+  private readonly tally = { refusals: 0 };
   private greetingDone = false;
   private swallow: number; // status lines still to drop
   private readonly stlsAnswer: string;
@@ -60,7 +62,7 @@ class Pop3Filter implements SessionFilter {
 
   ready(): boolean {
     if (this.raw) return true;
-    if (!this.greetingDone || this.swallow > 0) return false;
+    if (!this.greetingDone || this.swallow > 0 || this.tally.refusals >= MAX_REFUSALS) return false;
     // Waits start and end at line boundaries: the rest of a line being passed goes on.
     return this.clientMode !== 'line' || (!this.authWait && this.expect.length < MAX_OUTSTANDING);
   }
@@ -72,7 +74,7 @@ class Pop3Filter implements SessionFilter {
   fromClient(chunk: Buffer): FilterStep {
     if (this.raw) return { toBackend: this.clientLine.take(chunk), toClient: null, refused: null, rest: null };
     const out = new Output();
-    const local = new Answers();
+    const local = new Answers(this.tally);
     let i = 0;
     while (i < chunk.length) {
       const lf = chunk.indexOf(LF, i);
@@ -85,7 +87,7 @@ class Pop3Filter implements SessionFilter {
         this.clientMode = 'line';
         continue;
       }
-      if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET)) {
+      if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET || local.atLimit())) {
         return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: chunk.subarray(i) };
       }
       if (lf < 0) {

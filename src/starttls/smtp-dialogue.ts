@@ -20,6 +20,7 @@ export function smtpWords(hostname: string): ProtocolWords {
     tooMany: `421 4.7.0 ${hostname} Too many connections, try again later\r\n`,
     shutdown: `421 4.3.2 ${hostname} Service shutting down\r\n`,
     internalError: `421 4.3.0 ${hostname} Internal error, try again later\r\n`,
+    tooManyErrors: `421 4.7.0 ${hostname} Too many errors\r\n`,
   };
 }
 

@@ -3,7 +3,7 @@
 // and XCLIENT/XFORWARD itself, and lets message content (DATA, BDAT) through as raw bytes that
 // are never parsed. SMTP stays filtered for the whole session: any later command line may be one
 // that postern refuses.
-import { LOCAL_REPLY_BUDGET, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
+import { LOCAL_REPLY_BUDGET, MAX_REFUSALS, MAX_OUTSTANDING, type FilterOptions, type FilterStep, type SessionFilter } from './types.ts';
 import { RefusalReason } from '../errors.ts';
 import { Answers, DotTerminator, LF, Output, PartialLine, leadingWord, pushCrlf, splitEol, contentLength, headWord } from './lines.ts';
 
@@ -27,6 +27,8 @@ export function smtpFilter(opts: FilterOptions): SessionFilter {
 }
 
 class SmtpFilter implements SessionFilter {
+  /** Refusals over the whole session (MAX_REFUSALS). */
+  private readonly tally = { refusals: 0 };
   private greetingDone = false;
   private swallow: number;
   private readonly starttlsAnswer: string;
@@ -64,7 +66,7 @@ class SmtpFilter implements SessionFilter {
    * text or commands is the backend's decision, so postern reads them only once it knows.
    */
   ready(): boolean {
-    if (!this.greetingDone || this.swallow > 0) return false;
+    if (!this.greetingDone || this.swallow > 0 || this.tally.refusals >= MAX_REFUSALS) return false;
     // Waits start and end at command boundaries: message text and the rest of a line go on.
     return this.mode !== 'cmd' || (!this.waitingData && this.expect.length < MAX_OUTSTANDING);
   }
@@ -75,7 +77,7 @@ class SmtpFilter implements SessionFilter {
 
   fromClient(chunk: Buffer): FilterStep {
     const out = new Output();
-    const local = new Answers();
+    const local = new Answers(this.tally);
     let i = 0;
     while (i < chunk.length) {
       if (this.mode === 'data') {
@@ -104,7 +106,7 @@ class SmtpFilter implements SessionFilter {
       } else {
         // At a command boundary: stop where the backend must answer first, or where postern has
         // said enough for the client to read before it hears more.
-        if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET)) {
+        if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET || local.atLimit())) {
           return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: chunk.subarray(i) };
         }
         const lf = chunk.indexOf(LF, i);

@@ -57,6 +57,8 @@ export interface ProtocolWords {
   shutdown: string;
   /** A fault inside postern ended this session: try later. */
   internalError: string;
+  /** After TLS: the client had too many commands refused by postern (filtered-pipe.ts MAX_REFUSALS); the session ends. */
+  tooManyErrors: string;
 }
 
 /** What a filter made of some client bytes. */
@@ -93,6 +95,7 @@ export interface SessionFilter {
    * 2920 section 3.1: EHLO ends a pipelined group), a reply that decides how the next client
    * bytes are read (354, "+"), or replies to too many outstanding commands. The driver holds
    * client bytes (up to a cap, then stops reading) and runs the backend-reply deadline meanwhile.
+   * False for good once MAX_REFUSALS commands were refused: the filter reads no more client bytes.
    */
   ready(): boolean;
   /** True once the backend's complete greeting has been seen (the driver then sends the replay). */
@@ -125,3 +128,11 @@ export const MAX_OUTSTANDING = 1024;
 
 /** Bytes of its own answers a filter produces in one fromClient() call before it returns the rest. */
 export const LOCAL_REPLY_BUDGET = 4096;
+
+/**
+ * Commands a filter refuses itself in one session; it reads no further command after the last
+ * one, and the driver (filtered-pipe.ts) ends the session. The backend would have closed such a
+ * client (Postfix: smtpd_hard_error_limit, 20; Dovecot: 20 bad commands), but it never sees these:
+ * without a limit a client could have postern answer for ever, as fast as it reads.
+ */
+export const MAX_REFUSALS = 20;

@@ -435,6 +435,23 @@ describe('the session inside TLS (raw Node client)', () => {
     expect(await disconnectLine(from)).toBe('ehlo=1 noop=1 quit=1 commands=3');
   });
 
+  it('twenty refused commands end the session: Postfix answers what was pipelined before them, gets a FIN, and the client gets 421', async () => {
+    const from = '127.0.0.19';
+    const c = await preTls(stack.port('smtp'), from);
+    const { t, tr } = await upgrade(c);
+    t.write('EHLO client.example.net\r\n');
+    await tr.readUntil(/^250 .*\r\n/m);
+    // One write: a command for Postfix, then 25 that postern refuses; it reads up to the 20th.
+    t.write('NOOP\r\n' + 'XCLIENT ADDR=192.0.2.1\r\n'.repeat(5) + 'STARTTLS\r\n'.repeat(20));
+    const lines = (await tr.readToEnd()).split('\r\n').filter((l) => l !== '');
+    expect(lines[0]).toMatch(/^250 2\.0\.0 Ok$/);
+    expect(lines.slice(1, 6)).toEqual(Array(5).fill('550 5.7.0 Command not permitted through postern'));
+    expect(lines.slice(6, 21)).toEqual(Array(15).fill('503 5.5.1 TLS already active'));
+    expect(lines.slice(21)).toEqual([expect.stringMatching(/^421 4\.7\.0 \S+ Too many errors$/)]);
+    // Postfix saw EHLO and NOOP, then the FIN: no XCLIENT, no STARTTLS.
+    expect(await disconnectLine(from)).toBe('ehlo=1 noop=1 commands=2');
+  });
+
   /** A message whose text looks like SMTP commands and dot-stuffing: the filter must pass it as it is. */
   const trickyBody = (token: string) => [
     `Subject: ${token}`, 'From: s@example.net', 'To: rcpt@example.org', '',

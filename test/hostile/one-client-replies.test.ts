@@ -84,7 +84,7 @@ describe('after TLS: the filter\'s own refusals to a client that never reads', (
     { listener: 'pop3', proto: 'pop3', command: 'STLS', reply: '-ERR TLS already active\r\n', forbidden: /STLS/ },
   ];
   for (const c of cases) {
-    it(`${c.listener}: ${c.command} repeated for 4 s by a client that never reads (each answered by postern): VmRSS grows < 64 MB, nothing reaches the backend`, async () => {
+    it(`${c.listener}: ${c.command} repeated for 4 s by a client that never reads: postern answers 20, then ends the session (too_many_errors); VmRSS grows < 64 MB, nothing reaches the backend`, async () => {
       const d = await daemonFor(c.listener);
       const pid = d.pid;
       const s = await upgrade(d, c.listener, c.proto, pki.ca.certPem);
@@ -102,7 +102,7 @@ describe('after TLS: the filter\'s own refusals to a client that never reads', (
       expectAlive(d, pid);
       expect(rss.max - rss.baseline).toBeLessThan(BOUND);
       s.secure.destroy();
-      await d.summaryFor(s.localPort);
+      expect(await d.summaryFor(s.localPort)).toMatchObject({ closeReason: 'too_many_errors', refused: 20 });
       const mine = sessionsOf(d.backend(c.listener), s.localPort);
       expect(mine).toHaveLength(1);
       expect(mine[0]!.data.toString('latin1')).not.toMatch(c.forbidden);

@@ -63,6 +63,16 @@ async function open(proto: MailProtocol, listener = LISTENER[proto]) {
   return c;
 }
 
+/** Connects, says STARTTLS and completes the handshake: the plain connection, the TLS socket and its reader. */
+async function secured(proto: MailProtocol) {
+  const c = await open(proto);
+  c.socket.write(STARTTLS_CMD[proto].command);
+  await c.reader.readUntil(STARTTLS_CMD[proto].reply);
+  c.reader.detach();
+  const secure = await startTls(c.socket, { servername: 'mail.example.org', ca: pki.ca.certPem });
+  return { c, secure, r: readStream(secure) };
+}
+
 const INJECT: Record<MailProtocol, { command: string; injected: string; marker: string }> = {
   smtp: { command: 'STARTTLS\r\n', injected: 'EHLO injected\r\n', marker: 'injected' },
   imap: { command: 'a STARTTLS\r\n', injected: 'b LOGIN injected secret\r\n', marker: 'injected' },
@@ -264,12 +274,7 @@ describe('commands postern refuses itself after TLS: a reply, a reason code, a c
       const reasons = [...new Set(cases.map((x) => x.reason))];
       const before = new Map<string, number>();
       for (const reason of reasons) before.set(reason, await d.metric('postern_commands_refused_total', { listener, reason }));
-      const c = await open(proto);
-      c.socket.write(STARTTLS_CMD[proto].command);
-      await c.reader.readUntil(STARTTLS_CMD[proto].reply);
-      c.reader.detach();
-      const secure = await startTls(c.socket, { servername: 'mail.example.org', ca: pki.ca.certPem });
-      const r = readStream(secure);
+      const { c, secure, r } = await secured(proto);
       for (const x of cases) {
         secure.write(x.send);
         expect(await r.readUntil(/\r\n/)).toBe(x.reply);
@@ -291,6 +296,42 @@ describe('commands postern refuses itself after TLS: a reply, a reason code, a c
       expect(lines.map((l) => l.reason).sort()).toEqual([...reasons].sort());
       const seen = sessionsOf(d.backend(listener), c.localPort)[0]!.data.toString('latin1');
       expect(seen).not.toMatch(/STARTTLS|STLS|XCLIENT|XFORWARD|xxxxxxxx|tttttttt|AAAAAAAA/);
+      await stillServes(listener, proto, base);
+    });
+  }
+});
+
+/** Per protocol: a command the backend answers, sent first in the same write, then the refused one. */
+const TOO_MANY: Record<MailProtocol, { first: string; firstReply: RegExp; refused: string; reply: string; last: RegExp }> = {
+  smtp: { first: 'NOOP first\r\n', firstReply: /^250 /, refused: 'STARTTLS\r\n', reply: '503 5.5.1 TLS already active', last: /^421 4\.7\.0 \S+ Too many errors$/ },
+  imap: { first: 'b NOOP first\r\n', firstReply: /^b OK /, refused: 'c STARTTLS\r\n', reply: 'c BAD TLS already active', last: /^\* BYE Too many errors$/ },
+  pop3: { first: 'NOOP first\r\n', firstReply: /^\+OK /, refused: 'STLS\r\n', reply: '-ERR TLS already active', last: /^-ERR Too many errors$/ },
+};
+
+describe('too many refusals after TLS end the session (20, like Postfix\'s smtpd_hard_error_limit)', () => {
+  for (const proto of ['smtp', 'imap', 'pop3'] as const) {
+    it(`${proto}: a pipelined command's reply, 20 refusals, then "too many errors" and a close (too_many_errors); nothing refused reaches the backend`, async () => {
+      const listener = LISTENER[proto];
+      const base = await d.settledFds();
+      const closedBefore = await counter('too_many_errors', listener);
+      const t = TOO_MANY[proto];
+      const { c, secure, r } = await secured(proto);
+      if (proto === 'smtp') await roundTrip(proto, secure, r);
+      // One write: a command for the backend, then 30 refusals; postern stops reading at the 20th.
+      secure.write(t.first + t.refused.repeat(30));
+      const lines = (await r.readToEnd(10_000)).split('\r\n').filter((l) => l !== '');
+      // The backend's reply (SMTP and POP3 keep command order; IMAP tags may come in any order).
+      expect(lines.filter((l) => t.firstReply.test(l)), lines.join(' | ')).toHaveLength(1);
+      expect(lines.filter((l) => l === t.reply)).toHaveLength(20);
+      expect(lines.at(-1)).toMatch(t.last);
+      expect(lines).toHaveLength(22);
+      if (proto !== 'imap') expect(lines[0]).toMatch(t.firstReply);
+      const s = await d.summaryFor(c.localPort);
+      expect(s).toMatchObject({ listener, closeReason: 'too_many_errors', side: 'client', refused: 20 });
+      expect(await counter('too_many_errors', listener)).toBe(closedBefore + 1);
+      const seen = sessionsOf(d.backend(listener), c.localPort)[0]!.data.toString('latin1');
+      expect(seen).toContain(t.first);
+      expect(seen).not.toMatch(/STARTTLS|STLS/);
       await stillServes(listener, proto, base);
     });
   }

@@ -229,12 +229,15 @@ describe('imap filter', () => {
     f.fromBackend(Buffer.from('* OK hi\r\n'));
     expect(f.fromClient(Buffer.from('a STARTTLS\r\n')).toClient!.toString()).toBe('a NO STARTTLS not available now\r\n');
   });
-  it('answers a flood of STARTTLS in pieces of at most a few KB, handing back the rest', () => {
+  it('answers a flood of STARTTLS up to MAX_REFUSALS (20), a TOOBIG line counting as one, and reads no further command', () => {
     const f = imapFilter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('* OK hi\r\n'));
-    const r = f.fromClient(Buffer.from('a STARTTLS\r\n'.repeat(10_000)));
-    expect(r.toClient!.length).toBeLessThanOrEqual(4096 + 64);
-    expect(r.rest!.length).toBeGreaterThan(100_000);
+    const tooLong = `${'t'.repeat(70_000)} NOOP\r\n`;
+    const r = f.fromClient(Buffer.from(tooLong + 'a STARTTLS\r\n'.repeat(10_000)));
+    expect(r.toClient!.toString()).toBe('* BAD [TOOBIG] Command line too long\r\n' + 'a BAD TLS already active\r\n'.repeat(19));
+    expect(r.refused).toEqual(['line_too_long', ...Array(19).fill('starttls_refused')]);
+    expect(r.rest!.length).toBe(9_981 * 12);
+    expect(r.toBackend).toBeNull();
   });
   it('returns a large server literal without copying it', () => {
     const f = imapFilter({ swallow: 0, tls: true });

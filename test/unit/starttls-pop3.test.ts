@@ -90,6 +90,17 @@ describe('pop3 filter', () => {
     const r = session([GREETING, ['c', 'CAPA\r\n'], ['b', '+OK\r\nTOP\r\nSTLS\r\nUSER\r\n.\r\n']]);
     expect(r.toClient).toBe('+OK\r\nTOP\r\nUSER\r\n.\r\n');
   });
+  it('answers STLS up to MAX_REFUSALS (20) over the session, an overlong line counting as one, and reads no further command', () => {
+    const f = pop3Filter({ swallow: 0, tls: true });
+    f.fromBackend(Buffer.from('+OK hi\r\n'));
+    const first = f.fromClient(Buffer.from(`${'A'.repeat(5000)}\r\n`));
+    expect(first).toMatchObject({ refused: ['line_too_long'], rest: null });
+    expect(first.toClient!.toString()).toBe('-ERR Line too long\r\n');
+    const r = f.fromClient(Buffer.from('STLS\r\n'.repeat(100)));
+    expect(r.toClient!.toString()).toBe('-ERR TLS already active\r\n'.repeat(19));
+    expect(r.refused).toEqual(Array(19).fill('starttls_refused'));
+    expect(r.rest!.length).toBe(81 * 6);
+  });
   it('refuses a second STLS itself and does not forward it', () => {
     expect(session([GREETING, ['c', 'stls\r\n']])).toEqual({ toClient: '-ERR TLS already active\r\n', toBackend: '' });
   });

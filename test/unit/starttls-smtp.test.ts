@@ -268,13 +268,19 @@ describe('smtp filter', () => {
     const accepted = session([GREETING, ['c', 'DATA\r\nXCLIENT ADDR=1.2.3.4\r\n.\r\n'], ['b', '354 go\r\n']]);
     expect(accepted.toBackend).toBe('DATA\r\nXCLIENT ADDR=1.2.3.4\r\n.\r\n');
   });
-  it('answers a flood of STARTTLS in pieces of at most a few KB, handing back the rest', () => {
+  it('answers a flood of STARTTLS up to MAX_REFUSALS (20) over the session, with a reason code each, and reads no further command', () => {
     const f = smtpFilter({ swallow: 0, tls: true });
     f.fromBackend(Buffer.from('220 hi\r\n'));
-    const r = f.fromClient(Buffer.from('STARTTLS\r\n'.repeat(10_000)));
-    expect(r.toClient!.length).toBeLessThanOrEqual(4096 + 64);
-    expect(r.rest!.length).toBeGreaterThan(90_000);
+    const first = f.fromClient(Buffer.from('STARTTLS\r\n'.repeat(15)));
+    expect(first.toClient!.toString()).toBe('503 5.5.1 TLS already active\r\n'.repeat(15));
+    expect(first.refused).toEqual(Array(15).fill('starttls_refused'));
+    expect(first.rest).toBeNull();
+    const r = f.fromClient(Buffer.from('XCLIENT ADDR=1.2.3.4\r\n'.repeat(2) + 'STARTTLS\r\n'.repeat(10_000)));
+    expect(r.toClient!.toString()).toBe('550 5.7.0 Command not permitted through postern\r\n'.repeat(2) + '503 5.5.1 TLS already active\r\n'.repeat(3));
+    expect(r.refused).toEqual([...Array(2).fill('command_not_permitted'), ...Array(3).fill('starttls_refused')]);
+    expect(r.rest!.length).toBe(9_997 * 10);
     expect(r.toBackend).toBeNull();
+    expect(f.fromClient(r.rest!)).toMatchObject({ toClient: null, refused: null, toBackend: null });
   });
   it('waits for replies once 1024 commands are outstanding (pipelining without limit would queue without limit)', () => {
     const f = smtpFilter({ swallow: 0, tls: true });
