@@ -4,6 +4,7 @@
 // from a truncation: no "unexpected eof while reading" from openssl s_client, 'end' before 'close'
 // and no ECONNRESET in a Node client.
 import { spawn } from 'node:child_process';
+import net from 'node:net';
 import tls from 'node:tls';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { makePki, type CertFiles, type TestPki } from '../helpers/certs.ts';
@@ -78,12 +79,15 @@ function expectOrderlyClose(out: string) {
 }
 
 /** A Node TLS client that records the order of 'end', 'close' and errors, and what it read. */
-function nodeClient(port: number): Promise<{ events: string[]; text: string }> {
+function nodeClient(port: number, onData?: (s: tls.TLSSocket, text: string) => void): Promise<{ events: string[]; text: string }> {
   return new Promise((resolve) => {
     const events: string[] = [];
     let text = '';
     const s = tls.connect({ port, host: '127.0.0.1', servername: NAME, ca: pki.ca.certPem });
-    s.on('data', (d: Buffer) => (text += d.toString('latin1')));
+    s.on('data', (d: Buffer) => {
+      text += d.toString('latin1');
+      onData?.(s, text);
+    });
     s.on('end', () => events.push('end'));
     s.on('error', (e: NodeJS.ErrnoException) => events.push(`error ${e.code ?? e.message}`));
     s.on('close', () => {
@@ -125,6 +129,39 @@ describe('last words over TLS end with close_notify, then FIN', () => {
     expect(out).toMatch(/^-ERR /m);
     expectOrderlyClose(out);
     expect(await p.summary()).toMatchObject({ closeReason: 'backend_reply_timeout' });
+  });
+
+  it('20 refused commands and a backend that ignores its FIN: after timeouts.backendReply the client gets 421, close_notify', async () => {
+    // Greets, then neither answers nor closes: half-open for ever once postern has sent its FIN.
+    const held: net.Socket[] = [];
+    const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+      held.push(sock);
+      sock.on('error', () => {});
+      let header = true;
+      sock.on('data', () => {
+        if (header) sock.write('220 stuck.test ESMTP\r\n');
+        header = false;
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    onTestFinished(() => {
+      for (const s of held) s.destroy();
+      server.close();
+    });
+    const { p, port } = await postern(`    protocol: smtp
+    role: submission
+    timeouts: { backendReply: 1s }
+    backend: { address: "127.0.0.1:${(server.address() as net.AddressInfo).port}", proxyProtocol: v2 }
+`);
+    const started = Date.now();
+    const r = await nodeClient(port, (s, text) => {
+      if (text === '220 stuck.test ESMTP\r\n') s.write('STARTTLS\r\n'.repeat(25));
+    });
+    expect(r.text).toMatch(new RegExp(`^220 stuck\\.test ESMTP\\r\\n(503 5\\.5\\.1 TLS already active\\r\\n){20}421 4\\.7\\.0 ${NAME.replace(/\./g, '\\.')} Too many errors\\r\\n$`));
+    expect(r.events).toEqual(['end', 'close']);
+    // The 421 waited for the backend's deadline, since this backend never closes.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+    expect(await p.summary()).toMatchObject({ closeReason: 'too_many_errors', refused: 20 });
   });
 
   it('idle timeout on a raw tls listener: close_notify (openssl s_client)', async () => {
