@@ -117,7 +117,9 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
       backend.write(pendingReplay);
       pendingReplay = '';
     }
-    if (filter.passthrough()) return goRaw();
+    // After too many refusals the client is not read again, even when a reply pipelined before
+    // them (an IMAP LOGIN's OK) leaves nothing to rewrite: the backend's bytes keep this path.
+    if (filter.passthrough() && !refusing) return goRaw();
     if (client.writableNeedDrain) backend.pause();
     feed();
   });

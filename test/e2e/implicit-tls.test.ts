@@ -124,6 +124,21 @@ describe('imap on an implicit TLS listener (993) before Dovecot', () => {
   });
 });
 
+describe('too many refusals before Dovecot', () => {
+  it('a LOGIN pipelined before 20 STARTTLS: Dovecot logs the user in, postern ends the session with BYE and does not read on', async () => {
+    const { t, r } = await implicit('imaps', '127.0.0.27');
+    await r.readUntil(/^\* OK .*\r\n/m);
+    // One write: the LOGIN (answered OK by Dovecot, after which postern's filter has nothing left to
+    // rewrite), 20 STARTTLS that postern refuses, then a command it must never forward.
+    t.write('a LOGIN alice secret\r\n' + 'b STARTTLS\r\n'.repeat(20) + 'c SELECT INBOX\r\n');
+    const text = await r.readToEnd();
+    expect(text).toMatch(/^a OK .*Logged in/m);
+    expect(text.match(/^b BAD TLS already active\r$/gm)).toHaveLength(20);
+    expect(text).toMatch(/\* BYE Too many errors\r\n$/);
+    expect(text).not.toMatch(/^c /m);
+  });
+});
+
 describe('pop3 on an implicit TLS listener (995) before Dovecot', () => {
   it('CAPA lacks STLS; STLS gets -ERR from postern; USER/PASS and RETR work', async () => {
     const token = `pop3s-${randomUUID()}`;
