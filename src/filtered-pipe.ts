@@ -46,7 +46,8 @@ export interface PumpOptions {
   refused(reasons: readonly RefusalReason[]): void;
   /**
    * MAX_REFUSALS reached: the client is no longer read and the backend has its FIN; what the
-   * backend still answers goes on to the client, then backendGone() follows.
+   * backend still answers goes on to the client, then backendGone() follows, or the wait for the
+   * backend (waiting(true)) passes its deadline.
    */
   tooManyRefusals(): void;
   /** Wraps every event handler: an exception in one ends the session, never the process. */
@@ -64,8 +65,7 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
   let backendEndSent = false;
   let waiting = false;
   let detached = false;
-  let refusals = 0;
-  let refusing = false; // MAX_REFUSALS reached: the client is not read any more
+  let refusals = 0; // commands the filter refused; at MAX_REFUSALS the client is not read any more
 
   const blocked = () => backend.writableNeedDrain || client.writableNeedDrain;
   const endBackend = () => {
@@ -81,7 +81,7 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
 
   /** Offers held client bytes to the filter while it can read them, then decides whether to read more. */
   const feed = () => {
-    if (refusing) return;
+    if (refusals >= MAX_REFUSALS) return;
     while (held.length > 0 && filter.ready() && !blocked()) {
       const chunk = held.shift()!;
       heldBytes -= chunk.length;
@@ -119,7 +119,7 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
     }
     // After too many refusals the client is not read again, even when a reply pipelined before
     // them (an IMAP LOGIN's OK) leaves nothing to rewrite: the backend's bytes keep this path.
-    if (filter.passthrough() && !refusing) return goRaw();
+    if (filter.passthrough() && refusals < MAX_REFUSALS) return goRaw();
     if (client.writableNeedDrain) backend.pause();
     feed();
   });
@@ -148,18 +148,19 @@ export function pumpFiltered(client: Socket, backend: Socket, filter: SessionFil
    * Too many refusals. The rest of what the client sent is not read (the socket stays paused; the
    * splice's close drains it, capped), the backend gets a FIN after what it was sent, and its
    * replies still pass the filter in order (RFC 2920: a client that pipelined gets every reply),
-   * then its close ends the session.
+   * then its close ends the session. Waiting for that close is a wait for the backend, with its
+   * deadline from now.
    */
   const stopClient = () => {
-    refusing = true;
     client.off('data', onClientData);
     client.off('end', onClientEnd);
     client.pause();
     held = [];
     heldBytes = 0;
     endBackend();
-    setWaiting(false);
     opts.tooManyRefusals();
+    setWaiting(false);
+    setWaiting(true);
   };
 
   /** Nothing left to rewrite: what the filter and postern still hold goes first, then two pipes. */

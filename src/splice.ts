@@ -144,6 +144,8 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
   });
 
   if (filter) {
+    // The client's last words once it had too many commands refused; null until then.
+    let refusedWords: string | null = null;
     /** The pump stops; the client gets `words` (if any) and its FIN, and at most LAST_WORDS_MS to go. */
     const closeClient = (words: Buffer | string | null) => {
       pump?.detach();
@@ -153,14 +155,8 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
       waitTimer = null;
       result ??= { reason: CloseReason.backendReplyTimeout, side: 'backend', error: `no backend reply within ${opts.backendReplyMs} ms` };
       backend.destroy();
-      closeClient(opts.silentBackendWords);
+      closeClient(refusedWords ?? opts.silentBackendWords);
     };
-    // The client's last words once it had too many commands refused; null until then.
-    let refusedWords: string | null = null;
-    let refusalTimer: NodeJS.Timeout | null = null;
-    client.once('close', () => {
-      if (refusalTimer) clearTimeout(refusalTimer);
-    });
     try {
       pump = pumpFiltered(client, backend, filter, {
         replay: opts.replay,
@@ -168,21 +164,16 @@ export function splice(client: Socket, backend: Socket, opts: SpliceOptions): Sp
         refused: opts.refused ?? (() => {}),
         backendGone: (waiting) => {
           if (waiting) result ??= { reason: CloseReason.backendClosed, side: 'backend', error: 'the backend closed while postern waited for its reply' };
-          if (refusalTimer) clearTimeout(refusalTimer);
           // Unlike a raw pipe, a filtered (mail) session does not stay half-open: what the client
           // still sends is dropped, and a client that does not close within the grace is closed.
           backend.end();
           closeClient(filter.greeted() ? refusedWords : (opts.ungreetedBackendWords ?? null));
         },
-        // The backend has its FIN and answers what it already has; a backend that does not close
-        // within timeouts.backendReply is closed.
+        // The backend has its FIN and answers what it already has; one that does not close within
+        // timeouts.backendReply is closed (onBackendSilent), the client told the same words.
         tooManyRefusals: () => {
           result ??= { reason: CloseReason.tooManyErrors, side: 'client', error: `${MAX_REFUSALS} commands refused by postern` };
           refusedWords = opts.tooManyErrorsWords?.() ?? null;
-          refusalTimer = setTimeout(guard(() => {
-            backend.destroy();
-            closeClient(refusedWords);
-          }), opts.backendReplyMs);
         },
         // Waits for the backend have their own deadline: the client's bytes (which reset the idle
         // timer) never extend it (threats.md: "Client bytes never extend a deadline that waits on

@@ -119,7 +119,7 @@ class ImapFilter implements SessionFilter {
         this.clientMode = 'line';
         continue;
       }
-      if (this.clientLine.length === 0 && (this.waitTag !== null || local.length >= LOCAL_REPLY_BUDGET || local.atLimit())) {
+      if (this.clientLine.length === 0 && (this.waitTag !== null || this.tally.refusals >= MAX_REFUSALS || local.length >= LOCAL_REPLY_BUDGET)) {
         return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: chunk.subarray(i) };
       }
       if (lf < 0) {

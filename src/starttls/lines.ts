@@ -3,7 +3,6 @@
 // for SMTP DATA / POP3 multi-line responses, and the limits every dialogue shares.
 import { isUtf8 } from 'node:buffer';
 import type { RefusalReason } from '../errors.ts';
-import { MAX_REFUSALS } from './types.ts';
 
 export const LF = 0x0a;
 export const CR = 0x0d;
@@ -72,11 +71,6 @@ export class Answers extends Output {
   refuse(reason: RefusalReason): void {
     (this.refused ??= []).push(reason);
     this.tally.refusals++;
-  }
-
-  /** MAX_REFUSALS reached in this session: the filter reads no further command. */
-  atLimit(): boolean {
-    return this.tally.refusals >= MAX_REFUSALS;
   }
 }
 

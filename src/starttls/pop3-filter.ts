@@ -87,7 +87,7 @@ class Pop3Filter implements SessionFilter {
         this.clientMode = 'line';
         continue;
       }
-      if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET || local.atLimit())) {
+      if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET)) {
         return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: chunk.subarray(i) };
       }
       if (lf < 0) {

@@ -106,7 +106,7 @@ class SmtpFilter implements SessionFilter {
       } else {
         // At a command boundary: stop where the backend must answer first, or where postern has
         // said enough for the client to read before it hears more.
-        if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET || local.atLimit())) {
+        if (this.clientLine.length === 0 && (!this.ready() || local.length >= LOCAL_REPLY_BUDGET)) {
           return { toBackend: out.result(), toClient: local.result(), refused: local.refused, rest: chunk.subarray(i) };
         }
         const lf = chunk.indexOf(LF, i);

@@ -57,7 +57,7 @@ export interface ProtocolWords {
   shutdown: string;
   /** A fault inside postern ended this session: try later. */
   internalError: string;
-  /** After TLS: the client had too many commands refused by postern (filtered-pipe.ts MAX_REFUSALS); the session ends. */
+  /** After TLS: the client had too many commands refused by postern (MAX_REFUSALS); the session ends. */
   tooManyErrors: string;
 }
 
