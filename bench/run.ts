@@ -5,19 +5,20 @@
 // `workers`: CPU per handshake of the whole process tree at a paced load).
 //
 //   node bench/run.ts [--quick] [--only postern,haproxy] [--runs N] [--postern-dir DIR] [--keep]
+//   node bench/run.ts --only postern,node --tests paced --runs 12   (paired: postern / node, 95% interval)
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { CpuMeter, runCapture, sleep, spawnPinned, stopProc, treeRss, waitPort, which, round, type CpuUse, type Proc } from './lib/proc.ts';
-import { TARGETS, type BenchContext, type Target } from './lib/targets.ts';
+import { TARGETS, posternB, type BenchContext, type Target } from './lib/targets.ts';
 import { bulk, closeAll, negotiatedGroup, openIdleSessions, sanityCheck, ResumingClients, type Endpoint, type ResumeResult } from './lib/clients.ts';
 import { MAIL_KINDS, holdMailSessions, mailSessionLoop, type MailKind } from './lib/mail-sessions.ts';
 import { runWrk, wrkErrorCount, type WrkResult } from './lib/wrk.ts';
 import {
   METRICS, absoluteTable, checkAgainstNode, checkTargets, checksTable, ratioTable, summarize, benchChart,
-  resumptionTable, workersTable, checkIssue17, mailTable, MAIL_METRICS,
+  resumptionTable, workersTable, checkIssue17, mailTable, MAIL_METRICS, pairedRows, pairedTable,
   type Limit, type Measurement, type MetricKey, type RunRecord, type TargetSummary,
 } from './lib/report.ts';
 
@@ -32,15 +33,21 @@ const NOFILE = 100_000;
 
 // ---- options --------------------------------------------------------------------------------
 
-const TESTS = ['memory', 'handshakes', 'keepalive', 'bulk', 'starttls', 'resumption', 'workers'] as const;
+const TESTS = ['memory', 'handshakes', 'keepalive', 'bulk', 'starttls', 'resumption', 'workers', 'paced'] as const;
+/** Not part of a plain `npm run bench` (asked for by name, `--tests paced`, for paired runs); --quick runs it too, to prove it works. */
+const ON_REQUEST: readonly Test[] = ['paced'];
 type Test = (typeof TESTS)[number];
 
-const USAGE = `usage: node bench/run.ts [--quick] [--only NAME,...] [--tests NAME,...] [--runs N] [--postern-dir DIR] [--keep]
+const USAGE = `usage: node bench/run.ts [--quick] [--only NAME,...] [--tests NAME,...] [--runs N] [--postern-dir DIR] [--postern-b DIR] [--pair A,B] [--keep]
   --quick            every measurement for ~2 s, one run, 500 idle sessions (CI: proves the harness works)
   --only a,b         measure only these targets: ${TARGETS.map((t) => t.name).join(', ')}
   --tests a,b        run only these measurements: ${TESTS.join(', ')}
   --runs N           repetitions (default 3; quick 1); the median is reported
   --postern-dir DIR  the postern checkout to run (default: this repository; dist/ must be built)
+  --postern-b DIR    adds the target postern-b: the same as postern, from another checkout (e.g. a
+                     git worktree of the commit before a change; dist/ built), for before/after pairs
+  --pair A,B         report A / B run by run with a 95% interval of the median ratio (default
+                     postern,node when both are measured; use --runs 12 or more)
   --keep             keep the scratch folder (configs, logs) and print its path
   --kex GROUPS       key exchange the idle sessions of the memory test and the resumption clients
                      offer (default X25519: what wrk and every peer on Debian 12's OpenSSL 3.0
@@ -48,10 +55,15 @@ const USAGE = `usage: node bench/run.ts [--quick] [--only NAME,...] [--tests NAM
                      postern, ~15 KB more a session)
   --paced-rate N     the workers test's offered load, full handshakes per second (default 400;
                      wrk with a delay before each request, so below what one core can do)
-tests: resumption   a pool of Node clients that keep their last session and reconnect with it
+tests (all but paced by default; --quick runs paced too):
+      resumption    a pool of Node clients that keep their last session and reconnect with it
                     (resumed handshakes per core-s, reuse ratio), then the same clients doing
                     full handshakes; workers: the paced load, CPU s per 1,000 handshakes of the
                     whole process tree (postern, postern-w2 and postern-w2-all only)
+      paced         every TLS target at the same offered load, so CPU per unit of work compares
+                    without saturating anything: full handshakes (--paced-rate, default 400/s) and
+                    keep-alive requests (--paced-requests, default 5,000/s); CPU s per 1,000
+  --paced-requests N the paced test's offered keep-alive requests per second (default 5000)
 environment: BENCH_LOG=warn runs postern without its per-connection log line (what logging costs);
              BENCH_POSTERN_NODE_ARGS="--cpu-prof --cpu-prof-dir DIR" passes node options to postern`;
 
@@ -61,12 +73,13 @@ interface Options {
   wrkConnections: number; smtpClients: number; handshakeParallel: number;
   quietWindowMs: number; quietMaxWaitMs: number; retries: number; kex: string;
   resumeClients: number; mailIdleSessions: number; singleUseProbe: number; pacedRate: number; pacedDelayMs: number;
+  pacedRequests: number; pacedRequestDelayMs: number; posternB: string | null; pair: [string, string] | null;
 }
 
 function parseArgs(argv: string[]): Options {
-  let quick = false, keep = false, only: string[] | null = null, runs: number | null = null, kex = 'X25519', pacedRate = 400;
-  let posternDir = REPO_DIR;
-  let tests = new Set<Test>(TESTS);
+  let quick = false, keep = false, only: string[] | null = null, runs: number | null = null, kex = 'X25519', pacedRate = 400, pacedRequests = 5000;
+  let posternDir = REPO_DIR, posternB: string | null = null, pair: [string, string] | null = null;
+  let tests: Set<Test> | null = null;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const val = (): string => {
@@ -87,18 +100,30 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--runs') runs = Number(val());
     else if (a === '--kex') kex = val();
     else if (a === '--paced-rate') pacedRate = Number(val());
+    else if (a === '--paced-requests') pacedRequests = Number(val());
     else if (a === '--postern-dir') posternDir = path.resolve(val());
+    else if (a === '--postern-b') posternB = path.resolve(val());
+    else if (a === '--pair') {
+      const p = val().split(',').map((x) => x.trim());
+      if (p.length !== 2 || !p[0] || !p[1]) { console.error(`--pair needs two targets, A,B\n${USAGE}`); process.exit(2); }
+      pair = [p[0], p[1]];
+    }
     else if (a === '--help' || a === '-h') { console.log(USAGE); process.exit(0); }
     else { console.error(`unknown argument ${a}\n${USAGE}`); process.exit(2); }
   }
+  const known = (n: string): boolean => TARGETS.some((t) => t.name === n) || (n === 'postern-b' && posternB !== null);
   if (only) {
-    const unknown = only.filter((n) => !TARGETS.some((t) => t.name === n));
+    const unknown = only.filter((n) => !known(n));
     if (unknown.length) { console.error(`unknown target(s): ${unknown.join(', ')}\n${USAGE}`); process.exit(2); }
   }
   if (runs !== null && !(Number.isInteger(runs) && runs >= 1)) { console.error('--runs needs a whole number >= 1'); process.exit(2); }
   if (!(pacedRate > 0)) { console.error('--paced-rate needs a number > 0'); process.exit(2); }
+  if (!(pacedRequests > 0)) { console.error('--paced-requests needs a number > 0'); process.exit(2); }
+  if (pair && !pair.every(known)) { console.error(`--pair: unknown target(s) in ${pair.join(',')}\n${USAGE}`); process.exit(2); }
+  if (posternB !== null && only && !only.includes('postern-b')) only.push('postern-b');
   return {
-    quick, only, keep, posternDir, tests,
+    quick, only, keep, posternDir,
+    tests: tests ?? new Set(TESTS.filter((x) => quick || !ON_REQUEST.includes(x))),
     runs: runs ?? (quick ? 1 : 3),
     seconds: quick ? 2 : 10,
     warmupSeconds: quick ? 0 : 2,
@@ -117,6 +142,10 @@ function parseArgs(argv: string[]): Options {
     singleUseProbe: quick ? 20 : 40,
     pacedRate,
     pacedDelayMs: 100,
+    pacedRequests,
+    // 10 ms between a connection's requests: 5,000/s offered is 50 connections, as the keep-alive test.
+    pacedRequestDelayMs: 10,
+    posternB, pair,
   };
 }
 
@@ -475,7 +504,7 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
     }
   }
 
-  const wantWrk = has('handshakes') || has('keepalive') || (has('workers') && t.workers !== undefined);
+  const wantWrk = has('handshakes') || has('keepalive') || (has('workers') && t.workers !== undefined) || (has('paced') && isTls);
   if (o.warmupSeconds > 0 && wantWrk && which('wrk') && (shim || !isTls)) {
     try { await runWrk('wrk', { url, connections: o.wrkConnections, seconds: o.warmupSeconds, close: true, shim: isTls ? shim : null, sni: SNI }); }
     catch (err) { fail('warm-up', err); }
@@ -516,21 +545,33 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
     // Issue 17, workers: the same full handshakes at a paced load (wrk waits pacedDelayMs before
     // each request; with Connection: close that is once per connection), so that postern with
     // one worker and with two do the same work per second; CPU of the whole process tree
-    // (supervisor and workers) per 1,000 handshakes.
-    if (has('workers') && t.workers !== undefined && isTls) try {
-      const script = path.join(ctx.dir, 'paced.lua');
-      if (!fs.existsSync(script)) fs.writeFileSync(script, `-- generated by bench/run.ts: wait before each request\nfunction delay()\n  return ${o.pacedDelayMs}\nend\n`);
-      const connections = Math.max(1, Math.round((o.pacedRate * o.pacedDelayMs) / 1000));
+    // (supervisor and workers) per 1,000 handshakes. The paced test does the same for every TLS
+    // target, and keep-alive requests too, so that CPU per unit of work compares between targets
+    // without saturating either core (issue 17, target 1; bench/NOTES.md).
+    const paced = async (what: 'handshakes' | 'keepalive'): Promise<void> => {
+      const close = what === 'handshakes';
+      const [rate, delayMs, rateKey, cpuKey] = close
+        ? [o.pacedRate, o.pacedDelayMs, 'pacedPerSec', 'pacedCpuPer1000'] as const
+        : [o.pacedRequests, o.pacedRequestDelayMs, 'pacedKeepAlivePerSec', 'pacedKeepAliveCpuPer1000'] as const;
+      const script = path.join(ctx.dir, `paced-${delayMs}ms.lua`);
+      if (!fs.existsSync(script)) fs.writeFileSync(script, `-- generated by bench/run.ts: wait before each request\nfunction delay()\n  return ${delayMs}\nend\n`);
+      const connections = Math.max(1, Math.round((rate * delayMs) / 1000));
       const r = await measure(o, pid, t.kind, async () => {
-        const w = await runWrk('wrk', { url, connections, seconds: o.seconds, close: true, shim, sni: SNI, script });
-        return { value: w.reqPerSec, detail: { ...wrkDetail(w), offeredPerSec: o.pacedRate, connections, delayMs: o.pacedDelayMs } };
+        const w = await runWrk('wrk', { url, connections, seconds: o.seconds, close, shim, sni: SNI, script });
+        return { value: w.reqPerSec, detail: { ...wrkDetail(w), offeredPerSec: rate, connections, delayMs } };
       });
-      const m = keep('pacedPerSec', r);
+      const m = keep(rateKey, r);
       const per1000 = cpuPer1000(m, (m.detail as { requests: number }).requests);
-      if (per1000) rec.measurements.pacedCpuPer1000 = per1000;
+      if (per1000) rec.measurements[cpuKey] = per1000;
       const errs = wrkErrorCount(m.detail as unknown as WrkResult);
-      say(`paced ${Math.round(m.value)}/s of ${o.pacedRate}${m.disturbed ? '~' : ''} [${per1000 ? per1000.value.toFixed(3) : '-'} CPU s/1000]${errs ? ` (${errs} errors)` : ''}  `);
-    } catch (err) { fail('workers', err); }
+      say(`paced ${close ? '' : 'keep-alive '}${Math.round(m.value)}/s of ${rate}${m.disturbed ? '~' : ''} [${per1000 ? per1000.value.toFixed(close ? 3 : 4) : '-'} CPU s/1000]${errs ? ` (${errs} errors)` : ''}  `);
+    };
+    if (isTls && ((has('workers') && t.workers !== undefined) || has('paced'))) {
+      try { await paced('handshakes'); } catch (err) { fail(has('paced') ? 'paced' : 'workers', err); }
+    }
+    if (isTls && has('paced')) {
+      try { await paced('keepalive'); } catch (err) { fail('paced keep-alive', err); }
+    }
   }
 
   if (has('resumption') && isTls) {
@@ -681,7 +722,8 @@ async function main(): Promise<number> {
   }
 
   // Which targets exist here.
-  const chosen = TARGETS.filter((t) => !o.only || o.only.includes(t.name));
+  const all = o.posternB ? [...TARGETS.slice(0, 2), posternB(o.posternB), ...TARGETS.slice(2)] : TARGETS;
+  const chosen = all.filter((t) => !o.only || o.only.includes(t.name));
   const available: { t: Target; version: string }[] = [];
   const missing: { name: string; reason: string }[] = [];
   for (const t of chosen) {
@@ -739,7 +781,7 @@ async function main(): Promise<number> {
   if (postern) {
     const c = checkTargets(postern, haproxy);
     checks.posternVsTargets = c;
-    out.push('', 'postern against the targets of issue 6:', '', checksTable(c));
+    if (c.some((x) => x.met !== null)) out.push('', 'postern against the targets of issue 6:', '', checksTable(c));
   }
   const node = summaries.find((s) => s.name === 'node');
   for (const name of ['postern-v2', 'postern']) {
@@ -747,7 +789,7 @@ async function main(): Promise<number> {
     if (!p || !node) continue;
     const c = checkAgainstNode(p, node);
     checks[`${name}VsNode`] = c;
-    out.push('', `${name} against the bare Node.js terminator (the features must cost < 5%):`, '', checksTable(c));
+    if (c.length) out.push('', `${name} against the bare Node.js terminator (the features must cost < 5%):`, '', checksTable(c));
     break;
   }
   // Issue 17: resumption and workers.
@@ -778,6 +820,17 @@ async function main(): Promise<number> {
     checks.issue17 = c;
     out.push('', 'postern against the targets of issue 17:', '', checksTable(c));
   }
+  // Paired runs: A / B within each run (the two measured back to back, the order alternating).
+  const pair = o.pair ?? (runs.has('postern') && runs.has('node') ? ['postern', 'node'] as [string, string] : null);
+  if (pair && runs.has(pair[0]) && runs.has(pair[1])) {
+    const rows = pairedRows(runs.get(pair[0])!, runs.get(pair[1])!);
+    if (rows.length) {
+      checks.paired = { a: pair[0], b: pair[1], rows };
+      out.push('', `${pair[0]} / ${pair[1]}, paired by run (each run measures both back to back, the order alternating): the median`,
+        'ratio, a distribution-free interval for it (sign test; 6 runs or more), and the verdict against "within 5%"',
+        '(met or not met only when the whole interval is on one side):', '', pairedTable(rows));
+    }
+  }
   const failures = [...runs.entries()].flatMap(([name, rs]) => rs.flatMap((r) => r.errors.map((e) => `${name} run ${r.run}: ${e}`)));
   if (missing.length) out.push('', `Not measured (missing): ${missing.map((m) => `${m.name} (${m.reason})`).join('; ')}`);
   if (failures.length) out.push('', 'Errors:', ...failures.map((f) => `  ${f}`));
@@ -796,6 +849,7 @@ async function main(): Promise<number> {
       quietWindowMs: o.quietWindowMs, quietMaxWaitMs: o.quietMaxWaitMs, retriesWhenDisturbed: o.retries, foreignLimitCores: FOREIGN_LIMIT,
       proxyCore: PROXY_CORE, clientCore: CLIENT_CORE, sni: SNI, certificate: 'ECDSA P-256, self-signed', tls: 'TLSv1.3 only',
       kex: o.kex, resumeClients: o.resumeClients, mailIdleSessions: o.mailIdleSessions, singleUseProbe: o.singleUseProbe, pacedRate: o.pacedRate, pacedDelayMs: o.pacedDelayMs,
+      pacedRequests: o.pacedRequests, pacedRequestDelayMs: o.pacedRequestDelayMs, posternB: o.posternB,
       tickets: Object.fromEntries(available.map((a) => [a.t.name, a.t.tickets])),
     },
     environment: { ...env, loadavgEnd: os.loadavg().map((x) => round(x, 2)) },

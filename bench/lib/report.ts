@@ -10,6 +10,8 @@ export type MetricKey =
   | 'clientFullPerSec' | 'clientFullPerCoreSec'
   // issue 17: workers (CPU seconds of the whole process tree per 1,000 full handshakes)
   | 'cpuPer1000Full' | 'pacedPerSec' | 'pacedCpuPer1000'
+  // issue 17, target 1: keep-alive requests at a paced load (CPU seconds per 1,000 requests)
+  | 'pacedKeepAlivePerSec' | 'pacedKeepAliveCpuPer1000'
   // issue 17: mail sessions, STARTTLS against implicit TLS (starttlsPerSec is smtp-starttls)
   | 'smtpsPerSec' | 'smtpsPerCoreSec' | 'imapStarttlsPerSec' | 'imapStarttlsPerCoreSec' | 'imapsPerSec' | 'imapsPerCoreSec'
   | 'smtpStarttlsIdleKB' | 'smtpsIdleKB' | 'imapStarttlsIdleKB' | 'imapsIdleKB';
@@ -56,6 +58,8 @@ export const METRICS: Metric[] = [
   { key: 'cpuPer1000Full', label: 'CPU s per 1,000 (saturated)', unit: 's', better: 'lower', digits: 3, table: 'workers' },
   { key: 'pacedPerSec', label: 'paced handshakes/s', unit: '/s', better: 'higher', digits: 0, table: 'workers' },
   { key: 'pacedCpuPer1000', label: 'CPU s per 1,000 (paced)', unit: 's', better: 'lower', digits: 3, table: 'workers' },
+  { key: 'pacedKeepAlivePerSec', label: 'paced keep-alive req/s', unit: '/s', better: 'higher', digits: 0, table: 'workers' },
+  { key: 'pacedKeepAliveCpuPer1000', label: 'CPU s per 1,000 keep-alive req (paced)', unit: 's', better: 'lower', digits: 4, table: 'workers' },
   { key: 'smtpsPerSec', label: 'SMTP implicit/s', unit: '/s', better: 'higher', digits: 0, table: 'mail' },
   { key: 'smtpsPerCoreSec', label: 'SMTP implicit', unit: '/core-s', better: 'higher', digits: 0, table: 'mail' },
   { key: 'imapStarttlsPerSec', label: 'IMAP STARTTLS/s', unit: '/s', better: 'higher', digits: 0, table: 'mail' },
@@ -408,4 +412,67 @@ export function svgChart(targets: TargetSummary[], title: string, footer: string
   });
   parts.push('</svg>');
   return parts.join('\n') + '\n';
+}
+
+/**
+ * A distribution-free confidence interval for the median of `xs` (the sign test's order
+ * statistics): [x(k), x(n-k+1)] with k the largest rank such that P(Binomial(n, 1/2) < k) <=
+ * alpha / 2, so the interval covers the true median with probability >= 1 - alpha whatever the
+ * distribution. Null below 6 values (no such k exists for alpha 0.05); `coverage` is the exact one.
+ */
+export function medianInterval(xs: number[], alpha = 0.05): { median: number; low: number; high: number; coverage: number } | null {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  const n = s.length;
+  if (n === 0) return null;
+  // cdf[j] = P(Binomial(n, 1/2) <= j)
+  let pj = 2 ** -n, cdf = 0, k = 0, tail = 0;
+  for (let j = 0; j < n; j++) {
+    cdf += pj;
+    if (cdf > alpha / 2) break;
+    k = j + 1;
+    tail = cdf;
+    pj = (pj * (n - j)) / (j + 1);
+  }
+  if (k === 0) return null;
+  return { median: median(s), low: s[k - 1]!, high: s[n - k]!, coverage: 1 - 2 * tail };
+}
+
+export interface PairedRow { metric: string; ratios: number[]; median: number; low: number | null; high: number | null; coverage: number | null; target: string; met: boolean | null }
+
+/**
+ * Target 1 of issue 17 judged by pairs: each run measures both targets back to back (the order
+ * alternating), so a run's ratio A / B cancels what the machine did to both in that minute; the
+ * verdict needs the whole 95% interval of the median ratio on one side of the limit (within 5%).
+ */
+export function pairedRows(a: RunRecord[], b: RunRecord[], limit = 0.05): PairedRow[] {
+  const keys: MetricKey[] = ['pacedCpuPer1000', 'pacedKeepAliveCpuPer1000', 'handshakesPerCoreSec', 'keepAlivePerCoreSec', 'cpuPer1000Full'];
+  const out: PairedRow[] = [];
+  for (const key of keys) {
+    const m = METRICS.find((x) => x.key === key)!;
+    const ratios: number[] = [];
+    for (const ra of a) {
+      const rb = b.find((x) => x.run === ra.run);
+      const va = ra.measurements[key]?.value, vb = rb?.measurements[key]?.value;
+      if (va !== undefined && vb !== undefined && Number.isFinite(va) && Number.isFinite(vb) && vb > 0) ratios.push(va / vb);
+    }
+    if (!ratios.length) continue;
+    const ci = medianInterval(ratios);
+    const higher = m.better === 'higher';
+    const bound = higher ? 1 - limit : 1 + limit;
+    const met = !ci ? null
+      : higher ? (ci.low >= bound ? true : ci.high < bound ? false : null)
+        : (ci.high <= bound ? true : ci.low > bound ? false : null);
+    out.push({ metric: m.table === 'perCore' ? `${m.label} per core-s` : m.label, ratios, median: median(ratios), low: ci?.low ?? null, high: ci?.high ?? null,
+      coverage: ci?.coverage ?? null, target: `${higher ? '>=' : '<='} ${bound.toFixed(2)}x`, met });
+  }
+  return out;
+}
+
+export function pairedTable(rows: PairedRow[]): string {
+  return table(['metric', 'runs', 'median ratio', 'interval (coverage)', 'target', 'verdict', 'ratios by run'], rows.map((r) => [
+    r.metric, String(r.ratios.length), `${r.median.toFixed(3)}x`,
+    r.low === null ? 'n/a (< 6 runs)' : `${r.low.toFixed(3)}-${r.high!.toFixed(3)} (${Math.round(r.coverage! * 1000) / 10}%)`,
+    r.target, r.met === null ? (r.low === null ? '-' : 'undecided') : r.met ? 'met' : 'not met',
+    r.ratios.map((x) => x.toFixed(2)).join(' '),
+  ]));
 }

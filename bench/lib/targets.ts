@@ -129,33 +129,43 @@ listeners:
 ${mailListeners(ctx)}`;
 }
 
-async function detectPostern(ctx: BenchContext): Promise<Detection> {
-  const cli = path.join(ctx.posternDir, 'dist', 'cli.js');
+async function detectPostern(dir: string): Promise<Detection> {
+  const cli = path.join(dir, 'dist', 'cli.js');
   if (!fs.existsSync(cli)) return { ok: false, reason: `${cli} not built (npm run build)` };
-  const pkg = JSON.parse(fs.readFileSync(path.join(ctx.posternDir, 'package.json'), 'utf8')) as { version: string };
-  const rev = await runCapture('git', ['-C', ctx.posternDir, 'rev-parse', '--short', 'HEAD']);
-  const dirty = await runCapture('git', ['-C', ctx.posternDir, 'status', '--porcelain', '--', 'src']);
+  const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string };
+  const rev = await runCapture('git', ['-C', dir, 'rev-parse', '--short', 'HEAD']);
+  const dirty = await runCapture('git', ['-C', dir, 'status', '--porcelain', '--', 'src']);
   const commit = rev.code === 0 ? rev.stdout.trim() : 'unknown';
   const d = dirty.code === 0 && dirty.stdout.trim() ? '+uncommitted src changes' : '';
   return { ok: true, version: `${pkg.version} (${commit}${d}), node ${process.version}` };
 }
 
 function posternTarget(name: string, proxyProtocol: 'none' | 'v2', starttls: boolean, description: string,
-  extra: { workers?: number; tests?: readonly string[]; allCores?: boolean } = {}): Target {
+  extra: { workers?: number; tests?: readonly string[]; allCores?: boolean; dir?: string } = {}): Target {
   const workers = extra.workers ?? 1;
   return {
     name, description, kind: 'proxy', starttls, ...(extra.workers !== undefined ? { workers } : {}), ...(extra.tests ? { tests: extra.tests } : {}),
     tickets: 'sessionTickets.keyFile (a 48-byte secret, base64)',
-    detect: detectPostern,
+    detect: (ctx) => detectPostern(extra.dir ?? ctx.posternDir),
     start(ctx, logFile) {
+      const dir = extra.dir ?? ctx.posternDir;
       const cfg = write(ctx, `${name}.yaml`, posternYaml(ctx, proxyProtocol, workers));
       const cores = extra.allCores ? `0-${os.cpus().length - 1}` : ctx.proxyCore;
       // BENCH_POSTERN_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir /tmp/prof"): node options for
       // postern's process, kept across its re-exec with the V8 flags (bin/postern.js).
       const nodeArgs = process.env.BENCH_POSTERN_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
-      return spawnPinned(name, cores, ctx.node, [...nodeArgs, path.join(ctx.posternDir, 'bin', 'postern.js'), 'run', '-c', cfg], { logFile });
+      return spawnPinned(name, cores, ctx.node, [...nodeArgs, path.join(dir, 'bin', 'postern.js'), 'run', '-c', cfg], { logFile });
     },
   };
+}
+
+/**
+ * `--postern-b DIR`: the `postern` target run from another checkout (the commit before a change,
+ * in a git worktree), so that before and after are measured in the same runs, back to back.
+ */
+export function posternB(dir: string): Target {
+  return posternTarget('postern-b', 'none', false, `postern from ${dir} (--postern-b), otherwise as the postern target`,
+    { workers: 1, dir });
 }
 
 export const TARGETS: Target[] = [
