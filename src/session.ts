@@ -30,6 +30,7 @@ import type { Prelude } from './starttls/prelude.ts';
 import type { ProtocolWords, SessionFilter } from './starttls/types.ts';
 import { ACME_TLS_ALPN, type ChallengeBoard } from './acme/challenges.ts';
 import type { TicketKeys } from './tls/tickets.ts';
+import { SessionEnd, type EndSignal } from './net/end-signal.ts';
 
 /** What a session needs from the daemon; `store()` is read per connection so reloads apply at once. */
 export interface SessionEnv {
@@ -94,9 +95,6 @@ type Phase = 'plain' | 'handshake' | 'secure';
 
 let nextId = 1;
 
-/** The abort reason of every ended session (stages only look at `signal.aborted`). */
-const SESSION_ENDED = Object.freeze({ sessionEnded: true });
-
 export class Session {
   readonly summary: Summary;
   /** The client's TCP socket. */
@@ -111,7 +109,7 @@ export class Session {
   readonly client: { address: string; port: number; localAddress: string; localPort: number };
   private readonly words: ProtocolWords | null;
   private readonly started = performance.now();
-  private readonly aborter = new AbortController();
+  private readonly ending = new SessionEnd();
   private phase: Phase;
   /** The socket the client reads from: the TCP socket, then the TLS socket once the handshake starts. */
   private channel: Socket;
@@ -168,8 +166,8 @@ export class Session {
   }
 
   /** Aborted once the session has ended (stages waiting on the client stop at once). */
-  get signal(): AbortSignal {
-    return this.aborter.signal;
+  get signal(): EndSignal {
+    return this.ending;
   }
 
   /** A socket must always have an error listener: an unhandled 'error' would end the process. */
@@ -231,9 +229,7 @@ export class Session {
     if (this.ended) return;
     this.ended = true;
     this.disarm();
-    // With a reason given, abort() skips building a DOMException (its stack included): ~3 us
-    // of the ~4 a plain abort() costs, on every connection (bench/NOTES.md).
-    this.aborter.abort(SESSION_ENDED);
+    this.ending.abort();
     const s = this.summary;
     s.closeReason = e.reason;
     s.side = e.side;

@@ -11,6 +11,7 @@ import { CloseReason } from '../errors.ts';
 import type { ListenerConfig } from '../config/types.ts';
 import type { Dialogue, DialogueAction, DialogueOptions, SessionFilter, FilterOptions, ProtocolWords } from './types.ts';
 import type { CapabilityProbe } from './probe.ts';
+import type { EndSignal } from '../net/end-signal.ts';
 
 export interface ProtocolMachines {
   dialogue(opts: DialogueOptions): Dialogue;
@@ -22,7 +23,7 @@ export interface ProtocolMachines {
 export interface PreludeClient {
   socket: Socket;
   /** Aborted when the session is ended from outside (deadline, shutdown, fault): stop at once. */
-  signal: AbortSignal;
+  signal: EndSignal;
   /** The listener's settings as they were at accept. */
   listener: ListenerConfig;
   /** Whether a certificate serves the listener's hostname (STARTTLS is announced only then). */
