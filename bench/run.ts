@@ -48,6 +48,12 @@ const USAGE = `usage: node bench/run.ts [--quick] [--only NAME,...] [--tests NAM
                      git worktree of the commit before a change; dist/ built), for before/after pairs
   --pair A,B         report A / B run by run with a 95% interval of the median ratio (default
                      postern,node when both are measured; use --runs 12 or more)
+  --side-by-side A,B instead of the tests: A and B run at the same time, both on the proxy core, each
+                     at half the paced loads; --runs windows (default 12) of paced handshakes, then
+                     paced keep-alive requests; A / B of CPU per 1,000 per window, with the interval.
+                     Both see the same machine in the same seconds: far less scatter than runs
+                     one after the other. Halfway the two swap places (ports, start order), which
+                     are not alike (bench/NOTES.md)
   --keep             keep the scratch folder (configs, logs) and print its path
   --kex GROUPS       key exchange the idle sessions of the memory test and the resumption clients
                      offer (default X25519: what wrk and every peer on Debian 12's OpenSSL 3.0
@@ -74,11 +80,12 @@ interface Options {
   quietWindowMs: number; quietMaxWaitMs: number; retries: number; kex: string;
   resumeClients: number; mailIdleSessions: number; singleUseProbe: number; pacedRate: number; pacedDelayMs: number;
   pacedRequests: number; pacedRequestDelayMs: number; posternB: string | null; pair: [string, string] | null;
+  sideBySide: [string, string] | null;
 }
 
 function parseArgs(argv: string[]): Options {
   let quick = false, keep = false, only: string[] | null = null, runs: number | null = null, kex = 'X25519', pacedRate = 400, pacedRequests = 5000;
-  let posternDir = REPO_DIR, posternB: string | null = null, pair: [string, string] | null = null;
+  let posternDir = REPO_DIR, posternB: string | null = null, pair: [string, string] | null = null, sideBySide: [string, string] | null = null;
   let tests: Set<Test> | null = null;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -103,10 +110,11 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--paced-requests') pacedRequests = Number(val());
     else if (a === '--postern-dir') posternDir = path.resolve(val());
     else if (a === '--postern-b') posternB = path.resolve(val());
-    else if (a === '--pair') {
+    else if (a === '--pair' || a === '--side-by-side') {
       const p = val().split(',').map((x) => x.trim());
-      if (p.length !== 2 || !p[0] || !p[1]) { console.error(`--pair needs two targets, A,B\n${USAGE}`); process.exit(2); }
-      pair = [p[0], p[1]];
+      if (p.length !== 2 || !p[0] || !p[1] || p[0] === p[1]) { console.error(`${a} needs two different targets, A,B\n${USAGE}`); process.exit(2); }
+      if (a === '--pair') pair = [p[0], p[1]];
+      else sideBySide = [p[0], p[1]];
     }
     else if (a === '--help' || a === '-h') { console.log(USAGE); process.exit(0); }
     else { console.error(`unknown argument ${a}\n${USAGE}`); process.exit(2); }
@@ -120,11 +128,14 @@ function parseArgs(argv: string[]): Options {
   if (!(pacedRate > 0)) { console.error('--paced-rate needs a number > 0'); process.exit(2); }
   if (!(pacedRequests > 0)) { console.error('--paced-requests needs a number > 0'); process.exit(2); }
   if (pair && !pair.every(known)) { console.error(`--pair: unknown target(s) in ${pair.join(',')}\n${USAGE}`); process.exit(2); }
+  if (sideBySide && !sideBySide.every(known)) { console.error(`--side-by-side: unknown target(s) in ${sideBySide.join(',')}\n${USAGE}`); process.exit(2); }
+  if (sideBySide && sideBySide.some((n) => TARGETS.find((t) => t.name === n)?.kind === 'ceiling')) { console.error('--side-by-side compares two TLS targets'); process.exit(2); }
   if (posternB !== null && only && !only.includes('postern-b')) only.push('postern-b');
+  if (sideBySide) only = [...sideBySide];
   return {
     quick, only, keep, posternDir,
     tests: tests ?? new Set(TESTS.filter((x) => quick || !ON_REQUEST.includes(x))),
-    runs: runs ?? (quick ? 1 : 3),
+    runs: runs ?? (quick ? 1 : sideBySide ? 12 : 3),
     seconds: quick ? 2 : 10,
     warmupSeconds: quick ? 0 : 2,
     idleSessions: quick ? 500 : 5000,
@@ -145,7 +156,7 @@ function parseArgs(argv: string[]): Options {
     pacedRequests,
     // 10 ms between a connection's requests: 5,000/s offered is 50 connections, as the keep-alive test.
     pacedRequestDelayMs: 10,
-    posternB, pair,
+    posternB, pair, sideBySide,
   };
 }
 
@@ -408,6 +419,111 @@ async function measureResumption(ep: Endpoint, o: Options, pid: number | null, k
   }
 }
 
+/** wrk's script for a paced load: wait delayMs before each request (written once per scratch folder). */
+function pacedScript(dir: string, delayMs: number): string {
+  const script = path.join(dir, `paced-${delayMs}ms.lua`);
+  if (!fs.existsSync(script)) fs.writeFileSync(script, `-- generated by bench/run.ts: wait before each request\nfunction delay()\n  return ${delayMs}\nend\n`);
+  return script;
+}
+
+/** --side-by-side: the second target's proxy-side ports (the backends are shared). */
+const SIDE_B_OFFSET = 1000;
+
+function shiftedPorts(p: BenchContext['ports']): BenchContext['ports'] {
+  return { ...p, proxy: p.proxy + SIDE_B_OFFSET, smtpProxy: p.smtpProxy + SIDE_B_OFFSET, smtpsProxy: p.smtpsProxy + SIDE_B_OFFSET,
+    imapProxy: p.imapProxy + SIDE_B_OFFSET, imapsProxy: p.imapsProxy + SIDE_B_OFFSET };
+}
+
+/** Starts one side of --side-by-side on its ports and proves it serves TLS 1.3. */
+async function startSide(t: Target, ctx: BenchContext, logFile: string): Promise<Proc> {
+  const port = ctx.ports.proxy;
+  if (!(await waitPort(HOST, port, 3000, 'closed'))) throw new Error(`port ${port} is still in use`);
+  const proc = t.start(ctx, logFile);
+  if (!proc) throw new Error(`${t.name} runs no process`);
+  live.add(proc);
+  if (!(await waitPort(HOST, port, 15_000))) throw new Error(`${t.name} did not listen on ${HOST}:${port} within 15 s\n${logTail(logFile)}`);
+  const sanity = await sanityCheck({ host: HOST, port, sni: SNI });
+  if (sanity.protocol !== 'TLSv1.3') throw new Error(`${t.name} negotiated ${sanity.protocol}, not TLSv1.3`);
+  return proc;
+}
+
+/**
+ * --side-by-side A,B: both targets at once, both on the proxy core, each offered half the paced
+ * loads, for o.runs windows of paced full handshakes and then paced keep-alive requests (the
+ * two swap places halfway). A window's A / B of CPU per 1,000 compares the two under the same
+ * machine in the same seconds; measured one after the other, the same two differed by up to 1.7x
+ * from run to run on this VM (bench/NOTES.md). Each window becomes a run record of each target,
+ * so the paired report reads them as pairs.
+ */
+async function measureSideBySide(pair: [Target, Target], ctx: BenchContext, o: Options, shim: string, runs: Map<string, RunRecord[]>): Promise<void> {
+  const places = [ctx, { ...ctx, ports: shiftedPorts(ctx.ports) }];
+  const sides = pair.map((t, i) => ({ t, ctx: places[i]!, proc: null as Proc | null }));
+  const url = (c: BenchContext): string => `https://${HOST}:${c.ports.proxy}/`;
+  const stopSides = async (): Promise<void> => {
+    for (const side of sides) if (side.proc) { await stopProc(side.proc); live.delete(side.proc); side.proc = null; }
+  };
+  /**
+   * The two places are not alike: two builds of the same commit measured 0.96-0.98x, the one
+   * started first on the first ports the cheaper (bench/NOTES.md). Halfway, both stop and start
+   * again in each other's place, so that the place favours each target for half the windows.
+   */
+  const place = async (swapped: boolean, label: string): Promise<void> => {
+    sides.forEach((x, i) => { x.ctx = places[swapped ? 1 - i : i]!; });
+    const order = swapped ? [...sides].reverse() : sides;
+    for (const side of order) side.proc = await startSide(side.t, side.ctx, path.join(ctx.dir, 'logs', `${side.t.name}-side-by-side-${label}.log`));
+    console.log(`side by side${swapped ? ', places swapped' : ''}: ${order.map((x) => `${x.t.name} on ${x.ctx.ports.proxy}`).join(', ')} (started in this order); both on core ${ctx.proxyCore}, wrk on core ${CLIENT_CORE}`);
+    if (o.warmupSeconds > 0) {
+      await Promise.all(sides.map((x) => runWrk('wrk', { url: url(x.ctx), connections: o.wrkConnections / 2, seconds: o.warmupSeconds, close: true, shim, sni: SNI })));
+    }
+  };
+  const half = Math.ceil(o.runs / 2);
+  try {
+    await place(false, 'first');
+    const loads = [
+      { close: true, rate: o.pacedRate / 2, delayMs: o.pacedDelayMs, rateKey: 'pacedPerSec', cpuKey: 'pacedCpuPer1000', label: 'handshakes' },
+      { close: false, rate: o.pacedRequests / 2, delayMs: o.pacedRequestDelayMs, rateKey: 'pacedKeepAlivePerSec', cpuKey: 'pacedKeepAliveCpuPer1000', label: 'keep-alive' },
+    ] as const;
+    for (let w = 1; w <= o.runs; w++) {
+      if (w === half + 1) {
+        await stopSides();
+        await place(true, 'swapped');
+      }
+      const recs: RunRecord[] = sides.map((_, i) => ({ run: w, position: w > half ? 2 - i : i + 1, startedAt: new Date().toISOString(), sanity: null, measurements: {}, errors: [] }));
+      say(`window ${w}/${o.runs}  `);
+      for (const load of loads) {
+        const connections = Math.max(1, Math.round((load.rate * load.delayMs) / 1000));
+        const script = pacedScript(ctx.dir, load.delayMs);
+        const quiet = await waitQuiet(o);
+        // Which load generator starts first alternates from window to window.
+        const first = w % 2 === 1 ? [0, 1] : [1, 0];
+        const meters = sides.map((x) => new CpuMeter(x.proc!.pid));
+        const started = first.map((i) => runWrk('wrk', { url: url(sides[i]!.ctx), connections, seconds: o.seconds, close: load.close, shim, sni: SNI, script }));
+        const done = await Promise.all(started);
+        const results = sides.map((_, i) => done[first.indexOf(i)]!);
+        const cpus = meters.map((m) => m.stop());
+        const per1000: number[] = [];
+        sides.forEach((_, i) => {
+          const r = results[i]!, cpu = cpus[i]!, rec = recs[i]!;
+          const disturbed = cpu.foreignCores >= FOREIGN_LIMIT;
+          const common = { cpu, limitedBy: limitOf(cpu, 'proxy'), disturbed, attempts: 1 };
+          rec.measurements[load.rateKey] = { value: r.reqPerSec, ...common, detail: { ...wrkDetail(r), offeredPerSec: load.rate, connections, delayMs: load.delayMs, quietWaitMs: quiet.waitedMs } };
+          const v = cpu.proxySeconds != null && r.requests > 0 ? (cpu.proxySeconds / r.requests) * 1000 : NaN;
+          rec.measurements[load.cpuKey] = { value: v, ...common };
+          per1000.push(v);
+          const errs = wrkErrorCount(r);
+          if (errs) rec.errors.push(`window ${w} ${load.label}: ${errs} wrk errors`);
+        });
+        const [a, b] = per1000 as [number, number];
+        say(`${load.label} ${a.toFixed(load.close ? 3 : 4)} / ${b.toFixed(load.close ? 3 : 4)} = ${(a / b).toFixed(3)}${cpus.some((c) => c.foreignCores >= FOREIGN_LIMIT) ? '~' : ''}  `);
+      }
+      say('\n');
+      sides.forEach((x, i) => runs.get(x.t.name)!.push(recs[i]!));
+    }
+  } finally {
+    await stopSides();
+  }
+}
+
 async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: string | null, run: number, position: number): Promise<RunRecord> {
   const rec: RunRecord = { run, position, startedAt: new Date().toISOString(), sanity: null, measurements: {}, errors: [] };
   let logFile = path.join(ctx.dir, 'logs', `${t.name}-run${run}.log`);
@@ -553,8 +669,7 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
       const [rate, delayMs, rateKey, cpuKey] = close
         ? [o.pacedRate, o.pacedDelayMs, 'pacedPerSec', 'pacedCpuPer1000'] as const
         : [o.pacedRequests, o.pacedRequestDelayMs, 'pacedKeepAlivePerSec', 'pacedKeepAliveCpuPer1000'] as const;
-      const script = path.join(ctx.dir, `paced-${delayMs}ms.lua`);
-      if (!fs.existsSync(script)) fs.writeFileSync(script, `-- generated by bench/run.ts: wait before each request\nfunction delay()\n  return ${delayMs}\nend\n`);
+      const script = pacedScript(ctx.dir, delayMs);
       const connections = Math.max(1, Math.round((rate * delayMs) / 1000));
       const r = await measure(o, pid, t.kind, async () => {
         const w = await runWrk('wrk', { url, connections, seconds: o.seconds, close, shim, sni: SNI, script });
@@ -702,7 +817,9 @@ async function main(): Promise<number> {
   keepScratch = o.keep;
   const t0 = Date.now();
   const started = new Date();
-  console.log(`postern benchmark (${o.quick ? 'quick' : 'full'} mode): ${o.runs} run(s), ${o.seconds} s per load test, ` +
+  if (o.sideBySide) console.log(`postern benchmark, side by side: ${o.sideBySide.join(' and ')}, ${o.runs} window(s) of ${o.seconds} s per load, ` +
+    `${o.pacedRate / 2} handshakes/s and ${o.pacedRequests / 2} keep-alive requests/s offered to each`);
+  else console.log(`postern benchmark (${o.quick ? 'quick' : 'full'} mode): ${o.runs} run(s), ${o.seconds} s per load test, ` +
     `${o.idleSessions} idle sessions, ${o.bulkTransfers} x ${o.bulkBytes / 1e6} MB each way`);
   if (!which('openssl')) { console.error('openssl is required (apt-get install openssl)'); return 1; }
 
@@ -747,7 +864,13 @@ async function main(): Promise<number> {
   const backend = await startBackend(scratch);
   const runs = new Map<string, RunRecord[]>(available.map((a) => [a.t.name, []]));
   try {
-    for (let r = 0; r < o.runs; r++) {
+    if (o.sideBySide) {
+      const pick = (n: string): Target => available.find((a) => a.t.name === n)!.t;
+      if (!shim) throw new Error('--side-by-side needs wrk and its shim (see the notes above)');
+      if (!o.sideBySide.every((n) => available.some((a) => a.t.name === n))) throw new Error(`--side-by-side: ${o.sideBySide.join(', ')} not both available here`);
+      await measureSideBySide([pick(o.sideBySide[0]), pick(o.sideBySide[1])], ctx, o, shim, runs);
+    }
+    else for (let r = 0; r < o.runs; r++) {
       // Interleave: every run measures every target once, starting one further along each time,
       // so that slow drift of the machine does not favour whoever comes first.
       const order = available.map((_, i) => available[(i + r) % available.length]!);
@@ -767,12 +890,13 @@ async function main(): Promise<number> {
   const haproxy = summaries.find((s) => s.name === 'haproxy');
   const seconds = Math.round((Date.now() - t0) / 1000);
   const out: string[] = [];
-  out.push('', `Medians of ${o.runs} run(s). * = the load generator core was saturated, not the proxy (a lower bound);`,
+  // Side by side measures only the paced loads: their pairs below are the whole report.
+  if (!o.sideBySide) out.push('', `Medians of ${o.runs} run(s). * = the load generator core was saturated, not the proxy (a lower bound);`,
     '~ = other processes on the machine were busy meanwhile. handshakes/s: full TLS 1.3 handshakes, a new connection',
-    'per request (direct: plaintext connections).');
-  out.push('', 'Measured:', '', absoluteTable(summaries, 'measured'));
-  out.push('', 'Per CPU-second used by the proxy process tree (what one saturated core would do):', '', absoluteTable(summaries.filter((x) => x.name !== 'direct'), 'perCore'));
-  if (haproxy) {
+    'per request (direct: plaintext connections).',
+    '', 'Measured:', '', absoluteTable(summaries, 'measured'),
+    '', 'Per CPU-second used by the proxy process tree (what one saturated core would do):', '', absoluteTable(summaries.filter((x) => x.name !== 'direct'), 'perCore'));
+  if (haproxy && !o.sideBySide) {
     out.push('', 'Ratios to HAProxy, measured (higher is better for rates, lower for latency and memory):', '', ratioTable(summaries, haproxy, 'measured'));
     out.push('', 'Ratios to HAProxy, per proxy CPU-second:', '', ratioTable(summaries.filter((x) => x.name !== 'direct'), haproxy, 'perCore'));
   }
@@ -804,7 +928,7 @@ async function main(): Promise<number> {
   }
   const workerTargets = available.filter((a) => a.t.workers !== undefined).map((a) => summaries.find((x) => x.name === a.t.name)!)
     .filter((x) => x.summary.cpuPer1000Full || x.summary.pacedCpuPer1000);
-  if (workerTargets.length) {
+  if (workerTargets.length && !o.sideBySide) {
     out.push('', `postern workers: 1 against 2 (issue 17): every process on core ${PROXY_CORE} (postern-w2-all: on every core), wrk on core ${CLIENT_CORE}; CPU s per 1,000 full handshakes`,
       `of the whole process tree (supervisor + workers), saturated (the handshakes test) and paced (${o.pacedRate}/s offered):`,
       '', workersTable(workerTargets));
@@ -821,12 +945,12 @@ async function main(): Promise<number> {
     out.push('', 'postern against the targets of issue 17:', '', checksTable(c));
   }
   // Paired runs: A / B within each run (the two measured back to back, the order alternating).
-  const pair = o.pair ?? (runs.has('postern') && runs.has('node') ? ['postern', 'node'] as [string, string] : null);
+  const pair = o.sideBySide ?? o.pair ?? (runs.has('postern') && runs.has('node') ? ['postern', 'node'] as [string, string] : null);
   if (pair && runs.has(pair[0]) && runs.has(pair[1])) {
     const rows = pairedRows(runs.get(pair[0])!, runs.get(pair[1])!);
     if (rows.length) {
       checks.paired = { a: pair[0], b: pair[1], rows };
-      out.push('', `${pair[0]} / ${pair[1]}, paired by run (each run measures both back to back, the order alternating): the median`,
+      out.push('', `${pair[0]} / ${pair[1]}, paired by ${o.sideBySide ? 'window (both at the same time, each at half the paced loads)' : 'run (each run measures both back to back, the order alternating)'}: the median`,
         'ratio, a distribution-free interval for it (sign test; 6 runs or more), and the verdict against "within 5%"',
         '(met or not met only when the whole interval is on one side):', '', pairedTable(rows));
     }
@@ -844,7 +968,7 @@ async function main(): Promise<number> {
   const result = {
     date: started.toISOString(), mode: o.quick ? 'quick' : 'full', durationSeconds: seconds,
     settings: {
-      tests: [...o.tests], runs: o.runs, loadSeconds: o.seconds, warmupSeconds: o.warmupSeconds, idleSessions: o.idleSessions,
+      tests: o.sideBySide ? ['paced'] : [...o.tests], sideBySide: o.sideBySide, pair: o.pair, runs: o.runs, loadSeconds: o.seconds, warmupSeconds: o.warmupSeconds, idleSessions: o.idleSessions,
       bulkBytes: o.bulkBytes, bulkTransfers: o.bulkTransfers, wrkConnections: o.wrkConnections, smtpClients: o.smtpClients,
       quietWindowMs: o.quietWindowMs, quietMaxWaitMs: o.quietMaxWaitMs, retriesWhenDisturbed: o.retries, foreignLimitCores: FOREIGN_LIMIT,
       proxyCore: PROXY_CORE, clientCore: CLIENT_CORE, sni: SNI, certificate: 'ECDSA P-256, self-signed', tls: 'TLSv1.3 only',
@@ -863,12 +987,16 @@ async function main(): Promise<number> {
     errors: failures,
   };
   fs.writeFileSync(jsonFile, JSON.stringify(result, null, 1) + '\n');
-  const svgFile = path.join(resultsDir, `latest${suffix}.svg`);
-  fs.writeFileSync(svgFile, benchChart(summaries, {
-    date: result.date, mode: result.mode, runs: o.runs, cpuModel: env.cpuModel, cpus: env.cpus, kernel: env.kernel,
-    proxyCore: PROXY_CORE, clientCore: CLIENT_CORE, versions: result.versions, dataFile: path.relative(REPO_DIR, jsonFile),
-  }));
-  console.log(`Wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), svgFile)}`);
+  // The chart is the README's picture of the last whole run: a side-by-side pair leaves it alone.
+  if (o.sideBySide) console.log(`Wrote ${path.relative(process.cwd(), jsonFile)}`);
+  else {
+    const svgFile = path.join(resultsDir, `latest${suffix}.svg`);
+    fs.writeFileSync(svgFile, benchChart(summaries, {
+      date: result.date, mode: result.mode, runs: o.runs, cpuModel: env.cpuModel, cpus: env.cpus, kernel: env.kernel,
+      proxyCore: PROXY_CORE, clientCore: CLIENT_CORE, versions: result.versions, dataFile: path.relative(REPO_DIR, jsonFile),
+    }));
+    console.log(`Wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), svgFile)}`);
+  }
   if (o.keep) console.log(`Scratch folder kept: ${scratch}`);
   await cleanup();
   return failures.length ? 1 : 0;
