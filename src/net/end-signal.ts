@@ -1,7 +1,8 @@
 // The session's "ended" signal: the part of an AbortSignal the stages use (`aborted`, and the
 // STARTTLS prelude's 'abort' listener), without an AbortController per connection. A Node 24
-// AbortController with its AbortSignal (an EventTarget) cost ~20 us per connection, 2-3% of a full
-// handshake's CPU, measured with two servers side by side on one core (bench/NOTES.md, 2026-12-06).
+// AbortController with its AbortSignal (an EventTarget) cost ~10-20 us per connection, 1.3-3.5% of
+// a bare full handshake's CPU, measured with two servers side by side on one core (bench/NOTES.md,
+// 2026-12-06).
 // An AbortSignal still fits wherever an EndSignal is asked for (tests pass their own).
 
 export interface EndSignal {
