@@ -13,7 +13,7 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { CpuMeter, runCapture, sleep, spawnPinned, stopProc, treeRss, waitPort, which, round, type CpuUse, type Proc } from './lib/proc.ts';
 import { TARGETS, posternB, type BenchContext, type Target } from './lib/targets.ts';
-import { bulk, closeAll, negotiatedGroup, openIdleSessions, sanityCheck, ResumingClients, type Endpoint, type ResumeResult } from './lib/clients.ts';
+import { bulk, closeAll, negotiatedGroup, openIdleSessions, sanityCheck, ResumingClients, type Endpoint, type ResumeResult, type SanityResult } from './lib/clients.ts';
 import { MAIL_KINDS, holdMailSessions, mailSessionLoop, type MailKind } from './lib/mail-sessions.ts';
 import { runWrk, wrkErrorCount, type WrkResult } from './lib/wrk.ts';
 import {
@@ -434,17 +434,27 @@ function shiftedPorts(p: BenchContext['ports']): BenchContext['ports'] {
     imapProxy: p.imapProxy + SIDE_B_OFFSET, imapsProxy: p.imapsProxy + SIDE_B_OFFSET };
 }
 
-/** Starts one side of --side-by-side on its ports and proves it serves TLS 1.3. */
-async function startSide(t: Target, ctx: BenchContext, logFile: string): Promise<Proc> {
+/**
+ * Starts a TLS target on ctx.ports.proxy (which must be free first), waits until it listens and
+ * proves it serves TLS 1.3 only. On failure its process is stopped before the error is thrown.
+ */
+async function startTlsTarget(t: Target, ctx: BenchContext, logFile: string): Promise<{ proc: Proc | null; sanity: SanityResult }> {
   const port = ctx.ports.proxy;
   if (!(await waitPort(HOST, port, 3000, 'closed'))) throw new Error(`port ${port} is still in use`);
   const proc = t.start(ctx, logFile);
-  if (!proc) throw new Error(`${t.name} runs no process`);
-  live.add(proc);
-  if (!(await waitPort(HOST, port, 15_000))) throw new Error(`${t.name} did not listen on ${HOST}:${port} within 15 s\n${logTail(logFile)}`);
-  const sanity = await sanityCheck({ host: HOST, port, sni: SNI });
-  if (sanity.protocol !== 'TLSv1.3') throw new Error(`${t.name} negotiated ${sanity.protocol}, not TLSv1.3`);
-  return proc;
+  try {
+    if (proc) {
+      live.add(proc);
+      if (!(await waitPort(HOST, port, 15_000))) throw new Error(`did not listen on ${HOST}:${port} within 15 s (exit: ${proc.exitedEarly() ?? 'still running'})\n${logTail(logFile)}`);
+    }
+    const sanity = await sanityCheck({ host: HOST, port, sni: SNI });
+    if (sanity.protocol !== 'TLSv1.3') throw new Error(`negotiated ${sanity.protocol}, not TLSv1.3`);
+    if (sanity.tls12Refused !== true) throw new Error('accepted a TLS 1.2 client: not TLS 1.3 only');
+    return { proc, sanity };
+  } catch (err) {
+    if (proc) { await stopProc(proc); live.delete(proc); }
+    throw err;
+  }
 }
 
 /**
@@ -470,7 +480,11 @@ async function measureSideBySide(pair: [Target, Target], ctx: BenchContext, o: O
   const place = async (swapped: boolean, label: string): Promise<void> => {
     sides.forEach((x, i) => { x.ctx = places[swapped ? 1 - i : i]!; });
     const order = swapped ? [...sides].reverse() : sides;
-    for (const side of order) side.proc = await startSide(side.t, side.ctx, path.join(ctx.dir, 'logs', `${side.t.name}-side-by-side-${label}.log`));
+    for (const side of order) {
+      const { proc } = await startTlsTarget(side.t, side.ctx, path.join(ctx.dir, 'logs', `${side.t.name}-side-by-side-${label}.log`));
+      if (!proc) throw new Error(`${side.t.name} runs no process`);
+      side.proc = proc;
+    }
     console.log(`side by side${swapped ? ', places swapped' : ''}: ${order.map((x) => `${x.t.name} on ${x.ctx.ports.proxy}`).join(', ')} (started in this order); both on core ${ctx.proxyCore}, wrk on core ${CLIENT_CORE}`);
     if (o.warmupSeconds > 0) {
       await Promise.all(sides.map((x) => runWrk('wrk', { url: url(x.ctx), connections: o.wrkConnections / 2, seconds: o.warmupSeconds, close: true, shim, sni: SNI })));
@@ -538,16 +552,9 @@ async function measureTarget(t: Target, ctx: BenchContext, o: Options, shim: str
     say(`\n    ERROR ${msg}\n    `);
   };
   try {
-    if (isTls && !(await waitPort(HOST, PORTS.proxy, 3000, 'closed'))) throw new Error(`port ${PORTS.proxy} is still in use`);
-    proc = t.start(ctx, logFile);
-    if (proc) {
-      live.add(proc);
-      const up = await waitPort(HOST, PORTS.proxy, 15_000);
-      if (!up) throw new Error(`did not listen on ${HOST}:${PORTS.proxy} within 15 s (exit: ${proc.exitedEarly() ?? 'still running'})\n${logTail(logFile)}`);
-    }
-    rec.sanity = await sanityCheck(ep);
-    if (isTls && rec.sanity.protocol !== 'TLSv1.3') throw new Error(`negotiated ${rec.sanity.protocol}, not TLSv1.3`);
-    if (isTls && rec.sanity.tls12Refused !== true) throw new Error('accepted a TLS 1.2 client: not TLS 1.3 only');
+    if (isTls) ({ proc, sanity: rec.sanity } = await startTlsTarget(t, ctx, logFile));
+    // The ceiling (plaintext, straight to the backend) runs no process of its own.
+    else rec.sanity = await sanityCheck(ep);
   } catch (err) {
     fail('start', err);
     if (proc) { await stopProc(proc); live.delete(proc); }

@@ -229,12 +229,14 @@ export class Session {
     if (this.ended) return;
     this.ended = true;
     this.disarm();
-    this.ending.abort();
     const s = this.summary;
     s.closeReason = e.reason;
     s.side = e.side;
     if (e.detail != null) s.detail = e.detail;
     this.close(e.words ?? null);
+    // Last: the stages waiting on the client stop (their listeners run here, synchronously);
+    // whatever one of them does, the session is already recorded and closing.
+    this.ending.abort();
   }
 
   /** A fault inside postern: this session ends (internal_error), logged with the stack and counted. */
